@@ -1,0 +1,134 @@
+use std::fmt;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+
+use crate::{ConnectorError, Sink, Source, Value};
+
+/// One step of a key path in a config file: `sink.columns[2]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathSegment {
+    Key(String),
+    Index(usize),
+}
+
+/// A problem found while checking a config without I/O, with the path of the
+/// offending key relative to the connector's section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: Vec<PathSegment>,
+    pub message: String,
+}
+
+impl ConfigProblem {
+    /// A problem at a top-level key of the connector's section.
+    pub fn at(key: &str, message: impl Into<String>) -> Self {
+        ConfigProblem {
+            path: vec![PathSegment::Key(key.to_string())],
+            message: message.into(),
+        }
+    }
+}
+
+/// A deserialization error with the path where it happened.
+pub type FieldError = ConfigProblem;
+
+/// Deserializes a connector's config section (the section without its `type`
+/// key), keeping the path of the first error. Connector configs should use
+/// `#[serde(deny_unknown_fields)]`; the runtime calls this repeatedly to
+/// report every error of a file, not just the first.
+pub fn deserialize<T: DeserializeOwned>(value: &Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e
+            .path()
+            .iter()
+            .filter_map(|seg| match seg {
+                serde_path_to_error::Segment::Seq { index } => Some(PathSegment::Index(*index)),
+                serde_path_to_error::Segment::Map { key } => Some(PathSegment::Key(key.clone())),
+                serde_path_to_error::Segment::Enum { variant } => {
+                    Some(PathSegment::Key(variant.clone()))
+                }
+                serde_path_to_error::Segment::Unknown => None,
+            })
+            .collect();
+        ConfigProblem {
+            path,
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// What the runtime tells a connector when it builds it.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// The pipeline's name (unique in a deployment).
+    pub pipeline: String,
+    /// ferry's data folder: a connector may keep local state below it.
+    pub data_dir: PathBuf,
+}
+
+/// How a sink makes replays harmless, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Stores the source positions in the same transaction as the data.
+    Transactional,
+    /// Writes with ids derived from the record or its position: a replay
+    /// overwrites instead of duplicating.
+    Idempotent,
+    /// Neither: a replay after a crash may write some records twice.
+    AtLeastOnce,
+}
+
+/// A parsed source config: validated without I/O, then built.
+#[async_trait]
+pub trait SourceConfig: Send + Sync + fmt::Debug {
+    /// Checks that need no I/O. Paths are relative to the `source` section.
+    fn validate(&self) -> Vec<ConfigProblem> {
+        Vec::new()
+    }
+
+    /// One line for humans, e.g. `file /data/in/*.jsonl (json)`. No secrets.
+    fn describe(&self) -> String;
+
+    /// Whether the source can replay from a committed position. Only a
+    /// replayable source can be exactly-once.
+    fn replayable(&self) -> bool {
+        true
+    }
+
+    /// Creates the source. May do I/O (open files, connect); spawns no tasks.
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError>;
+}
+
+/// A parsed sink config: validated without I/O, then built.
+#[async_trait]
+pub trait SinkConfig: Send + Sync + fmt::Debug {
+    /// Checks that need no I/O. Paths are relative to the `sink` section.
+    fn validate(&self) -> Vec<ConfigProblem> {
+        Vec::new()
+    }
+
+    /// One line for humans, e.g. `file /data/out.jsonl (json)`. No secrets.
+    fn describe(&self) -> String;
+
+    /// How this sink, as configured, makes replays harmless.
+    fn delivery(&self) -> Delivery;
+
+    /// Creates the sink. May do I/O (open files, connect); spawns no tasks.
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError>;
+}
+
+/// A source connector as the runtime's registry knows it.
+pub struct SourcePlugin {
+    /// The value of `type:` that selects it.
+    pub kind: &'static str,
+    /// Parses the section (without `type`). Use [`deserialize`].
+    pub parse: fn(&Value) -> Result<Box<dyn SourceConfig>, FieldError>,
+}
+
+/// A sink connector as the runtime's registry knows it.
+pub struct SinkPlugin {
+    pub kind: &'static str,
+    pub parse: fn(&Value) -> Result<Box<dyn SinkConfig>, FieldError>,
+}

@@ -1,0 +1,123 @@
+//! # ferry-api — the connector contract
+//!
+//! This crate is everything a connector needs to know about ferry, and nothing
+//! about how ferry runs it. It plays the part Kafka Connect's `connect/api`
+//! plays: connectors depend on it, the runtime depends on the connectors, and
+//! nothing cycles.
+//!
+//! ## The pieces
+//!
+//! * [`Record`] — one unit of data. Its payload is a JSON value; beside it sit
+//!   an optional key, timestamp and headers, and always its [`Position`].
+//! * [`Position`] — where a record sits in its source: an opaque `offset`
+//!   inside a [`Partition`] (a file, a topic-partition, a table). The offset of
+//!   a record is the point to *resume after* it: restarting a source at that
+//!   offset yields the next record. The runtime stores positions; it never
+//!   looks inside them.
+//! * [`Source`] — reads records and resumes from committed [`Positions`].
+//! * [`Sink`] — writes batches and makes them durable. A *transactional* sink
+//!   stores the positions with its data (in the same transaction, or the same
+//!   atomic manifest) and hands them back on [`Sink::open`]; any other sink
+//!   leaves positions to the runtime's offset store.
+//! * [`SourceConfig`] / [`SinkConfig`] — a parsed connector configuration. It
+//!   is validated without I/O, then built (I/O allowed, no tasks spawned), so
+//!   `ferry validate` and a rejected config never leave anything running.
+//! * [`ConnectorError`] — says whether a failure is worth retrying. The
+//!   runtime, not the connector, owns retries, backoff, error tolerance and the
+//!   dead-letter queue.
+//!
+//! ## The delivery rule
+//!
+//! The runtime commits a position only after the sink has made every record up
+//! to it durable ([`Sink::commit`] returned `Ok`). After a crash the source
+//! replays from the last committed position; the sink makes the replay
+//! harmless either by being transactional (uncommitted writes are discarded)
+//! or idempotent (a replayed record overwrites itself). A sink that is neither
+//! is at-least-once, and says so through [`SinkConfig::delivery`].
+
+mod config;
+mod error;
+pub mod fs;
+mod record;
+
+pub use config::{
+    BuildContext, ConfigProblem, Delivery, FieldError, PathSegment, SinkConfig, SinkPlugin,
+    SourceConfig, SourcePlugin, deserialize,
+};
+pub use error::ConnectorError;
+pub use record::{Invalid, Partition, Position, Positions, Record, SourceItem, Value};
+
+use async_trait::async_trait;
+
+/// Reads records from an external system.
+///
+/// Lifecycle: [`open`](Source::open) once, then [`poll`](Source::poll) in a
+/// loop from a single task, with [`committed`](Source::committed) called
+/// between polls whenever a batch became durable, and
+/// [`close`](Source::close) at the end. A source is never polled concurrently.
+#[async_trait]
+pub trait Source: Send {
+    /// Called once before the first poll with the positions committed for this
+    /// pipeline (empty on the first run). The source resumes *after* them.
+    async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError>;
+
+    /// Returns up to `max` items in source order (per partition). Returns
+    /// whatever it has rather than waiting for a full batch, and returns an
+    /// empty vector after a short wait (about a second at most) when nothing
+    /// new arrived, so the runtime can flush and notice shutdown.
+    ///
+    /// An item that cannot be turned into a record (a malformed line) is
+    /// returned as [`SourceItem::Invalid`] with its position: the runtime
+    /// applies the error-tolerance setting to it. An `Err` means the source
+    /// itself failed; retriable errors are retried by the runtime.
+    async fn poll(&mut self, max: usize) -> Result<Vec<SourceItem>, ConnectorError>;
+
+    /// Called after `positions` were committed durably. A source whose
+    /// upstream tracks progress (a Kafka consumer group) acknowledges here;
+    /// most sources need not do anything.
+    async fn committed(&mut self, _positions: &Positions) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// Called once when the pipeline stops, after the last commit.
+    async fn close(&mut self) {}
+}
+
+/// Writes records to an external system.
+///
+/// Lifecycle: [`open`](Sink::open) once, then for every batch
+/// [`write`](Sink::write) followed by [`commit`](Sink::commit), strictly one
+/// batch at a time, then [`close`](Sink::close).
+#[async_trait]
+pub trait Sink: Send {
+    /// Called once before the first write. A transactional sink returns the
+    /// positions it committed together with its data (`Some`, possibly empty)
+    /// and discards anything it wrote after its last commit. Other sinks
+    /// return `None`: the runtime's offset store then holds the positions.
+    async fn open(&mut self) -> Result<Option<Positions>, ConnectorError>;
+
+    /// Writes one batch. Nothing has to be durable yet. Returns the records
+    /// the destination refused one by one (constraint violations, mapping
+    /// errors), by index into `batch`; the runtime dead-letters them or stops.
+    ///
+    /// If `write` or the following `commit` fails with a retriable error the
+    /// runtime calls `write` again with the same batch after a backoff, so a
+    /// sink must make that repeat harmless (roll back, truncate, or upsert).
+    async fn write(&mut self, batch: &[Record]) -> Result<Vec<Rejected>, ConnectorError>;
+
+    /// Makes everything written so far durable. `positions` are the source
+    /// positions reached by the records written so far; a transactional sink
+    /// stores them atomically with the data. Once this returns `Ok` the
+    /// runtime treats the positions as committed and never replays before them.
+    async fn commit(&mut self, positions: &Positions) -> Result<(), ConnectorError>;
+
+    /// Called once when the pipeline stops, after the last commit.
+    async fn close(&mut self) {}
+}
+
+/// A record the destination refused, by its index in the written batch.
+#[derive(Debug)]
+pub struct Rejected {
+    pub index: usize,
+    pub error: ConnectorError,
+}

@@ -1,0 +1,148 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_api::{
+    BuildContext, ConfigProblem, ConnectorError, Delivery, Sink, SinkConfig, Source, SourceConfig,
+};
+use serde::Deserialize;
+
+use crate::sink::FileSink;
+use crate::source::FileSource;
+
+/// How lines map to records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// One line is one record: a JSON string.
+    Text,
+    /// A header row, then one record per row: an object of strings.
+    Csv,
+}
+
+impl Format {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Text => "text",
+            Format::Csv => "csv",
+        }
+    }
+}
+
+/// `source: {type: file, ...}`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// A file, or a glob such as `/data/in/*.jsonl`. Files that match later are
+    /// picked up as they appear.
+    pub path: String,
+    /// `json` (default), `text` or `csv`.
+    #[serde(default)]
+    pub format: Format,
+    /// How often files are checked for growth when no filesystem event came.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// A longer line is dead-lettered (or stops the pipeline) instead of
+    /// being held in memory.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(250)
+}
+
+fn default_max_line_bytes() -> usize {
+    1 << 20
+}
+
+#[async_trait]
+impl SourceConfig for FileSourceConfig {
+    fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        if self.path.trim().is_empty() {
+            problems.push(ConfigProblem::at("path", "must not be empty"));
+        } else if let Err(e) = glob::Pattern::new(&self.path) {
+            problems.push(ConfigProblem::at("path", format!("invalid glob: {e}")));
+        }
+        if self.poll_interval.is_zero() {
+            problems.push(ConfigProblem::at("poll_interval", "must be more than 0"));
+        }
+        if self.max_line_bytes < 16 {
+            problems.push(ConfigProblem::at("max_line_bytes", "must be at least 16"));
+        }
+        problems
+    }
+
+    fn describe(&self) -> String {
+        format!("file {} ({})", self.path, self.format.name())
+    }
+
+    async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
+        Ok(Box::new(FileSource::new(self.clone())))
+    }
+}
+
+/// `sink: {type: file, ...}`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The output file; its folder is created when missing.
+    pub path: PathBuf,
+    /// `json` (default), `text` or `csv`.
+    #[serde(default)]
+    pub format: Format,
+    /// `true` (default): keep `<path>.ferry-manifest` with the committed
+    /// length and positions, exactly-once. `false`: plain appends, positions
+    /// in the runtime's offset store, at-least-once.
+    #[serde(default = "yes")]
+    pub transactional: bool,
+    /// CSV only: the columns, in order. Default: the fields of the first record.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[async_trait]
+impl SinkConfig for FileSinkConfig {
+    fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        if self.path.as_os_str().is_empty() {
+            problems.push(ConfigProblem::at("path", "must not be empty"));
+        } else if self.path.file_name().is_none() {
+            problems.push(ConfigProblem::at("path", "must name a file, not a folder"));
+        }
+        if self.columns.is_some() && self.format != Format::Csv {
+            problems.push(ConfigProblem::at("columns", "only applies to format: csv"));
+        }
+        if let Some(cols) = &self.columns
+            && cols.is_empty()
+        {
+            problems.push(ConfigProblem::at("columns", "must list at least one column"));
+        }
+        problems
+    }
+
+    fn describe(&self) -> String {
+        format!("file {} ({})", self.path.display(), self.format.name())
+    }
+
+    fn delivery(&self) -> Delivery {
+        if self.transactional {
+            Delivery::Transactional
+        } else {
+            Delivery::AtLeastOnce
+        }
+    }
+
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
+        Ok(Box::new(FileSink::new(self.clone(), ctx.pipeline.clone())))
+    }
+}

@@ -1,0 +1,280 @@
+//! The file sink: appends, and in transactional mode commits the output's
+//! length and the source positions together in one atomic manifest.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ferry_api::fs::write_atomically;
+use ferry_api::{ConnectorError, Positions, Record, Rejected, Sink, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::format::{write_csv_row, write_record};
+use crate::{FileSinkConfig, Format};
+
+const MANIFEST_VERSION: u32 = 1;
+
+/// What `<path>.ferry-manifest` holds. `length` bytes of the output are
+/// committed and cover exactly the records up to `positions`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    version: u32,
+    pipeline: String,
+    length: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    columns: Option<Vec<String>>,
+    positions: Positions,
+}
+
+pub(crate) struct FileSink {
+    config: FileSinkConfig,
+    pipeline: String,
+    manifest_path: PathBuf,
+    // An Arc so the fsync can run on the blocking pool while we keep the handle.
+    file: Option<Arc<File>>,
+    /// Bytes of the output that are durable and covered by the manifest.
+    committed_len: u64,
+    /// Bytes written so far (committed + the batch being written).
+    written_len: u64,
+    columns: Option<Vec<String>>,
+    buf: Vec<u8>,
+}
+
+impl FileSink {
+    pub(crate) fn new(config: FileSinkConfig, pipeline: String) -> Self {
+        let mut manifest = config.path.clone().into_os_string();
+        manifest.push(".ferry-manifest");
+        FileSink {
+            columns: config.columns.clone(),
+            config,
+            pipeline,
+            manifest_path: PathBuf::from(manifest),
+            file: None,
+            committed_len: 0,
+            written_len: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    fn path_err(&self, what: &str, e: io::Error) -> ConnectorError {
+        ConnectorError::io(format!("{what} {}", self.config.path.display()), e)
+    }
+
+    fn read_manifest(&self) -> Result<Option<Manifest>, ConnectorError> {
+        let bytes = match fs::read(&self.manifest_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(ConnectorError::io(
+                    format!("reading {}", self.manifest_path.display()),
+                    e,
+                ));
+            }
+        };
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            ConnectorError::Fatal(format!(
+                "{} is not a ferry manifest ({e}); move it away to start the output afresh",
+                self.manifest_path.display()
+            ))
+        })?;
+        if m.version != MANIFEST_VERSION {
+            return Err(ConnectorError::Fatal(format!(
+                "{} has version {}, this ferry reads version {MANIFEST_VERSION}",
+                self.manifest_path.display(),
+                m.version
+            )));
+        }
+        if m.pipeline != self.pipeline {
+            return Err(ConnectorError::Fatal(format!(
+                "{} is the output of pipeline {:?}, not {:?}: two pipelines must not share an output file",
+                self.config.path.display(),
+                m.pipeline,
+                self.pipeline
+            )));
+        }
+        Ok(Some(m))
+    }
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    async fn open(&mut self) -> Result<Option<Positions>, ConnectorError> {
+        let dir = ferry_api::fs::parent_dir(&self.config.path);
+        fs::create_dir_all(dir)
+            .map_err(|e| ConnectorError::io(format!("creating {}", dir.display()), e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.config.path)
+            .map_err(|e| self.path_err("opening", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| self.path_err("stat", e))?
+            .len();
+        let mut positions = None;
+        self.committed_len = len;
+        if self.config.transactional {
+            positions = Some(Positions::new());
+            if let Some(m) = self.read_manifest()? {
+                if len < m.length {
+                    return Err(ConnectorError::Fatal(format!(
+                        "{} is {len} bytes but {} bytes were committed to it: it was truncated or replaced; \
+                         move both it and {} away to start afresh",
+                        self.config.path.display(),
+                        m.length,
+                        self.manifest_path.display()
+                    )));
+                }
+                if len > m.length {
+                    // Written after the last commit: the source replays these records.
+                    tracing::info!(
+                        path = %self.config.path.display(),
+                        bytes = len - m.length,
+                        "discarding output written after the last commit"
+                    );
+                    file.set_len(m.length)
+                        .and_then(|_| file.sync_all())
+                        .map_err(|e| self.path_err("truncating", e))?;
+                }
+                self.committed_len = m.length;
+                if self.columns.is_none() {
+                    self.columns = m.columns;
+                }
+                positions = Some(m.positions);
+            }
+        }
+        self.written_len = self.committed_len;
+        self.file = Some(Arc::new(file));
+        Ok(positions)
+    }
+
+    async fn write(&mut self, batch: &[Record]) -> Result<Vec<Rejected>, ConnectorError> {
+        let file = self.file.clone().expect("write after open");
+        // A retried batch replaces whatever its failed attempt left behind.
+        if self.written_len > self.committed_len {
+            file.set_len(self.committed_len)
+                .map_err(|e| self.path_err("truncating", e))?;
+        }
+        self.buf.clear();
+        if self.config.format == Format::Csv {
+            if self.columns.is_none() {
+                self.columns = Some(first_record_columns(batch));
+            }
+            if self.committed_len == 0 {
+                write_csv_row(self.columns.clone().unwrap_or_default(), &mut self.buf);
+            }
+        }
+        let columns = self.columns.as_deref().unwrap_or(&[]);
+        for record in batch {
+            write_record(self.config.format, &record.value, columns, &mut self.buf);
+        }
+        file.write_all_at(&self.buf, self.committed_len)
+            .map_err(|e| self.path_err("writing", e))?;
+        self.written_len = self.committed_len + self.buf.len() as u64;
+        Ok(Vec::new())
+    }
+
+    async fn commit(&mut self, positions: &Positions) -> Result<(), ConnectorError> {
+        let file = self.file.clone().expect("commit after open");
+        let manifest = self.config.transactional.then(|| {
+            let m = Manifest {
+                version: MANIFEST_VERSION,
+                pipeline: self.pipeline.clone(),
+                length: self.written_len,
+                columns: self.columns.clone(),
+                positions: positions.clone(),
+            };
+            (self.manifest_path.clone(), serde_json::to_vec(&m).expect("manifest serializes"))
+        });
+        let path = self.config.path.clone();
+        // Data first, then the manifest that points past it: a crash between
+        // the two leaves data beyond the manifest, which open() cuts away.
+        tokio::task::spawn_blocking(move || -> Result<(), ConnectorError> {
+            file.sync_data()
+                .map_err(|e| ConnectorError::io(format!("fsync {}", path.display()), e))?;
+            if let Some((manifest_path, bytes)) = manifest {
+                write_atomically(&manifest_path, &bytes).map_err(|e| {
+                    ConnectorError::io(format!("writing {}", manifest_path.display()), e)
+                })?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ConnectorError::Fatal(format!("file sink commit panicked: {e}")))??;
+        self.committed_len = self.written_len;
+        Ok(())
+    }
+}
+
+fn first_record_columns(batch: &[Record]) -> Vec<String> {
+    match batch.first().map(|r| &r.value) {
+        Some(Value::Object(map)) => map.keys().cloned().collect(),
+        _ => vec!["value".to_string()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::{Partition, Position};
+    use serde_json::json;
+
+    fn record(n: u64) -> Record {
+        let partition = Arc::new(Partition { key: "p".into(), info: Value::Null });
+        Record::new(json!({"n": n}), Position { partition, offset: json!(n) })
+    }
+
+    fn positions_to(n: u64) -> Positions {
+        let mut p = Positions::new();
+        p.advance(&record(n).position);
+        p
+    }
+
+    fn sink(path: PathBuf) -> FileSink {
+        FileSink::new(
+            FileSinkConfig { path, format: Format::Json, transactional: true, columns: None },
+            "t".into(),
+        )
+    }
+
+    #[tokio::test]
+    async fn uncommitted_output_is_cut_away_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out/o.jsonl");
+        let mut s = sink(path.clone());
+        assert_eq!(s.open().await.unwrap(), Some(Positions::new()));
+        s.write(&[record(1), record(2)]).await.unwrap();
+        s.commit(&positions_to(2)).await.unwrap();
+        s.write(&[record(3)]).await.unwrap(); // crash before commit
+        drop(s);
+
+        let mut again = sink(path.clone());
+        assert_eq!(again.open().await.unwrap(), Some(positions_to(2)));
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"n\":1}\n{\"n\":2}\n");
+        again.write(&[record(3)]).await.unwrap();
+        again.write(&[record(3)]).await.unwrap(); // a retry replaces, not appends
+        again.commit(&positions_to(3)).await.unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n");
+    }
+
+    #[tokio::test]
+    async fn another_pipelines_output_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.jsonl");
+        let mut s = sink(path.clone());
+        s.open().await.unwrap();
+        s.write(&[record(1)]).await.unwrap();
+        s.commit(&positions_to(1)).await.unwrap();
+        let mut other = FileSink::new(
+            FileSinkConfig { path, format: Format::Json, transactional: true, columns: None },
+            "other".into(),
+        );
+        let err = other.open().await.unwrap_err().to_string();
+        assert!(err.contains("not \"other\""), "{err}");
+    }
+}
