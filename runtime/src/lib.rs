@@ -1,1 +1,236 @@
+//! # ferry — the runtime
+//!
+//! ferry moves records from a source to a sink, pipeline by pipeline, with
+//! committed positions so that neither a crash nor a restart loses or
+//! duplicates a record. This crate is everything around the connectors:
+//!
+//! * [`config`] loads pipeline files (one YAML file per pipeline), resolves
+//!   `${ENV}` references, reports every mistake of a file at once with
+//!   file:line:column and key path, and hands each `source:`/`sink:` section
+//!   to the connector its `type` names.
+//! * [`registry`] is the explicit list of connectors compiled in, one Cargo
+//!   feature each.
+//! * [`engine`] runs a pipeline as two tokio tasks joined by a bounded
+//!   channel. The sink task writes a batch, dead-letters what cannot be
+//!   delivered, has the sink commit, and only then moves the committed
+//!   positions. Retries, backoff, error tolerance and the dead-letter queue
+//!   live here, once, for every connector.
+//! * [`offsets`] is the embedded offset store (`<data-dir>/offsets/`), used
+//!   when the sink does not keep positions with its data.
+//! * [`run`] runs a set of pipelines until a shutdown future resolves —
+//!   `main` passes Ctrl-C/SIGTERM, tests pass whatever they like — and
+//!   prints one progress line per pipeline every few seconds.
+//!
+//! ## Why replays are harmless
+//!
+//! A source replays from the last committed position after a crash. The
+//! records between that position and the crash were maybe written, maybe not.
+//! A *transactional* sink (the file sink's manifest, later PostgreSQL)
+//! committed the positions with the data, so whatever it wrote after them is
+//! discarded when it opens; an *idempotent* sink overwrites by id. Either way
+//! each record ends up in the destination once. [`delivery_guarantee`] says
+//! which case a pipeline is in; `ferry validate` prints it.
 
+pub mod config;
+mod dead_letter;
+pub mod engine;
+pub mod offsets;
+pub mod registry;
+
+use std::fs::File;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ferry_api::Delivery;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::PipelineConfig;
+use crate::engine::{PipelineEnv, Stats, run_pipeline};
+use crate::offsets::OffsetStore;
+
+/// Errors that keep [`run`] from starting at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("data folder {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another ferry is already running with the data folder {0} (it holds {0}/ferry.lock)")]
+    Locked(PathBuf),
+}
+
+pub struct RunOptions {
+    /// Offsets, dead letters by default, and the lock live here.
+    pub data_dir: PathBuf,
+    /// Stop each pipeline once its source has nothing more to read.
+    pub once: bool,
+    /// How often to print a progress line per pipeline.
+    pub progress_interval: Duration,
+}
+
+/// How one pipeline ended.
+#[derive(Debug)]
+pub struct PipelineOutcome {
+    pub name: String,
+    pub error: Option<String>,
+    pub records_out: u64,
+    pub dead_lettered: u64,
+}
+
+/// Runs `pipelines` until `shutdown` resolves (then every pipeline stops
+/// reading, commits what it has and ends) or until every pipeline has ended.
+pub async fn run(
+    pipelines: Vec<PipelineConfig>,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Vec<PipelineOutcome>, RunError> {
+    let _lock = lock_data_dir(&options.data_dir)?;
+    let store = OffsetStore::new(&options.data_dir);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut all: Vec<(String, Arc<Stats>)> = Vec::new();
+    for p in pipelines {
+        let stats = Arc::new(Stats::default());
+        all.push((p.name.clone(), stats.clone()));
+        let env = PipelineEnv {
+            data_dir: options.data_dir.clone(),
+            store: store.clone(),
+            stats,
+            stop: stop_rx.clone(),
+            once: options.once,
+        };
+        let name = p.name.clone();
+        tasks.spawn(async move { (name, run_pipeline(Arc::new(p), env).await) });
+    }
+
+    let mut progress = Progress::new(&all);
+    let mut ticker = tokio::time::interval(options.progress_interval);
+    ticker.tick().await; // the first tick is immediate
+    tokio::pin!(shutdown);
+    let mut stopping = false;
+    let mut errors: Vec<(String, String)> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown, if !stopping => {
+                tracing::info!("stopping: committing what has been read, then exiting");
+                stopping = true;
+                let _ = stop_tx.send(true);
+            }
+            _ = ticker.tick() => progress.report(&all),
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok((name, Ok(())))) => tracing::info!(pipeline = %name, "pipeline stopped"),
+                Some(Ok((name, Err(e)))) => {
+                    tracing::error!(pipeline = %name, "pipeline failed: {e}");
+                    errors.push((name, e.to_string()));
+                }
+                Some(Err(e)) => tracing::error!("a pipeline task panicked: {e}"),
+            },
+        }
+    }
+    progress.report(&all);
+    Ok(all
+        .iter()
+        .map(|(name, stats)| PipelineOutcome {
+            name: name.clone(),
+            error: errors
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, e)| e.clone()),
+            records_out: stats.records_out.load(Ordering::Relaxed),
+            dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
+        })
+        .collect())
+}
+
+/// Takes `<data-dir>/ferry.lock`: two ferry processes on one data folder
+/// would overwrite each other's offsets. The OS drops the lock when the
+/// process dies, even by SIGKILL.
+pub fn lock_data_dir(dir: &Path) -> Result<File, RunError> {
+    let err = |source| RunError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let file = File::create(dir.join("ferry.lock")).map_err(err)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(err(e)),
+    }
+}
+
+/// One progress line per pipeline: records in and out, rate, dead letters,
+/// committed position.
+struct Progress {
+    last: Instant,
+    last_out: Vec<u64>,
+}
+
+impl Progress {
+    fn new(all: &[(String, Arc<Stats>)]) -> Progress {
+        Progress {
+            last: Instant::now(),
+            last_out: vec![0; all.len()],
+        }
+    }
+
+    fn report(&mut self, all: &[(String, Arc<Stats>)]) {
+        let secs = self.last.elapsed().as_secs_f64().max(1e-3);
+        self.last = Instant::now();
+        for (i, (name, s)) in all.iter().enumerate() {
+            let out = s.records_out.load(Ordering::Relaxed);
+            let rate = (out - self.last_out[i]) as f64 / secs;
+            self.last_out[i] = out;
+            tracing::info!(
+                "{name}: in {} out {} ({rate:.0} records/s), dead-lettered {}, retries {}, committed {}",
+                s.records_in.load(Ordering::Relaxed),
+                out,
+                s.dead_lettered.load(Ordering::Relaxed),
+                s.retries.load(Ordering::Relaxed),
+                s.committed()
+            );
+        }
+    }
+}
+
+/// Whether a pipeline is exactly-once, and why, in words for humans.
+pub fn delivery_guarantee(p: &PipelineConfig) -> (bool, String) {
+    if !p.source.replayable() {
+        return (
+            false,
+            format!(
+                "at-least-once: the {} source cannot replay from a position",
+                p.source_type
+            ),
+        );
+    }
+    match p.sink.delivery() {
+        Delivery::Transactional => (
+            true,
+            format!(
+                "exactly-once: the {} sink commits the source positions together with the data",
+                p.sink_type
+            ),
+        ),
+        Delivery::Idempotent => (
+            true,
+            format!(
+                "exactly-once in effect: the {} sink writes with ids, so a replay overwrites",
+                p.sink_type
+            ),
+        ),
+        Delivery::AtLeastOnce => (
+            false,
+            format!(
+                "at-least-once: after a crash the {} sink may receive again what it got since the last commit",
+                p.sink_type
+            ),
+        ),
+    }
+}

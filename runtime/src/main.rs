@@ -1,1 +1,221 @@
-fn main(){}
+//! The `ferry` command. Parses arguments and calls the library: all logic
+//! lives in `ferry::run` and friends so tests can drive it without signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferry::config::{ConfigErrors, expand_paths, load_all};
+use ferry::offsets::OffsetStore;
+use ferry::registry::Registry;
+use ferry::{RunOptions, delivery_guarantee, lock_data_dir};
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Moves records from sources to sinks, with no loss and no duplicates."
+)]
+struct Cli {
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `ferry=debug`.
+    #[arg(long, global = true, env = "FERRY_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run pipelines until stopped (Ctrl-C or SIGTERM: finish the batch, commit, exit 0).
+    Run {
+        /// Where offsets, default dead-letter files and the lock are kept.
+        #[arg(long, env = "FERRY_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// Exit once every source has nothing more to read (batch jobs, benchmarks).
+        #[arg(long)]
+        once: bool,
+        /// How often to print one progress line per pipeline.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        progress_interval: Duration,
+        /// Pipeline files, or folders of them (*.yaml, *.yml).
+        #[arg(default_value = "configs")]
+        paths: Vec<PathBuf>,
+    },
+    /// Check pipeline files without running them; print every error, and each pipeline's guarantee.
+    Validate {
+        /// Pipeline files, or folders of them (*.yaml, *.yml).
+        #[arg(default_value = "configs")]
+        paths: Vec<PathBuf>,
+    },
+    /// Show or reset committed offsets.
+    Offsets {
+        #[command(subcommand)]
+        command: OffsetsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OffsetsCommand {
+    /// List the committed positions of every pipeline.
+    List {
+        #[arg(long, env = "FERRY_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// Make a pipeline start again from the beginning of its source at its next start.
+    Reset {
+        #[arg(long, env = "FERRY_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// The pipeline's name.
+        pipeline: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match real_main(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main(command: Command) -> anyhow::Result<ExitCode> {
+    let registry = Registry::builtin();
+    match command {
+        Command::Run {
+            data_dir,
+            once,
+            progress_interval,
+            paths,
+        } => {
+            let pipelines = match expand_paths(&paths).and_then(|files| load_all(&files, &registry))
+            {
+                Ok(p) => p,
+                Err(errors) => return Ok(print_config_errors(&errors)),
+            };
+            if pipelines.is_empty() {
+                anyhow::bail!("no pipeline files found in {paths:?}");
+            }
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            let outcomes = runtime.block_on(ferry::run(
+                pipelines,
+                RunOptions {
+                    data_dir,
+                    once,
+                    progress_interval,
+                },
+                shutdown_signal(),
+            ))?;
+            let failed: Vec<_> = outcomes.iter().filter(|o| o.error.is_some()).collect();
+            for o in &failed {
+                eprintln!(
+                    "error: pipeline {} failed: {}",
+                    o.name,
+                    o.error.as_deref().unwrap_or_default()
+                );
+            }
+            Ok(if failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Validate { paths } => {
+            let pipelines = match expand_paths(&paths).and_then(|files| load_all(&files, &registry))
+            {
+                Ok(p) => p,
+                Err(errors) => return Ok(print_config_errors(&errors)),
+            };
+            for p in &pipelines {
+                let (_, guarantee) = delivery_guarantee(p);
+                println!("ok   {}: {}", p.file.display(), p.name);
+                println!("     {} → {}", p.source.describe(), p.sink.describe());
+                println!("     {guarantee}");
+            }
+            println!("{} pipeline(s) valid", pipelines.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Offsets {
+            command: OffsetsCommand::List { data_dir },
+        } => {
+            let entries = OffsetStore::new(&data_dir).list()?;
+            if entries.is_empty() {
+                println!("no offsets stored in {}", data_dir.display());
+            }
+            for e in entries {
+                let kept = if e.kept_by_sink {
+                    " (kept by the sink; this is a copy)"
+                } else {
+                    ""
+                };
+                let reset = if e.reset {
+                    " — reset: restarts from the beginning"
+                } else {
+                    ""
+                };
+                println!("{}: updated {}{kept}{reset}", e.pipeline, e.updated);
+                for p in e.positions.iter() {
+                    println!("  {}  {}", p.partition.key, p.describe());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Offsets {
+            command: OffsetsCommand::Reset { data_dir, pipeline },
+        } => {
+            // Refuse while a ferry runs on this folder: it would overwrite the reset.
+            let _lock = lock_data_dir(&data_dir)?;
+            if OffsetStore::new(&data_dir).reset(&pipeline)? {
+                println!(
+                    "{pipeline}: offsets reset; its next start reads its source from the beginning"
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "error: no offsets stored for pipeline {pipeline:?} in {}",
+                    data_dir.display()
+                );
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}
+
+fn print_config_errors(errors: &ConfigErrors) -> ExitCode {
+    for e in &errors.0 {
+        eprintln!("error: {e}");
+    }
+    eprintln!("{} error(s) in pipeline files", errors.0.len());
+    ExitCode::from(2)
+}
+
+/// Resolves on the first SIGINT or SIGTERM. A second one exits at once: the
+/// committed positions are safe whatever is in flight.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("second signal: exiting now (committed positions are safe)");
+        std::process::exit(130);
+    });
+}

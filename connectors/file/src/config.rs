@@ -125,7 +125,10 @@ impl SinkConfig for FileSinkConfig {
         if let Some(cols) = &self.columns
             && cols.is_empty()
         {
-            problems.push(ConfigProblem::at("columns", "must list at least one column"));
+            problems.push(ConfigProblem::at(
+                "columns",
+                "must list at least one column",
+            ));
         }
         problems
     }

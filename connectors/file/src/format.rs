@@ -136,19 +136,31 @@ mod tests {
     #[test]
     fn json_lines() {
         let mut h = None;
-        assert!(matches!(parse_line(Format::Json, br#"{"a":1}"#, &mut h), Parsed::Record(_)));
-        assert!(matches!(parse_line(Format::Json, b"  ", &mut h), Parsed::Skip));
+        assert!(matches!(
+            parse_line(Format::Json, br#"{"a":1}"#, &mut h),
+            Parsed::Record(_)
+        ));
+        assert!(matches!(
+            parse_line(Format::Json, b"  ", &mut h),
+            Parsed::Skip
+        ));
         match parse_line(Format::Json, b"42", &mut h) {
             Parsed::Invalid(e) => assert_eq!(e, "expected a JSON object, found a number"),
             _ => panic!("a number is not a record"),
         }
-        assert!(matches!(parse_line(Format::Json, b"{oops", &mut h), Parsed::Invalid(_)));
+        assert!(matches!(
+            parse_line(Format::Json, b"{oops", &mut h),
+            Parsed::Invalid(_)
+        ));
     }
 
     #[test]
     fn csv_rows_with_header_and_quotes() {
         let mut h = None;
-        assert!(matches!(parse_line(Format::Csv, b"id,name", &mut h), Parsed::Skip));
+        assert!(matches!(
+            parse_line(Format::Csv, b"id,name", &mut h),
+            Parsed::Skip
+        ));
         match parse_line(Format::Csv, b"1,\"a, \"\"b\"\"\nc\"", &mut h) {
             Parsed::Record(v) => {
                 assert_eq!(v["id"], "1");
@@ -156,7 +168,10 @@ mod tests {
             }
             _ => panic!("row expected"),
         }
-        assert!(matches!(parse_line(Format::Csv, b"1,2,3", &mut h), Parsed::Invalid(_)));
+        assert!(matches!(
+            parse_line(Format::Csv, b"1,2,3", &mut h),
+            Parsed::Invalid(_)
+        ));
         assert!(csv_row_open(b"1,\"a\n"));
         assert!(!csv_row_open(b"1,\"a\"\"b\"\n"));
     }
@@ -165,7 +180,12 @@ mod tests {
     fn csv_round_trip() {
         let cols = vec!["id".to_string(), "name".to_string()];
         let mut out = Vec::new();
-        write_record(Format::Csv, &serde_json::json!({"id": 7, "name": "x,y"}), &cols, &mut out);
+        write_record(
+            Format::Csv,
+            &serde_json::json!({"id": 7, "name": "x,y"}),
+            &cols,
+            &mut out,
+        );
         assert_eq!(out, b"7,\"x,y\"\n");
     }
 }

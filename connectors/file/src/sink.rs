@@ -112,10 +112,7 @@ impl Sink for FileSink {
             .truncate(false)
             .open(&self.config.path)
             .map_err(|e| self.path_err("opening", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| self.path_err("stat", e))?
-            .len();
+        let len = file.metadata().map_err(|e| self.path_err("stat", e))?.len();
         let mut positions = None;
         self.committed_len = len;
         if self.config.transactional {
@@ -189,7 +186,10 @@ impl Sink for FileSink {
                 columns: self.columns.clone(),
                 positions: positions.clone(),
             };
-            (self.manifest_path.clone(), serde_json::to_vec(&m).expect("manifest serializes"))
+            (
+                self.manifest_path.clone(),
+                serde_json::to_vec(&m).expect("manifest serializes"),
+            )
         });
         let path = self.config.path.clone();
         // Data first, then the manifest that points past it: a crash between
@@ -225,8 +225,17 @@ mod tests {
     use serde_json::json;
 
     fn record(n: u64) -> Record {
-        let partition = Arc::new(Partition { key: "p".into(), info: Value::Null });
-        Record::new(json!({"n": n}), Position { partition, offset: json!(n) })
+        let partition = Arc::new(Partition {
+            key: "p".into(),
+            info: Value::Null,
+        });
+        Record::new(
+            json!({"n": n}),
+            Position {
+                partition,
+                offset: json!(n),
+            },
+        )
     }
 
     fn positions_to(n: u64) -> Positions {
@@ -237,7 +246,12 @@ mod tests {
 
     fn sink(path: PathBuf) -> FileSink {
         FileSink::new(
-            FileSinkConfig { path, format: Format::Json, transactional: true, columns: None },
+            FileSinkConfig {
+                path,
+                format: Format::Json,
+                transactional: true,
+                columns: None,
+            },
             "t".into(),
         )
     }
@@ -259,7 +273,10 @@ mod tests {
         again.write(&[record(3)]).await.unwrap();
         again.write(&[record(3)]).await.unwrap(); // a retry replaces, not appends
         again.commit(&positions_to(3)).await.unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n"
+        );
     }
 
     #[tokio::test]
@@ -271,7 +288,12 @@ mod tests {
         s.write(&[record(1)]).await.unwrap();
         s.commit(&positions_to(1)).await.unwrap();
         let mut other = FileSink::new(
-            FileSinkConfig { path, format: Format::Json, transactional: true, columns: None },
+            FileSinkConfig {
+                path,
+                format: Format::Json,
+                transactional: true,
+                columns: None,
+            },
             "other".into(),
         );
         let err = other.open().await.unwrap_err().to_string();

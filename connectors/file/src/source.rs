@@ -86,7 +86,9 @@ impl FileSource {
         // instances left) the source still works through the poll interval.
         match watcher.and_then(|mut w| w.watch(&dir, mode).map(|_| w)) {
             Ok(w) => self._watcher = Some(w),
-            Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "no file watcher; polling only"),
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "no file watcher; polling only")
+            }
         }
     }
 
@@ -315,7 +317,11 @@ impl Tailed {
     }
 
     /// Whether `resume` belongs to this file's content: Ok(offset) or Err(why not).
-    fn check_resume(&mut self, resume: &Position, len: u64) -> io::Result<Result<u64, &'static str>> {
+    fn check_resume(
+        &mut self,
+        resume: &Position,
+        len: u64,
+    ) -> io::Result<Result<u64, &'static str>> {
         let info = &resume.partition.info;
         let (Some(pos), Some(fp), Some(fp_len)) = (
             resume.offset.as_u64(),
@@ -325,14 +331,18 @@ impl Tailed {
             return Ok(Err("the stored position is not a file position"));
         };
         if pos > len {
-            return Ok(Err("the file is shorter than the committed offset (truncated)"));
+            return Ok(Err(
+                "the file is shorter than the committed offset (truncated)",
+            ));
         }
         let mut head = vec![0u8; fp_len as usize];
         if self.reader.get_ref().read_exact_at(&mut head, 0).is_err() {
             return Ok(Err("the file is shorter than its fingerprint"));
         }
         if format!("{:016x}", fnv1a(&head)) != fp {
-            return Ok(Err("the file's first line changed (inode reused by a new file)"));
+            return Ok(Err(
+                "the file's first line changed (inode reused by a new file)",
+            ));
         }
         self.fingerprint = Some((fnv1a(&head), head.len()));
         Ok(Ok(pos))
@@ -561,7 +571,10 @@ mod tests {
 
         // Rotate: rename away (still matching), write more to the old file, new file.
         fs::rename(&a, dir.path().join("app-1.log")).unwrap();
-        let mut old = fs::OpenOptions::new().append(true).open(dir.path().join("app-1.log")).unwrap();
+        let mut old = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("app-1.log"))
+            .unwrap();
         old.write_all(b"three\n").unwrap();
         fs::write(&a, "fresh\n").unwrap();
 
@@ -586,7 +599,9 @@ mod tests {
         src.open(&Positions::new()).await.unwrap();
         let got = src.poll(100).await.unwrap();
         assert_eq!(got.len(), 3);
-        assert!(matches!(&got[1], SourceItem::Invalid(i) if i.error.contains("longer than max_line_bytes")));
+        assert!(
+            matches!(&got[1], SourceItem::Invalid(i) if i.error.contains("longer than max_line_bytes"))
+        );
         assert_eq!(got[2].position().offset, Value::from(6 + 201 + 6));
 
         fs::write(&path, "new\n").unwrap(); // truncate in place

@@ -1,0 +1,99 @@
+//! The dead-letter file: one JSON line per record that could not be
+//! delivered, with the record, the error, the stage and the source position.
+//! It is fsynced before the positions past those records are committed, so a
+//! dead-lettered record is never lost; after a crash it may appear twice.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ferry_api::{ConnectorError, Invalid, Position, Record, Value};
+use serde_json::json;
+
+pub struct DeadLetters {
+    path: PathBuf,
+    pipeline: String,
+    file: Option<Arc<File>>,
+}
+
+impl DeadLetters {
+    pub fn new(path: PathBuf, pipeline: &str) -> DeadLetters {
+        DeadLetters {
+            path,
+            pipeline: pipeline.to_string(),
+            file: None,
+        }
+    }
+
+    /// An entry for input the source could not parse.
+    pub fn invalid(&self, i: &Invalid) -> Value {
+        self.entry(
+            "source",
+            &i.error,
+            &i.position,
+            "raw",
+            Value::String(i.raw.clone()),
+        )
+    }
+
+    /// An entry for a record the sink refused.
+    pub fn rejected(&self, r: &Record, error: &ConnectorError) -> Value {
+        self.entry(
+            "sink",
+            &error.to_string(),
+            &r.position,
+            "record",
+            r.value.clone(),
+        )
+    }
+
+    fn entry(
+        &self,
+        stage: &str,
+        error: &str,
+        position: &Position,
+        field: &str,
+        data: Value,
+    ) -> Value {
+        let mut e = json!({
+            "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            "pipeline": self.pipeline,
+            "stage": stage,
+            "error": error,
+            "position": position,
+        });
+        e[field] = data;
+        e
+    }
+
+    /// Appends the entries and fsyncs.
+    pub async fn append(&mut self, entries: &[Value]) -> Result<(), ConnectorError> {
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| ConnectorError::io(format!("creating {}", dir.display()), e))?;
+            }
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| ConnectorError::io(format!("opening {}", self.path.display()), e))?;
+            self.file = Some(Arc::new(f));
+        }
+        let file = self.file.clone().expect("opened above");
+        let mut bytes = Vec::new();
+        for e in entries {
+            serde_json::to_writer(&mut bytes, e).expect("JSON serializes");
+            bytes.push(b'\n');
+        }
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            (&*file).write_all(&bytes).and_then(|_| file.sync_data())
+        })
+        .await
+        .map_err(|e| ConnectorError::Fatal(format!("dead-letter writer panicked: {e}")))?
+        .map_err(|e| ConnectorError::io(format!("writing {}", path.display()), e))
+    }
+}

@@ -1,0 +1,198 @@
+//! The embedded offset store: one small JSON file per pipeline under
+//! `<data-dir>/offsets/`, replaced atomically (temp file → fsync → rename).
+//!
+//! For a sink that keeps positions itself (transactional) the file is only a
+//! mirror for `ferry offsets list`, written without fsync; the sink's copy is
+//! the truth. Otherwise this file is the truth, and it is written only after
+//! the sink made the records it covers durable.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use ferry_api::Positions;
+use ferry_api::fs::write_atomically;
+use serde::{Deserialize, Serialize};
+
+const VERSION: u32 = 1;
+
+/// What is stored for one pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredOffsets {
+    pub version: u32,
+    pub pipeline: String,
+    /// The sink keeps the authoritative copy of these positions.
+    #[serde(default)]
+    pub kept_by_sink: bool,
+    /// Set by `ferry offsets reset`: the next start begins from nothing,
+    /// whatever the sink holds.
+    #[serde(default)]
+    pub reset: bool,
+    pub updated: String,
+    pub positions: Positions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetStoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: not a ferry offsets file ({message})")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct OffsetStore {
+    dir: PathBuf,
+}
+
+impl OffsetStore {
+    pub fn new(data_dir: &Path) -> OffsetStore {
+        OffsetStore {
+            dir: data_dir.join("offsets"),
+        }
+    }
+
+    fn path(&self, pipeline: &str) -> PathBuf {
+        self.dir.join(format!("{pipeline}.json"))
+    }
+
+    pub fn load(&self, pipeline: &str) -> Result<Option<StoredOffsets>, OffsetStoreError> {
+        read(&self.path(pipeline))
+    }
+
+    /// Stores `positions`; `durable` fsyncs (the store is the truth) or not
+    /// (a mirror of what the sink keeps).
+    pub fn save(
+        &self,
+        pipeline: &str,
+        positions: &Positions,
+        kept_by_sink: bool,
+    ) -> Result<(), OffsetStoreError> {
+        let entry = StoredOffsets {
+            version: VERSION,
+            pipeline: pipeline.to_string(),
+            kept_by_sink,
+            reset: false,
+            updated: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            positions: positions.clone(),
+        };
+        let path = self.path(pipeline);
+        let bytes = serde_json::to_vec_pretty(&entry).expect("offsets serialize");
+        let result = if kept_by_sink {
+            fs::create_dir_all(&self.dir).and_then(|_| {
+                let tmp = path.with_extension("json.tmp");
+                fs::write(&tmp, &bytes)?;
+                fs::rename(&tmp, &path)
+            })
+        } else {
+            write_atomically(&path, &bytes)
+        };
+        result.map_err(|source| OffsetStoreError::Io { path, source })
+    }
+
+    /// Every pipeline with stored offsets, by name.
+    pub fn list(&self) -> Result<Vec<StoredOffsets>, OffsetStoreError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(OffsetStoreError::Io {
+                    path: self.dir.clone(),
+                    source,
+                });
+            }
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry
+                .map_err(|source| OffsetStoreError::Io {
+                    path: self.dir.clone(),
+                    source,
+                })?
+                .path();
+            if path.extension().and_then(|e| e.to_str()) == Some("json")
+                && let Some(o) = read(&path)?
+            {
+                out.push(o);
+            }
+        }
+        out.sort_by(|a, b| a.pipeline.cmp(&b.pipeline));
+        Ok(out)
+    }
+
+    /// Makes the next start of `pipeline` begin from the start of its source.
+    /// Returns false if nothing was stored for it.
+    pub fn reset(&self, pipeline: &str) -> Result<bool, OffsetStoreError> {
+        let Some(mut entry) = self.load(pipeline)? else {
+            return Ok(false);
+        };
+        entry.reset = true;
+        entry.positions = Positions::new();
+        entry.updated = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let path = self.path(pipeline);
+        write_atomically(
+            &path,
+            &serde_json::to_vec_pretty(&entry).expect("offsets serialize"),
+        )
+        .map_err(|source| OffsetStoreError::Io { path, source })?;
+        Ok(true)
+    }
+}
+
+fn read(path: &Path) -> Result<Option<StoredOffsets>, OffsetStoreError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(OffsetStoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let entry: StoredOffsets =
+        serde_json::from_slice(&bytes).map_err(|e| OffsetStoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if entry.version != VERSION {
+        return Err(OffsetStoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!(
+                "version {} (this ferry reads version {VERSION})",
+                entry.version
+            ),
+        });
+    }
+    Ok(Some(entry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::{Partition, Position};
+    use std::sync::Arc;
+
+    #[test]
+    fn save_load_list_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OffsetStore::new(dir.path());
+        assert!(store.load("p").unwrap().is_none());
+        let mut positions = Positions::new();
+        positions.advance(&Position {
+            partition: Arc::new(Partition {
+                key: "k".into(),
+                info: serde_json::Value::Null,
+            }),
+            offset: 42.into(),
+        });
+        store.save("p", &positions, false).unwrap();
+        assert_eq!(store.load("p").unwrap().unwrap().positions, positions);
+        assert_eq!(store.list().unwrap().len(), 1);
+        assert!(store.reset("p").unwrap());
+        let after = store.load("p").unwrap().unwrap();
+        assert!(after.reset && after.positions.is_empty());
+        assert!(!store.reset("nope").unwrap());
+    }
+}

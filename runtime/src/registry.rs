@@ -1,0 +1,51 @@
+//! The built-in connectors, listed explicitly: one entry per connector, each
+//! behind its Cargo feature. No link-time magic: what is here is what exists.
+
+use ferry_api::{SinkPlugin, SourcePlugin};
+
+/// Connector types ferry knows of, and the feature that builds each. Lets a
+/// config naming a connector left out of this build say which feature is off.
+const ALL_TYPES: &[(&str, &str)] = &[("file", "file")];
+
+pub struct Registry {
+    sources: Vec<SourcePlugin>,
+    sinks: Vec<SinkPlugin>,
+}
+
+impl Registry {
+    /// Every connector compiled into this build.
+    pub fn builtin() -> Registry {
+        #[allow(unused_mut)]
+        let mut r = Registry {
+            sources: Vec::new(),
+            sinks: Vec::new(),
+        };
+        #[cfg(feature = "file")]
+        {
+            r.sources.push(ferry_connector_file::source_plugin());
+            r.sinks.push(ferry_connector_file::sink_plugin());
+        }
+        r
+    }
+
+    pub fn source(&self, kind: &str) -> Option<&SourcePlugin> {
+        self.sources.iter().find(|p| p.kind == kind)
+    }
+
+    pub fn sink(&self, kind: &str) -> Option<&SinkPlugin> {
+        self.sinks.iter().find(|p| p.kind == kind)
+    }
+
+    pub fn source_kinds(&self) -> Vec<&'static str> {
+        self.sources.iter().map(|p| p.kind).collect()
+    }
+
+    pub fn sink_kinds(&self) -> Vec<&'static str> {
+        self.sinks.iter().map(|p| p.kind).collect()
+    }
+}
+
+/// The Cargo feature that builds connector `kind`, if ferry has one.
+pub fn feature_of(kind: &str) -> Option<&'static str> {
+    ALL_TYPES.iter().find(|(k, _)| *k == kind).map(|(_, f)| *f)
+}
