@@ -1,1 +1,220 @@
+//! # ferry-tests — end-to-end tests and benchmarks
+//!
+//! Everything here drives the real `ferry` binary as a separate process, with
+//! real files and real signals (SIGKILL, SIGTERM), the way an operator would.
+//! The helpers in this crate start and stop processes, write pipeline files
+//! and read outputs back; the tests live in `tests/`, the benchmark in
+//! `src/bin/bench_file.rs`.
+//!
+//! The binary is taken from `FERRY_BIN` when set (`scripts/test` builds it
+//! once and sets it); otherwise the first test to need it runs
+//! `cargo build -p ferry`, so a test never runs a stale binary.
 
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use serde_json::{Value, json};
+
+/// The workspace root (where `configs/` and `tests/fixtures/` are).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// The `ferry` binary under test.
+pub fn ferry_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("FERRY_BIN") {
+            return PathBuf::from(bin);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = !cfg!(debug_assertions);
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "ferry", "--bin", "ferry"])
+            .current_dir(workspace_root());
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build -p ferry");
+        assert!(status.success(), "cargo build -p ferry failed");
+        // Our own executable is target/<profile>/deps/<test>-<hash>.
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        profile_dir.join("ferry")
+    })
+}
+
+/// A running `ferry` process whose stderr goes to a log file.
+pub struct Ferry {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Ferry {
+    /// Starts `ferry ARGS…` in `dir`.
+    pub fn start(dir: &Path, args: &[&str]) -> Ferry {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("ferry-{n}.log"));
+        let child = Command::new(ferry_bin())
+            .args(args)
+            .current_dir(dir)
+            .env("FERRY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starting ferry");
+        Ferry { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL: no chance to flush or commit anything.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaping ferry");
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a pid we spawned and have not reaped.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `ferry ARGS…` in `dir` to completion (at most `limit`), returning
+/// its exit status and its log.
+pub fn run_to_end(dir: &Path, args: &[&str], limit: Duration) -> (ExitStatus, String) {
+    let mut f = Ferry::start(dir, args);
+    let status = f.wait_for_exit(limit).unwrap_or_else(|| {
+        panic!(
+            "ferry {args:?} did not finish within {limit:?}; log:\n{}",
+            f.log_text()
+        )
+    });
+    (status, f.log_text())
+}
+
+/// Reads a JSON-lines file (missing file: no lines). Panics on a torn or
+/// invalid line: an output ferry committed must always parse.
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    let Ok(f) = File::open(path) else {
+        return Vec::new();
+    };
+    BufReader::new(f)
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let line = line.expect("reading output");
+            serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("{}:{}: {e}: {line:?}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Counts the complete lines of a file without parsing them.
+pub fn count_lines(path: &Path) -> usize {
+    fs::read(path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// One input line of the test data: a file tag, a sequence number and
+/// padding up to about `size` bytes.
+pub fn test_line(file: &str, seq: u64, size: usize) -> String {
+    let head = format!(r#"{{"file":"{file}","seq":{seq},"pad":""#);
+    let pad = size.saturating_sub(head.len() + 3);
+    format!("{head}{}\"}}\n", "x".repeat(pad))
+}
+
+/// Checks that `records` hold, for every file tag, each sequence number
+/// `0..expected[tag]` exactly once, in increasing order. Returns a list of
+/// problems (empty when all is well).
+pub fn check_exactly_once(records: &[Value], expected: &[(&str, u64)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (tag, count) in expected {
+        let seqs: Vec<u64> = records
+            .iter()
+            .filter(|r| r["file"] == *tag)
+            .map(|r| r["seq"].as_u64().expect("seq"))
+            .collect();
+        let mut seen = vec![0u32; *count as usize];
+        let mut out_of_range = 0;
+        for &s in &seqs {
+            match seen.get_mut(s as usize) {
+                Some(n) => *n += 1,
+                None => out_of_range += 1,
+            }
+        }
+        let lost = seen.iter().filter(|&&n| n == 0).count();
+        let duplicated = seen.iter().filter(|&&n| n > 1).count();
+        let out_of_order = seqs.windows(2).filter(|w| w[1] <= w[0]).count();
+        if lost + duplicated + out_of_range + out_of_order > 0 {
+            problems.push(format!(
+                "{tag}: {} records, {lost} lost, {duplicated} duplicated, {out_of_range} unexpected, {out_of_order} out of order",
+                seqs.len()
+            ));
+        }
+    }
+    let known: usize = expected
+        .iter()
+        .map(|(t, _)| records.iter().filter(|r| r["file"] == *t).count())
+        .sum();
+    if known != records.len() {
+        problems.push(format!(
+            "{} records with an unknown file tag",
+            records.len() - known
+        ));
+    }
+    problems
+}

@@ -1,0 +1,110 @@
+//! `ferry validate` on broken pipeline files: each fixture in
+//! tests/fixtures/bad-configs has the exact expected output beside it.
+
+use std::fs;
+use std::process::Command;
+
+use ferry_tests::*;
+
+#[test]
+fn every_broken_fixture_reports_its_expected_errors() {
+    let root = workspace_root();
+    let dir = root.join("tests/fixtures/bad-configs");
+    let mut fixtures: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    fixtures.sort();
+    assert!(fixtures.len() >= 6);
+    for yaml in fixtures {
+        let rel = yaml.strip_prefix(&root).unwrap();
+        let out = Command::new(ferry_bin())
+            .args(["validate", rel.to_str().unwrap()])
+            .current_dir(&root)
+            .env("FERRY_TEST_SECRET", "hunter2-secret")
+            .env_remove("FERRY_TEST_UNSET_VARIABLE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let expected = fs::read_to_string(yaml.with_extension("expected")).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", rel.display());
+        assert_eq!(stderr, expected, "{}", rel.display());
+        assert!(
+            !stderr.contains("hunter2-secret"),
+            "a secret leaked: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn duplicate_pipeline_names_across_files_are_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = "name: same\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: file\n  path: out.jsonl\n";
+    fs::write(dir.path().join("a.yaml"), p).unwrap();
+    fs::write(dir.path().join("b.yml"), p).unwrap();
+    let out = Command::new(ferry_bin())
+        .args(["validate", "."])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("./b.yml:1:7: name: pipeline name \"same\" is already used by ./a.yaml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_states_each_pipelines_guarantee() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "source:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: file\n";
+    fs::write(
+        dir.path().join("tx.yaml"),
+        format!("name: tx\n{base}  path: a.jsonl\n"),
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("plain.yaml"),
+        format!("name: plain\n{base}  path: b.jsonl\n  transactional: false\n"),
+    )
+    .unwrap();
+    let out = Command::new(ferry_bin())
+        .args(["validate", "."])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "exactly-once: the file sink commits the source positions together with the data"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("at-least-once: after a crash the file sink may receive again"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 pipeline(s) valid"), "{stdout}");
+}
+
+#[test]
+fn the_shipped_examples_are_valid() {
+    let root = workspace_root();
+    let out = Command::new(ferry_bin())
+        .args(["validate", "configs/examples"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
