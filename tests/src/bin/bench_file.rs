@@ -1,0 +1,162 @@
+//! Benchmark: file → file on N records of ~100 bytes (default 1,000,000).
+//!
+//! Runs, in the same session and on the same input:
+//! 1. `cat IN > OUT` — the copy ceiling;
+//! 2. a minimal program that reads each line, parses the JSON and writes it
+//!    back (this binary's `parse-write` mode) — the work ferry must do at least;
+//! 3. `ferry run --once` with a file → file pipeline (release build).
+//!
+//! Prints records/s, MB/s and peak RSS (from wait4's rusage) for each, and
+//! ferry's ratio to the parse-and-write baseline.
+//!
+//! Usage: `bench_file [--records N] [--batch-size N] [--dir DIR]`, or
+//! `scripts/bench-file` which builds in release mode first.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use ferry_tests::{Value, ferry_bin, test_line};
+
+struct Measured {
+    name: String,
+    seconds: f64,
+    peak_rss_kb: i64,
+}
+
+/// Runs a command, waits with wait4 to get its peak RSS.
+fn measure(name: &str, cmd: &mut Command) -> Measured {
+    let start = Instant::now();
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, with valid pointers.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let seconds = start.elapsed().as_secs_f64();
+    assert_eq!(pid, child.id() as i32, "wait4 failed for {name}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{name} failed: status {status}"
+    );
+    Measured {
+        name: name.to_string(),
+        seconds,
+        peak_rss_kb: usage.ru_maxrss,
+    }
+}
+
+fn parse_write(input: &Path, output: &Path) {
+    let reader = BufReader::with_capacity(64 * 1024, File::open(input).expect("input"));
+    let file = File::create(output).expect("output");
+    let mut out = BufWriter::with_capacity(64 * 1024, &file);
+    for line in reader.split(b'\n') {
+        let line = line.expect("read");
+        let v: Value = serde_json::from_slice(&line).expect("valid JSON");
+        serde_json::to_writer(&mut out, &v).expect("write");
+        out.write_all(b"\n").expect("write");
+    }
+    out.flush().expect("flush");
+    drop(out);
+    file.sync_all().expect("fsync");
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("parse-write") {
+        parse_write(Path::new(&args[2]), Path::new(&args[3]));
+        return;
+    }
+    let records: u64 =
+        arg(&args, "--records").map_or(1_000_000, |s| s.parse().expect("--records N"));
+    let batch_size: u64 =
+        arg(&args, "--batch-size").map_or(1_000, |s| s.parse().expect("--batch-size N"));
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir: PathBuf = arg(&args, "--dir").map_or_else(|| tmp.path().to_path_buf(), PathBuf::from);
+    fs::create_dir_all(dir.join("in")).unwrap();
+    fs::create_dir_all(dir.join("out")).unwrap();
+
+    let input = dir.join("in/input.jsonl");
+    {
+        let mut w = BufWriter::new(File::create(&input).unwrap());
+        for seq in 0..records {
+            w.write_all(test_line("bench", seq, 100).as_bytes())
+                .unwrap();
+        }
+        w.flush().unwrap();
+    }
+    let bytes = fs::metadata(&input).unwrap().len();
+    let ferry = ferry_bin();
+    eprintln!(
+        "input: {records} records, {:.1} MB; ferry: {}",
+        bytes as f64 / 1e6,
+        ferry.display()
+    );
+
+    let me = std::env::current_exe().unwrap();
+    let cat = measure(
+        "cat (copy ceiling)",
+        Command::new("sh").arg("-c").arg(format!(
+            "cat {} > {} && sync {}",
+            input.display(),
+            dir.join("out/cat.jsonl").display(),
+            dir.join("out/cat.jsonl").display()
+        )),
+    );
+    let parse = measure(
+        "parse+write baseline",
+        Command::new(&me).args([
+            "parse-write",
+            input.to_str().unwrap(),
+            dir.join("out/parse.jsonl").to_str().unwrap(),
+        ]),
+    );
+    fs::write(
+        dir.join("bench.yaml"),
+        format!(
+            "name: bench\nsource:\n  type: file\n  path: in/input.jsonl\nsink:\n  type: file\n  path: out/ferry.jsonl\ndelivery:\n  batch_size: {batch_size}\n"
+        ),
+    )
+    .unwrap();
+    let ferry_run = measure(
+        &format!("ferry file→file (batch_size {batch_size})"),
+        Command::new(ferry)
+            .args(["run", "--once", "--data-dir", "data", "bench.yaml"])
+            .current_dir(&dir)
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::null()),
+    );
+    let got = BufReader::new(File::open(dir.join("out/ferry.jsonl")).unwrap())
+        .lines()
+        .count() as u64;
+    assert_eq!(got, records, "ferry's output must hold every record");
+
+    println!(
+        "{:<34} {:>12} {:>10} {:>14}",
+        "run", "records/s", "MB/s", "peak RSS (MB)"
+    );
+    for m in [&cat, &parse, &ferry_run] {
+        println!(
+            "{:<34} {:>12.0} {:>10.1} {:>14.1}",
+            m.name,
+            records as f64 / m.seconds,
+            bytes as f64 / 1e6 / m.seconds,
+            m.peak_rss_kb as f64 / 1024.0
+        );
+    }
+    println!(
+        "ferry / parse+write: {:.2}   ferry / cat: {:.3}",
+        parse.seconds / ferry_run.seconds,
+        cat.seconds / ferry_run.seconds
+    );
+}
