@@ -1,31 +1,42 @@
-//! Runs pipelines: source task → bounded channel → sink task, in batches.
+//! Runs pipelines: source task → bounded channel → sink task.
 //!
-//! The sink task owns delivery. For each batch it writes the records, sends
-//! what could not be delivered to the dead-letter file (or stops, with
-//! `tolerance: none`), asks the sink to commit, and only then records the
-//! batch's positions as committed: in the sink itself for a transactional
-//! sink, else in the offset store. Batches are committed strictly in order,
-//! one at a time, so the committed position of every partition only ever
-//! moves past records that are durable.
+//! The source is polled in chunks of at most [`CHUNK`] records; the sink task
+//! writes each chunk as it comes and commits every `delivery.batch_size`
+//! records (or after `delivery.flush_interval`). A commit is: fsync the
+//! dead-letter entries of the batch, have the sink make everything written
+//! durable, and only then record the positions as committed — in the sink
+//! itself for a transactional sink, else in the offset store. So the
+//! committed position of every partition only ever moves past records that
+//! are durable.
 //!
-//! Memory is bounded by the channel: at most [`QUEUE_BATCHES`] batches wait
-//! between the source and the sink, plus the batch being written. A slow sink
-//! therefore slows the source down instead of filling memory.
+//! Memory is bounded by the chunks, not by the batch: at most
+//! [`QUEUE_CHUNKS`] chunks wait in the channel and one is being written, so a
+//! large `batch_size` (fewer, cheaper commits) costs no memory, and a slow
+//! sink slows the source down instead of filling memory.
+//!
+//! Recovery is crash-only. When a write or a commit fails with a retriable
+//! error the pipeline is torn down and started again from its last committed
+//! positions after a backoff — exactly what happens after a `kill -9`, so the
+//! path the crash tests prove is the path every failure takes. The sink opened
+//! anew discards what it wrote after its last commit (transactional) or
+//! overwrites it when the source replays it (idempotent).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_api::{BuildContext, ConnectorError, Positions, Sink, Source, SourceItem, Value};
+use ferry_api::{BuildContext, ConnectorError, Positions, Record, Sink, Source, SourceItem, Value};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{PipelineConfig, Tolerance};
 use crate::dead_letter::DeadLetters;
 use crate::offsets::{OffsetStore, OffsetStoreError};
 
-/// Batches that may wait between a source and its sink.
-pub const QUEUE_BATCHES: usize = 4;
+/// Most records a source returns per poll, and so per sink write.
+pub const CHUNK: usize = 1000;
+/// Chunks that may wait between a source and its sink.
+pub const QUEUE_CHUNKS: usize = 4;
 
 /// Why a pipeline stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +48,7 @@ pub enum PipelineError {
         source: ConnectorError,
     },
     #[error(
-        "bad record at {position} ({stage}): {error} (errors.tolerance is none: nothing after it was committed)"
+        "bad record at {position} ({stage}): {error} (errors.tolerance is none: nothing from it on was committed)"
     )]
     BadRecord {
         stage: &'static str,
@@ -48,6 +59,17 @@ pub enum PipelineError {
     Offsets(#[from] OffsetStoreError),
     #[error("the {0} task panicked")]
     Panicked(&'static str),
+}
+
+impl PipelineError {
+    fn connector(stage: &'static str, source: ConnectorError) -> Self {
+        PipelineError::Connector { stage, source }
+    }
+
+    /// Worth starting the pipeline again from its committed positions.
+    fn is_retriable(&self) -> bool {
+        matches!(self, PipelineError::Connector { source, .. } if source.is_retriable())
+    }
 }
 
 /// Counters of one pipeline, read by the progress reporter.
@@ -106,7 +128,12 @@ impl Backoff {
         // Full jitter on the upper half: many pipelines hitting one server
         // do not retry in lockstep.
         let delay = self.next.mul_f64(0.5 + fastrand::f64() / 2.0);
-        tracing::warn!(pipeline = %self.pipeline, error = %error, retry_in = ?delay, "{what} failed; retrying");
+        tracing::warn!(
+            pipeline = %self.pipeline,
+            error = %error,
+            retry_in = ?delay,
+            "{what} failed; starting again from the committed positions"
+        );
         self.next = (self.next * 2).min(self.max);
         tokio::select! {
             _ = tokio::time::sleep(delay) => true,
@@ -129,42 +156,53 @@ pub struct PipelineEnv {
     pub once: bool,
 }
 
-/// Runs one pipeline until it is stopped (Ok) or fails (Err).
+/// Runs one pipeline until it is stopped (Ok) or fails for good (Err).
+/// Retriable failures start it again from its committed positions.
 pub async fn run_pipeline(p: Arc<PipelineConfig>, env: PipelineEnv) -> Result<(), PipelineError> {
-    let ctx = BuildContext {
-        pipeline: p.name.clone(),
-        data_dir: env.data_dir.clone(),
-    };
-    let stats = env.stats.clone();
     let mut backoff = Backoff::new(
         p.errors.retry_backoff,
         p.errors.retry_backoff_max,
         env.stop.clone(),
         &p.name,
     );
-
-    let (mut sink, sink_positions) = loop {
-        let attempt = async {
-            let mut sink = p.sink.build(&ctx).await?;
-            let positions = sink.open().await?;
-            Ok::<_, ConnectorError>((sink, positions))
-        };
-        match attempt.await {
-            Ok(v) => break v,
+    loop {
+        match run_attempt(&p, &env, &mut backoff).await {
+            Ok(()) => return Ok(()),
             Err(e) if e.is_retriable() => {
-                if !backoff.wait("opening the sink", &e, &stats).await {
+                let PipelineError::Connector { stage, source } = &e else {
+                    unreachable!("checked")
+                };
+                if !backoff.wait(stage, source, &env.stats).await {
                     return Ok(());
                 }
             }
-            Err(e) => {
-                return Err(PipelineError::Connector {
-                    stage: "opening the sink",
-                    source: e,
-                });
-            }
+            Err(e) => return Err(e),
         }
+    }
+}
+
+/// One life of a pipeline: open the sink, find the committed positions, open
+/// the source there, move records until the source ends, ferry stops, or
+/// something fails.
+async fn run_attempt(
+    p: &PipelineConfig,
+    env: &PipelineEnv,
+    backoff: &mut Backoff,
+) -> Result<(), PipelineError> {
+    let ctx = BuildContext {
+        pipeline: p.name.clone(),
+        data_dir: env.data_dir.clone(),
     };
-    backoff.reset();
+    let stats = &env.stats;
+    let mut sink = p
+        .sink
+        .build(&ctx)
+        .await
+        .map_err(|e| PipelineError::connector("opening the sink", e))?;
+    let sink_positions = sink
+        .open()
+        .await
+        .map_err(|e| PipelineError::connector("opening the sink", e))?;
 
     let stored = env.store.load(&p.name)?;
     let kept_by_sink = sink_positions.is_some();
@@ -179,28 +217,15 @@ pub async fn run_pipeline(p: Arc<PipelineConfig>, env: PipelineEnv) -> Result<()
     };
     stats.set_committed(&positions);
 
-    let source = loop {
-        let attempt = async {
-            let mut source = p.source.build(&ctx).await?;
-            source.open(&positions).await?;
-            Ok::<_, ConnectorError>(source)
-        };
-        match attempt.await {
-            Ok(s) => break s,
-            Err(e) if e.is_retriable() => {
-                if !backoff.wait("opening the source", &e, &stats).await {
-                    return Ok(());
-                }
-            }
-            Err(e) => {
-                return Err(PipelineError::Connector {
-                    stage: "opening the source",
-                    source: e,
-                });
-            }
-        }
-    };
-    backoff.reset();
+    let mut source = p
+        .source
+        .build(&ctx)
+        .await
+        .map_err(|e| PipelineError::connector("opening the source", e))?;
+    source
+        .open(&positions)
+        .await
+        .map_err(|e| PipelineError::connector("opening the source", e))?;
     tracing::info!(
         pipeline = %p.name,
         source = %p.source.describe(),
@@ -209,20 +234,15 @@ pub async fn run_pipeline(p: Arc<PipelineConfig>, env: PipelineEnv) -> Result<()
         "pipeline started"
     );
 
-    let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+    let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
     let (commits_tx, commits_rx) = watch::channel(positions.clone());
     let reader = tokio::spawn(read_loop(
         source,
         tx,
         commits_rx,
-        Backoff::new(
-            p.errors.retry_backoff,
-            p.errors.retry_backoff_max,
-            env.stop.clone(),
-            &p.name,
-        ),
+        env.stop.clone(),
         stats.clone(),
-        p.delivery.batch_size,
+        p.delivery.batch_size.min(CHUNK),
         env.once,
     ));
     let dead_letter_path = p
@@ -231,13 +251,17 @@ pub async fn run_pipeline(p: Arc<PipelineConfig>, env: PipelineEnv) -> Result<()
         .clone()
         .unwrap_or_else(|| env.data_dir.join("dlq").join(format!("{}.jsonl", p.name)));
     let mut writer = Writer {
-        p: &p,
+        p,
         sink: &mut *sink,
         store: &env.store,
         dead_letters: DeadLetters::new(dead_letter_path, &p.name),
-        committed: positions,
+        committed: positions.clone(),
+        open: Open {
+            positions,
+            ..Open::default()
+        },
         kept_by_sink,
-        stats: &stats,
+        stats,
         backoff,
         commits: commits_tx,
     };
@@ -249,29 +273,26 @@ pub async fn run_pipeline(p: Arc<PipelineConfig>, env: PipelineEnv) -> Result<()
         Err(_) => (Err(PipelineError::Panicked("source")), None),
     };
     if let Some(mut source) = source {
-        if let Err(e) = source.committed(&committed).await {
+        if written.is_ok()
+            && let Err(e) = source.committed(&committed).await
+        {
             tracing::warn!(pipeline = %p.name, error = %e, "source could not acknowledge the last commit");
         }
         source.close().await;
     }
     sink.close().await;
-    match written {
-        Err(Stop::Stopped) => Ok(()),
-        Err(Stop::Failed(e)) => Err(e),
-        Ok(()) => read,
-    }
+    written.and(read)
 }
 
 async fn read_loop(
     mut source: Box<dyn Source>,
     tx: mpsc::Sender<Vec<SourceItem>>,
     mut commits: watch::Receiver<Positions>,
-    mut backoff: Backoff,
+    mut stop: watch::Receiver<bool>,
     stats: Arc<Stats>,
     max: usize,
     once: bool,
 ) -> (Result<(), PipelineError>, Box<dyn Source>) {
-    let mut stop = backoff.stop.clone();
     let result = loop {
         if *stop.borrow() {
             break Ok(());
@@ -279,26 +300,12 @@ async fn read_loop(
         if commits.has_changed().unwrap_or(false) {
             let positions = commits.borrow_and_update().clone();
             if let Err(e) = source.committed(&positions).await {
-                tracing::warn!(pipeline = %backoff.pipeline, error = %e, "source could not acknowledge a commit");
+                tracing::warn!(error = %e, "source could not acknowledge a commit");
             }
         }
         let items = match source.poll(max).await {
-            Ok(items) => {
-                backoff.reset();
-                items
-            }
-            Err(e) if e.is_retriable() => {
-                if !backoff.wait("reading the source", &e, &stats).await {
-                    break Ok(());
-                }
-                continue;
-            }
-            Err(e) => {
-                break Err(PipelineError::Connector {
-                    stage: "reading the source",
-                    source: e,
-                });
-            }
+            Ok(items) => items,
+            Err(e) => break Err(PipelineError::connector("reading the source", e)),
         };
         if items.is_empty() {
             if once {
@@ -317,23 +324,16 @@ async fn read_loop(
     (result, source)
 }
 
-/// How the writer ended early.
-enum Stop {
-    /// ferry is stopping while a retry was pending: nothing more is committed.
-    Stopped,
-    Failed(PipelineError),
-}
-
-impl From<PipelineError> for Stop {
-    fn from(e: PipelineError) -> Self {
-        Stop::Failed(e)
-    }
-}
-
-impl From<OffsetStoreError> for Stop {
-    fn from(e: OffsetStoreError) -> Self {
-        Stop::Failed(e.into())
-    }
+/// What has been written since the last commit.
+#[derive(Default)]
+struct Open {
+    /// Committed positions advanced past every item written since.
+    positions: Positions,
+    items: usize,
+    records_out: u64,
+    dead: Vec<Value>,
+    /// When the first item since the last commit arrived.
+    since: Option<Instant>,
 }
 
 struct Writer<'a> {
@@ -342,174 +342,136 @@ struct Writer<'a> {
     store: &'a OffsetStore,
     dead_letters: DeadLetters,
     committed: Positions,
+    open: Open,
     kept_by_sink: bool,
     stats: &'a Stats,
-    backoff: Backoff,
+    backoff: &'a mut Backoff,
     commits: watch::Sender<Positions>,
 }
 
-enum Next {
-    Items(Option<Vec<SourceItem>>),
-    FlushDue,
-}
-
 impl Writer<'_> {
-    async fn run(&mut self, mut rx: mpsc::Receiver<Vec<SourceItem>>) -> Result<(), Stop> {
-        let batch_size = self.p.delivery.batch_size;
-        let mut pending: Vec<SourceItem> = Vec::new();
-        let mut due = Instant::now();
+    async fn run(&mut self, mut rx: mpsc::Receiver<Vec<SourceItem>>) -> Result<(), PipelineError> {
         loop {
-            let next = if pending.is_empty() {
-                Next::Items(rx.recv().await)
-            } else {
-                tokio::select! {
-                    items = rx.recv() => Next::Items(items),
-                    _ = tokio::time::sleep_until(due.into()) => Next::FlushDue,
+            let next = match self.open.since {
+                None => rx.recv().await,
+                Some(since) => {
+                    let due = since + self.p.delivery.flush_interval;
+                    tokio::select! {
+                        items = rx.recv() => items,
+                        _ = tokio::time::sleep_until(due.into()) => {
+                            self.commit().await?;
+                            continue;
+                        }
+                    }
                 }
             };
             match next {
-                Next::FlushDue => self.commit_batch(std::mem::take(&mut pending)).await?,
-                // The source stopped: commit what is here, then end.
-                Next::Items(None) => return self.commit_batch(pending).await,
-                Next::Items(Some(items)) => {
-                    if pending.is_empty() {
-                        due = Instant::now() + self.p.delivery.flush_interval;
-                    }
-                    pending.extend(items);
-                    while pending.len() >= batch_size {
-                        let rest = pending.split_off(batch_size);
-                        self.commit_batch(std::mem::replace(&mut pending, rest))
-                            .await?;
-                        due = Instant::now() + self.p.delivery.flush_interval;
+                // The source stopped: commit what was written, then end.
+                None => return self.commit().await,
+                Some(items) => {
+                    self.write(items).await?;
+                    if self.open.items >= self.p.delivery.batch_size {
+                        self.commit().await?;
                     }
                 }
             }
         }
     }
 
-    async fn commit_batch(&mut self, mut items: Vec<SourceItem>) -> Result<(), Stop> {
-        if self.p.errors.tolerance == Tolerance::None
-            && let Some(i) = items
+    /// Writes one chunk. With `tolerance: none` a bad item commits what came
+    /// before it and stops the pipeline.
+    async fn write(&mut self, mut items: Vec<SourceItem>) -> Result<(), PipelineError> {
+        let bad_at = match self.p.errors.tolerance {
+            Tolerance::None => items
                 .iter()
-                .position(|it| matches!(it, SourceItem::Invalid(_)))
+                .position(|it| matches!(it, SourceItem::Invalid(_))),
+            Tolerance::All => None,
+        };
+        let bad = bad_at.and_then(|i| items.drain(i..).next());
+        self.open.since.get_or_insert_with(Instant::now);
+        self.open.items += items.len();
+        self.open
+            .positions
+            .advance_all(items.iter().map(SourceItem::position));
+        let mut records: Vec<Record> = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                SourceItem::Record(r) => records.push(r),
+                SourceItem::Invalid(i) => self.open.dead.push(self.dead_letters.invalid(&i)),
+            }
+        }
+        let rejected = self
+            .sink
+            .write(&records)
+            .await
+            .map_err(|e| PipelineError::connector("writing to the sink", e))?;
+        if let Some(first) = rejected.first()
+            && self.p.errors.tolerance == Tolerance::None
         {
-            // Deliver what came before the bad item, then stop at it.
-            let bad = items.drain(i..).next();
-            self.deliver(items).await?;
-            let Some(SourceItem::Invalid(bad)) = bad else {
-                unreachable!("found above")
-            };
-            return Err(Stop::Failed(PipelineError::BadRecord {
+            // Nothing of this batch is committed: it replays up to the bad record next time.
+            return Err(PipelineError::BadRecord {
+                stage: "sink",
+                position: records[first.index].position.describe(),
+                error: first.error.to_string(),
+            });
+        }
+        for r in &rejected {
+            self.open
+                .dead
+                .push(self.dead_letters.rejected(&records[r.index], &r.error));
+        }
+        self.open.records_out += (records.len() - rejected.len()) as u64;
+        if let Some(SourceItem::Invalid(bad)) = bad {
+            self.commit().await?;
+            return Err(PipelineError::BadRecord {
                 stage: "source",
                 position: bad.position.describe(),
                 error: bad.error,
-            }));
+            });
         }
-        self.deliver(items).await
+        Ok(())
     }
 
-    /// Writes and commits one batch, retrying retriable failures.
-    async fn deliver(&mut self, items: Vec<SourceItem>) -> Result<(), Stop> {
-        if items.is_empty() {
+    /// Makes everything written since the last commit durable, then moves
+    /// the committed positions.
+    async fn commit(&mut self) -> Result<(), PipelineError> {
+        if self.open.items == 0 {
+            self.open.since = None;
             return Ok(());
         }
-        let mut next = self.committed.clone();
-        let mut records = Vec::with_capacity(items.len());
-        let mut dead = Vec::new();
-        for item in items {
-            next.advance(item.position());
-            match item {
-                SourceItem::Record(r) => records.push(r),
-                SourceItem::Invalid(i) => dead.push(self.dead_letters.invalid(&i)),
-            }
-        }
-        let mut dead_written = false;
-        let rejected = loop {
-            match self
-                .attempt(&records, &dead, &next, &mut dead_written)
+        if !self.open.dead.is_empty() {
+            self.dead_letters
+                .append(&self.open.dead)
                 .await
-            {
-                Ok(n) => break n,
-                Err(Attempt::Bad(e)) => return Err(Stop::Failed(e)),
-                Err(Attempt::Connector(e)) if e.is_retriable() => {
-                    if !self
-                        .backoff
-                        .wait("writing to the sink", &e, self.stats)
-                        .await
-                    {
-                        return Err(Stop::Stopped);
-                    }
-                }
-                Err(Attempt::Connector(e)) => {
-                    return Err(Stop::Failed(PipelineError::Connector {
-                        stage: "writing to the sink",
-                        source: e,
-                    }));
-                }
-            }
-        };
-        self.backoff.reset();
+                .map_err(|e| PipelineError::connector("writing the dead-letter file", e))?;
+        }
+        self.sink
+            .commit(&self.open.positions)
+            .await
+            .map_err(|e| PipelineError::connector("committing to the sink", e))?;
         // The sink made the batch durable: now, and only now, the positions move.
-        match self.store.save(&self.p.name, &next, self.kept_by_sink) {
+        match self
+            .store
+            .save(&self.p.name, &self.open.positions, self.kept_by_sink)
+        {
             Ok(()) => {}
             Err(e) if self.kept_by_sink => {
                 tracing::warn!(pipeline = %self.p.name, error = %e, "could not mirror offsets")
             }
             Err(e) => return Err(e.into()),
         }
-        let dead_lettered = dead.len() + rejected;
+        let open = std::mem::take(&mut self.open);
         self.stats
             .records_out
-            .fetch_add((records.len() - rejected) as u64, Ordering::Relaxed);
+            .fetch_add(open.records_out, Ordering::Relaxed);
         self.stats
             .dead_lettered
-            .fetch_add(dead_lettered as u64, Ordering::Relaxed);
-        self.stats.set_committed(&next);
-        self.committed = next;
+            .fetch_add(open.dead.len() as u64, Ordering::Relaxed);
+        self.stats.set_committed(&open.positions);
+        self.committed = open.positions.clone();
+        self.open.positions = open.positions;
         self.commits.send_replace(self.committed.clone());
+        self.backoff.reset();
         Ok(())
-    }
-
-    /// One try: write, dead-letter refusals, commit. Returns how many records the sink refused.
-    async fn attempt(
-        &mut self,
-        records: &[ferry_api::Record],
-        dead: &[Value],
-        next: &Positions,
-        dead_written: &mut bool,
-    ) -> Result<usize, Attempt> {
-        let rejected = self.sink.write(records).await?;
-        if let Some(first) = rejected.first()
-            && self.p.errors.tolerance == Tolerance::None
-        {
-            return Err(Attempt::Bad(PipelineError::BadRecord {
-                stage: "sink",
-                position: records[first.index].position.describe(),
-                error: first.error.to_string(),
-            }));
-        }
-        if !*dead_written && (!dead.is_empty() || !rejected.is_empty()) {
-            let mut entries = dead.to_vec();
-            entries.extend(
-                rejected
-                    .iter()
-                    .map(|r| self.dead_letters.rejected(&records[r.index], &r.error)),
-            );
-            self.dead_letters.append(&entries).await?;
-            *dead_written = true;
-        }
-        self.sink.commit(next).await?;
-        Ok(rejected.len())
-    }
-}
-
-enum Attempt {
-    Connector(ConnectorError),
-    Bad(PipelineError),
-}
-
-impl From<ConnectorError> for Attempt {
-    fn from(e: ConnectorError) -> Self {
-        Attempt::Connector(e)
     }
 }

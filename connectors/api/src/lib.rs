@@ -85,9 +85,17 @@ pub trait Source: Send {
 
 /// Writes records to an external system.
 ///
-/// Lifecycle: [`open`](Sink::open) once, then for every batch
-/// [`write`](Sink::write) followed by [`commit`](Sink::commit), strictly one
-/// batch at a time, then [`close`](Sink::close).
+/// Lifecycle: [`open`](Sink::open) once; then any number of
+/// [`write`](Sink::write) calls followed by one [`commit`](Sink::commit),
+/// over and over, from a single task; then [`close`](Sink::close).
+///
+/// Failure model: when `write` or `commit` returns an error the runtime drops
+/// the sink, and — for a retriable error, after a backoff — builds a new one,
+/// opens it and replays the source from the last committed positions. A sink
+/// never has to retry or roll back by itself; it has to make that replay
+/// harmless: a transactional sink discards what it wrote after its last
+/// commit (in `open`, or by never committing it), an idempotent one
+/// overwrites it.
 #[async_trait]
 pub trait Sink: Send {
     /// Called once before the first write. A transactional sink returns the
@@ -96,22 +104,19 @@ pub trait Sink: Send {
     /// return `None`: the runtime's offset store then holds the positions.
     async fn open(&mut self) -> Result<Option<Positions>, ConnectorError>;
 
-    /// Writes one batch. Nothing has to be durable yet. Returns the records
-    /// the destination refused one by one (constraint violations, mapping
-    /// errors), by index into `batch`; the runtime dead-letters them or stops.
-    ///
-    /// If `write` or the following `commit` fails with a retriable error the
-    /// runtime calls `write` again with the same batch after a backoff, so a
-    /// sink must make that repeat harmless (roll back, truncate, or upsert).
+    /// Writes records, in order. Nothing has to be durable yet. Returns the
+    /// records the destination refused one by one (constraint violations,
+    /// mapping errors), by index into `batch`; the runtime dead-letters them
+    /// or stops.
     async fn write(&mut self, batch: &[Record]) -> Result<Vec<Rejected>, ConnectorError>;
 
-    /// Makes everything written so far durable. `positions` are the source
-    /// positions reached by the records written so far; a transactional sink
+    /// Makes everything written since the last commit durable. `positions`
+    /// are the source positions those records reach; a transactional sink
     /// stores them atomically with the data. Once this returns `Ok` the
     /// runtime treats the positions as committed and never replays before them.
     async fn commit(&mut self, positions: &Positions) -> Result<(), ConnectorError>;
 
-    /// Called once when the pipeline stops, after the last commit.
+    /// Called once when the pipeline stops or is restarted.
     async fn close(&mut self) {}
 }
 

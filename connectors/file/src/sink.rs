@@ -152,17 +152,12 @@ impl Sink for FileSink {
 
     async fn write(&mut self, batch: &[Record]) -> Result<Vec<Rejected>, ConnectorError> {
         let file = self.file.clone().expect("write after open");
-        // A retried batch replaces whatever its failed attempt left behind.
-        if self.written_len > self.committed_len {
-            file.set_len(self.committed_len)
-                .map_err(|e| self.path_err("truncating", e))?;
-        }
         self.buf.clear();
         if self.config.format == Format::Csv {
             if self.columns.is_none() {
                 self.columns = Some(first_record_columns(batch));
             }
-            if self.committed_len == 0 {
+            if self.written_len == 0 {
                 write_csv_row(self.columns.clone().unwrap_or_default(), &mut self.buf);
             }
         }
@@ -170,9 +165,9 @@ impl Sink for FileSink {
         for record in batch {
             write_record(self.config.format, &record.value, columns, &mut self.buf);
         }
-        file.write_all_at(&self.buf, self.committed_len)
+        file.write_all_at(&self.buf, self.written_len)
             .map_err(|e| self.path_err("writing", e))?;
-        self.written_len = self.committed_len + self.buf.len() as u64;
+        self.written_len += self.buf.len() as u64;
         Ok(Vec::new())
     }
 
@@ -271,11 +266,11 @@ mod tests {
         assert_eq!(again.open().await.unwrap(), Some(positions_to(2)));
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\"n\":1}\n{\"n\":2}\n");
         again.write(&[record(3)]).await.unwrap();
-        again.write(&[record(3)]).await.unwrap(); // a retry replaces, not appends
-        again.commit(&positions_to(3)).await.unwrap();
+        again.write(&[record(4)]).await.unwrap(); // several writes, one commit
+        again.commit(&positions_to(4)).await.unwrap();
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
-            "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n"
+            "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n{\"n\":4}\n"
         );
     }
 
