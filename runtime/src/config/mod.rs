@@ -65,7 +65,9 @@ pub enum Tolerance {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
-    /// Records per sink commit.
+    /// Records per sink commit. A commit costs an fsync or a transaction,
+    /// so fewer, larger commits are faster; memory does not depend on it
+    /// (records are written in chunks of at most 1000 as they arrive).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// A partial batch is committed after this long.
@@ -83,7 +85,7 @@ impl Default for DeliveryConfig {
 }
 
 fn default_batch_size() -> usize {
-    1000
+    10_000
 }
 fn default_flush_interval() -> Duration {
     Duration::from_secs(1)
@@ -101,8 +103,9 @@ pub struct ErrorsConfig {
     /// First wait before retrying a retriable failure; doubles each time.
     #[serde(default = "default_retry_backoff", with = "humantime_serde")]
     pub retry_backoff: Duration,
-    /// Longest wait between retries. Retriable failures are retried until
-    /// they succeed or ferry is stopped: the pipeline pauses, it does not die.
+    /// Longest wait between restarts. After a retriable failure the pipeline
+    /// starts again from its committed positions, until it succeeds or ferry
+    /// is stopped: it pauses, it does not die.
     #[serde(default = "default_retry_backoff_max", with = "humantime_serde")]
     pub retry_backoff_max: Duration,
 }
