@@ -12,7 +12,7 @@ const SIGTERM: i32 = libc::SIGTERM;
 
 fn write_pipeline(dir: &Path, name: &str, extra_sink: &str, extra: &str) {
     let yaml = format!(
-        "name: {name}\nsource:\n  type: file\n  path: in/*.jsonl\n  poll_interval: 50ms\nsink:\n  type: file\n  path: out/out.jsonl\n{extra_sink}delivery:\n  batch_size: 500\n  flush_interval: 100ms\n{extra}"
+        "name: {name}\nsource:\n  type: file\n  path: in/*.jsonl\n  poll_interval: 50ms\nsink:\n  type: file\n  path: out/out.jsonl\n{extra_sink}delivery:\n  batch_size: 2500\n  flush_interval: 100ms\n{extra}"
     );
     fs::write(dir.join(format!("{name}.yaml")), yaml).unwrap();
 }
