@@ -105,7 +105,10 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
                 Err(errors) => return Ok(print_config_errors(&errors)),
             };
             if pipelines.is_empty() {
-                anyhow::bail!("no pipeline files found in {paths:?}");
+                anyhow::bail!(
+                    "no pipeline files (*.yaml, *.yml) in {paths:?}; folders are not searched recursively \
+                     (try `ferry run configs/examples`)"
+                );
             }
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             let outcomes = runtime.block_on(ferry::run(

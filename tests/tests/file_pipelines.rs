@@ -25,6 +25,18 @@ fn write_input(path: &Path, tag: &str, count: u64) {
     fs::write(path, s).unwrap();
 }
 
+/// Starts `ferry run CONFIG`, waits until its pipeline runs, lets it work
+/// for a random number of milliseconds in `ms`, then SIGKILLs it.
+fn run_then_kill9(dir: &Path, config: &str, ms: std::ops::Range<u64>) {
+    let mut f = Ferry::start(dir, &["run", config]);
+    let started = wait_until(Duration::from_secs(20), || {
+        f.log_text().contains("pipeline started")
+    });
+    assert!(started, "{}", f.log_text());
+    std::thread::sleep(Duration::from_millis(fastrand::u64(ms)));
+    f.kill9();
+}
+
 fn committed_len(dir: &Path) -> u64 {
     fs::read(dir.join("out/out.jsonl.ferry-manifest"))
         .ok()
@@ -47,17 +59,7 @@ fn exactly_once_across_sigkill() {
 
     let mut interrupted = 0;
     for kill in 0..8 {
-        let mut f = Ferry::start(d, &["run", "crash.yaml"]);
-        // Wait for the pipeline to be running, then kill it at a random moment.
-        assert!(
-            wait_until(Duration::from_secs(20), || f
-                .log_text()
-                .contains("pipeline started")),
-            "{}",
-            f.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(fastrand::u64(20..400)));
-        f.kill9();
+        run_then_kill9(d, "crash.yaml", 20..400);
         let len = committed_len(d);
         if len < total_bytes {
             interrupted += 1;
@@ -134,16 +136,7 @@ fn exactly_once_while_input_grows_and_rotates() {
             count_lines(&d.join("out/out.jsonl")),
             writer.is_finished()
         );
-        let mut f = Ferry::start(&d, &["run", "live.yaml"]);
-        assert!(
-            wait_until(Duration::from_secs(20), || f
-                .log_text()
-                .contains("pipeline started")),
-            "{}",
-            f.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(fastrand::u64(50..500)));
-        f.kill9();
+        run_then_kill9(&d, "live.yaml", 50..500);
     }
     assert!(
         !writer.is_finished(),
@@ -415,4 +408,28 @@ fn csv_and_text_formats_round_trip() {
         fs::read_to_string(d.join("out/p.jsonl")).unwrap(),
         fs::read_to_string(d.join("out/p.txt")).unwrap()
     );
+}
+
+#[test]
+fn a_second_ferry_on_the_same_data_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("in")).unwrap();
+    write_input(&d.join("in/a.jsonl"), "a", 10);
+    write_pipeline(d, "first", "", "");
+    let f = Ferry::start(d, &["run", "first.yaml"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || f
+            .log_text()
+            .contains("pipeline started")),
+        "{}",
+        f.log_text()
+    );
+    let (status, log) = run_to_end(d, &["run", "--once", "first.yaml"], Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("another ferry is already running with the data folder data"),
+        "{log}"
+    );
+    f.signal(SIGTERM);
 }

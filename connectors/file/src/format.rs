@@ -124,7 +124,7 @@ pub(crate) fn write_csv_row(cells: impl IntoIterator<Item = String>, out: &mut V
     let mut w = csv::WriterBuilder::new()
         .terminator(csv::Terminator::Any(b'\n'))
         .from_writer(out);
-    w.write_record(cells.into_iter())
+    w.write_record(cells)
         .expect("writing CSV to memory cannot fail");
     w.flush().expect("writing CSV to memory cannot fail");
 }

@@ -262,7 +262,7 @@ pub fn load_str(
         errors: Vec::new(),
         env_failed: Vec::new(),
     };
-    let value = cx.to_json(yaml, "", lookup);
+    let value = cx.json_value(yaml, "", lookup);
     let pipeline = cx.pipeline(value, registry);
     // Redact at the very end: a message may quote any value of the file.
     let secrets = cx.secrets;
@@ -311,7 +311,7 @@ impl Loader<'_> {
     }
 
     /// YAML → JSON value, substituting `${NAME}` in strings.
-    fn to_json(
+    fn json_value(
         &mut self,
         v: serde_yaml::Value,
         path: &str,
@@ -327,7 +327,7 @@ impl Loader<'_> {
                 items
                     .into_iter()
                     .enumerate()
-                    .map(|(i, item)| self.to_json(item, &format!("{path}[{i}]"), lookup))
+                    .map(|(i, item)| self.json_value(item, &format!("{path}[{i}]"), lookup))
                     .collect(),
             ),
             Y::Mapping(map) => {
@@ -347,12 +347,12 @@ impl Loader<'_> {
                         }
                     };
                     let child = join(path, &key);
-                    let value = self.to_json(item, &child, lookup);
+                    let value = self.json_value(item, &child, lookup);
                     out.insert(key, value);
                 }
                 Value::Object(out)
             }
-            Y::Tagged(t) => self.to_json(t.value, path, lookup),
+            Y::Tagged(t) => self.json_value(t.value, path, lookup),
         }
     }
 

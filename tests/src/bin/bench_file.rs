@@ -27,6 +27,8 @@ struct Measured {
 }
 
 /// Runs a command, waits with wait4 to get its peak RSS.
+// The child is reaped by wait4, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn measure(name: &str, cmd: &mut Command) -> Measured {
     let start = Instant::now();
     let child = cmd
