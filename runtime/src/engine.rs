@@ -205,6 +205,7 @@ async fn run_attempt(
         .map_err(|e| PipelineError::connector("opening the sink", e))?;
 
     let stored = env.store.load(&p.name)?;
+    let reset_pending = stored.as_ref().is_some_and(|s| s.reset);
     let kept_by_sink = sink_positions.is_some();
     let positions = match (stored, sink_positions) {
         (Some(s), _) if s.reset => {
@@ -261,6 +262,7 @@ async fn run_attempt(
             ..Open::default()
         },
         kept_by_sink,
+        reset_pending,
         stats,
         backoff,
         commits: commits_tx,
@@ -344,6 +346,8 @@ struct Writer<'a> {
     committed: Positions,
     open: Open,
     kept_by_sink: bool,
+    /// The store still says "reset": its first save must be durable.
+    reset_pending: bool,
     stats: &'a Stats,
     backoff: &'a mut Backoff,
     commits: watch::Sender<Positions>,
@@ -450,11 +454,13 @@ impl Writer<'_> {
             .await
             .map_err(|e| PipelineError::connector("committing to the sink", e))?;
         // The sink made the batch durable: now, and only now, the positions move.
-        match self
-            .store
-            .save(&self.p.name, &self.open.positions, self.kept_by_sink)
-        {
-            Ok(()) => {}
+        match self.store.save(
+            &self.p.name,
+            &self.open.positions,
+            self.kept_by_sink,
+            self.reset_pending,
+        ) {
+            Ok(()) => self.reset_pending = false,
             Err(e) if self.kept_by_sink => {
                 tracing::warn!(pipeline = %self.p.name, error = %e, "could not mirror offsets")
             }

@@ -61,13 +61,16 @@ impl OffsetStore {
         read(&self.path(pipeline))
     }
 
-    /// Stores `positions`; `durable` fsyncs (the store is the truth) or not
-    /// (a mirror of what the sink keeps).
+    /// Stores `positions`. Fsynced when the store is the truth (not
+    /// `kept_by_sink`) or when `durable` asks for it (the first save after a
+    /// reset, which must not come back after a power cut); otherwise a cheap
+    /// mirror of what the sink keeps.
     pub fn save(
         &self,
         pipeline: &str,
         positions: &Positions,
         kept_by_sink: bool,
+        durable: bool,
     ) -> Result<(), OffsetStoreError> {
         let entry = StoredOffsets {
             version: VERSION,
@@ -79,7 +82,7 @@ impl OffsetStore {
         };
         let path = self.path(pipeline);
         let bytes = serde_json::to_vec_pretty(&entry).expect("offsets serialize");
-        let result = if kept_by_sink {
+        let result = if kept_by_sink && !durable {
             fs::create_dir_all(&self.dir).and_then(|_| {
                 let tmp = path.with_extension("json.tmp");
                 fs::write(&tmp, &bytes)?;
@@ -187,7 +190,7 @@ mod tests {
             }),
             offset: 42.into(),
         });
-        store.save("p", &positions, false).unwrap();
+        store.save("p", &positions, false, true).unwrap();
         assert_eq!(store.load("p").unwrap().unwrap().positions, positions);
         assert_eq!(store.list().unwrap().len(), 1);
         assert!(store.reset("p").unwrap());
