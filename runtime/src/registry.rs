@@ -5,7 +5,7 @@ use ferry_api::{SinkPlugin, SourcePlugin};
 
 /// Connector types ferry knows of, and the feature that builds each. Lets a
 /// config naming a connector left out of this build say which feature is off.
-const ALL_TYPES: &[(&str, &str)] = &[("file", "file")];
+const ALL_TYPES: &[(&str, &str)] = &[("file", "file"), ("postgres", "postgres")];
 
 pub struct Registry {
     sources: Vec<SourcePlugin>,
@@ -25,6 +25,8 @@ impl Registry {
             r.sources.push(ferry_connector_file::source_plugin());
             r.sinks.push(ferry_connector_file::sink_plugin());
         }
+        #[cfg(feature = "postgres")]
+        r.sinks.push(ferry_connector_postgres::sink_plugin());
         r
     }
 

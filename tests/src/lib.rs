@@ -63,6 +63,11 @@ pub struct Ferry {
 impl Ferry {
     /// Starts `ferry ARGS…` in `dir`.
     pub fn start(dir: &Path, args: &[&str]) -> Ferry {
+        Ferry::start_with_env(dir, args, &[])
+    }
+
+    /// Starts `ferry ARGS…` in `dir` with extra environment variables.
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Ferry {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = dir.join(format!("ferry-{n}.log"));
@@ -70,6 +75,7 @@ impl Ferry {
             .args(args)
             .current_dir(dir)
             .env("FERRY_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("log file"))
