@@ -175,6 +175,28 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// Writes `count` test lines tagged `tag` to `path`.
+pub fn write_test_input(path: &Path, tag: &str, count: u64) {
+    let mut s = String::with_capacity(count as usize * 100);
+    for seq in 0..count {
+        s.push_str(&test_line(tag, seq, 100));
+    }
+    fs::write(path, s).unwrap();
+}
+
+/// Starts `ferry run CONFIG` in `dir` with `env`, waits until its pipeline
+/// runs, lets it work for a random number of milliseconds in `ms`, then
+/// SIGKILLs it.
+pub fn run_then_kill9(dir: &Path, config: &str, env: &[(&str, &str)], ms: std::ops::Range<u64>) {
+    let mut f = Ferry::start_with_env(dir, &["run", config], env);
+    let started = wait_until(Duration::from_secs(30), || {
+        f.log_text().contains("pipeline started")
+    });
+    assert!(started, "{}", f.log_text());
+    std::thread::sleep(Duration::from_millis(fastrand::u64(ms)));
+    f.kill9();
+}
+
 /// One input line of the test data: a file tag, a sequence number and
 /// padding up to about `size` bytes.
 pub fn test_line(file: &str, seq: u64, size: usize) -> String {

@@ -17,26 +17,6 @@ fn write_pipeline(dir: &Path, name: &str, extra_sink: &str, extra: &str) {
     fs::write(dir.join(format!("{name}.yaml")), yaml).unwrap();
 }
 
-fn write_input(path: &Path, tag: &str, count: u64) {
-    let mut s = String::with_capacity(count as usize * 100);
-    for seq in 0..count {
-        s.push_str(&test_line(tag, seq, 100));
-    }
-    fs::write(path, s).unwrap();
-}
-
-/// Starts `ferry run CONFIG`, waits until its pipeline runs, lets it work
-/// for a random number of milliseconds in `ms`, then SIGKILLs it.
-fn run_then_kill9(dir: &Path, config: &str, ms: std::ops::Range<u64>) {
-    let mut f = Ferry::start(dir, &["run", config]);
-    let started = wait_until(Duration::from_secs(20), || {
-        f.log_text().contains("pipeline started")
-    });
-    assert!(started, "{}", f.log_text());
-    std::thread::sleep(Duration::from_millis(fastrand::u64(ms)));
-    f.kill9();
-}
-
 fn committed_len(dir: &Path) -> u64 {
     fs::read(dir.join("out/out.jsonl.ferry-manifest"))
         .ok()
@@ -52,14 +32,14 @@ fn exactly_once_across_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fs::create_dir_all(d.join("in")).unwrap();
-    write_input(&d.join("in/a.jsonl"), "a", 100_000);
-    write_input(&d.join("in/b.jsonl"), "b", 100_000);
+    write_test_input(&d.join("in/a.jsonl"), "a", 100_000);
+    write_test_input(&d.join("in/b.jsonl"), "b", 100_000);
     write_pipeline(d, "crash", "", "");
     let total_bytes = fs::metadata(d.join("in/a.jsonl")).unwrap().len() * 2;
 
     let mut interrupted = 0;
     for kill in 0..8 {
-        run_then_kill9(d, "crash.yaml", 20..400);
+        run_then_kill9(d, "crash.yaml", &[], 20..400);
         let len = committed_len(d);
         if len < total_bytes {
             interrupted += 1;
@@ -136,7 +116,7 @@ fn exactly_once_while_input_grows_and_rotates() {
             count_lines(&d.join("out/out.jsonl")),
             writer.is_finished()
         );
-        run_then_kill9(&d, "live.yaml", 50..500);
+        run_then_kill9(&d, "live.yaml", &[], 50..500);
     }
     assert!(
         !writer.is_finished(),
@@ -271,7 +251,7 @@ fn sigterm_commits_and_a_restart_resends_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fs::create_dir_all(d.join("in")).unwrap();
-    write_input(&d.join("in/a.jsonl"), "a", 50_000);
+    write_test_input(&d.join("in/a.jsonl"), "a", 50_000);
     write_pipeline(d, "graceful", "", "");
 
     // Mid-run: stop while records are flowing.
@@ -326,7 +306,7 @@ fn offsets_list_and_reset() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fs::create_dir_all(d.join("in")).unwrap();
-    write_input(&d.join("in/a.jsonl"), "a", 1_000);
+    write_test_input(&d.join("in/a.jsonl"), "a", 1_000);
     write_pipeline(d, "again", "", "");
     let (status, log) = run_to_end(d, &["run", "--once", "again.yaml"], Duration::from_secs(30));
     assert!(status.success(), "{log}");
@@ -415,7 +395,7 @@ fn a_second_ferry_on_the_same_data_folder_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fs::create_dir_all(d.join("in")).unwrap();
-    write_input(&d.join("in/a.jsonl"), "a", 10);
+    write_test_input(&d.join("in/a.jsonl"), "a", 10);
     write_pipeline(d, "first", "", "");
     let f = Ferry::start(d, &["run", "first.yaml"]);
     assert!(

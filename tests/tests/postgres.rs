@@ -3,7 +3,6 @@
 //! server is a failure, not a skip.
 
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -28,14 +27,6 @@ fn psql(sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn write_input(path: &Path, tag: &str, count: u64) {
-    let mut s = String::with_capacity(count as usize * 100);
-    for seq in 0..count {
-        s.push_str(&test_line(tag, seq, 100));
-    }
-    fs::write(path, s).unwrap();
-}
-
 fn crash_test(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -49,8 +40,8 @@ fn crash_test(mode: &str) {
         "CREATE TABLE {table} (file text NOT NULL, seq bigint NOT NULL, pad text{key})"
     ));
     fs::create_dir_all(d.join("in")).unwrap();
-    write_input(&d.join("in/a.jsonl"), "a", 100_000);
-    write_input(&d.join("in/b.jsonl"), "b", 100_000);
+    write_test_input(&d.join("in/a.jsonl"), "a", 100_000);
+    write_test_input(&d.join("in/b.jsonl"), "b", 100_000);
     let key_line = if mode == "upsert" {
         "  key: [file, seq]\n"
     } else {
@@ -71,13 +62,7 @@ fn crash_test(mode: &str) {
 
     let mut interrupted = 0;
     for kill in 0..8 {
-        let mut f = Ferry::start_with_env(d, &["run", "pg.yaml"], &[("PG_URL", &pg_url())]);
-        let started = wait_until(Duration::from_secs(30), || {
-            f.log_text().contains("pipeline started")
-        });
-        assert!(started, "{}", f.log_text());
-        std::thread::sleep(Duration::from_millis(fastrand::u64(30..350)));
-        f.kill9();
+        run_then_kill9(d, "pg.yaml", &[("PG_URL", &pg_url())], 30..350);
         let n = count();
         if n < 200_000 {
             interrupted += 1;
@@ -122,7 +107,7 @@ fn a_missing_table_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fs::create_dir_all(d.join("in")).unwrap();
-    write_input(&d.join("in/a.jsonl"), "a", 10);
+    write_test_input(&d.join("in/a.jsonl"), "a", 10);
     fs::write(
         d.join("pg.yaml"),
         "name: missing\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: postgres\n  url: ${PG_URL}\n  table: no_such_table_here\n",
