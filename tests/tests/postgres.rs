@@ -123,3 +123,107 @@ fn a_missing_table_is_a_clear_error() {
         f.log_text()
     );
 }
+
+/// Rows the database refuses: a string in a bigint column (refused by COPY)
+/// and a null in a NOT NULL column (refused by the INSERT).
+fn bad_rows_setup(d: &std::path::Path, name: &str, tolerance: &str) -> String {
+    let table = format!("ferry_bad_{name}_{}", fastrand::u32(..));
+    psql(&format!(
+        "CREATE TABLE {table} (file text NOT NULL, seq bigint NOT NULL, pad text)"
+    ));
+    fs::create_dir_all(d.join("in")).unwrap();
+    let mut text = String::new();
+    for seq in 0..3_000u64 {
+        match seq {
+            700 => text.push_str("{\"file\":\"a\",\"seq\":\"seven hundred\",\"pad\":\"x\"}\n"),
+            2_100 => text.push_str("{\"file\":null,\"seq\":2100,\"pad\":\"x\"}\n"),
+            _ => text.push_str(&test_line("a", seq, 80)),
+        }
+    }
+    fs::write(d.join("in/a.jsonl"), text).unwrap();
+    let dlq = if tolerance == "all" {
+        "  dead_letter: dlq.jsonl\n"
+    } else {
+        ""
+    };
+    fs::write(
+        d.join("pg.yaml"),
+        format!(
+            "name: {table}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: postgres\n  url: ${{PG_URL}}\n  table: {table}\nerrors:\n  tolerance: {tolerance}\n{dlq}"
+        ),
+    )
+    .unwrap();
+    table
+}
+
+#[test]
+fn refused_rows_are_dead_lettered_with_the_database_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = bad_rows_setup(d, "all", "all");
+    let mut f = Ferry::start_with_env(d, &["run", "--once", "pg.yaml"], &[("PG_URL", &pg_url())]);
+    let status = f.wait_for_exit(Duration::from_secs(60)).expect("finishes");
+    assert!(status.success(), "{}", f.log_text());
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*), count(DISTINCT seq) FROM {table}"
+        )),
+        "2998|2998"
+    );
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*) FROM {table} WHERE seq IN (700, 2100)"
+        )),
+        "0"
+    );
+    let dlq = read_jsonl(&d.join("dlq.jsonl"));
+    assert_eq!(dlq.len(), 2, "{dlq:?}");
+    assert_eq!(dlq[0]["stage"], "sink");
+    assert_eq!(dlq[0]["record"]["seq"], "seven hundred");
+    assert!(
+        dlq[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid input syntax for type bigint"),
+        "{dlq:?}"
+    );
+    assert_eq!(dlq[1]["record"]["seq"], 2100);
+    assert!(
+        dlq[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("null value in column \"file\""),
+        "{dlq:?}"
+    );
+    assert!(
+        dlq[1]["position"]["offset"].as_u64().unwrap()
+            > dlq[0]["position"]["offset"].as_u64().unwrap()
+    );
+    psql(&format!(
+        "DROP TABLE {table}; DELETE FROM ferry_offsets WHERE pipeline = '{table}'"
+    ));
+}
+
+#[test]
+fn a_refused_row_with_tolerance_none_stops_the_pipeline_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = bad_rows_setup(d, "none", "none");
+    let mut f = Ferry::start_with_env(d, &["run", "--once", "pg.yaml"], &[("PG_URL", &pg_url())]);
+    let status = f.wait_for_exit(Duration::from_secs(60)).expect("exits");
+    assert_eq!(status.code(), Some(1), "{}", f.log_text());
+    let log = f.log_text();
+    assert!(log.contains("bad record at in/a.jsonl@"), "{log}");
+    assert!(
+        log.contains("invalid input syntax for type bigint"),
+        "{log}"
+    );
+    // Nothing from the refused row on was committed.
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM {table} WHERE seq >= 700")),
+        "0"
+    );
+    psql(&format!(
+        "DROP TABLE {table}; DELETE FROM ferry_offsets WHERE pipeline = '{table}'"
+    ));
+}

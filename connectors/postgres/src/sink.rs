@@ -50,6 +50,12 @@ fn db_error(context: &str, e: sqlx::Error) -> ConnectorError {
     }
 }
 
+/// A row the database refuses (bad value, NOT NULL, unique, check): SQLSTATE
+/// classes 22 and 23. Anything else is not the row's fault.
+fn is_data_error(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")))
+}
+
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
@@ -87,6 +93,82 @@ impl PostgresSink {
             self.execute("starting a transaction", "BEGIN").await?;
             self.in_transaction = true;
         }
+        Ok(())
+    }
+
+    /// COPYs `rows` into the staging table and moves them into the target.
+    async fn copy_rows(&mut self, rows: &[Record]) -> Result<(), sqlx::Error> {
+        // The columns these rows have values for (absent fields are NULL).
+        let cols: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| {
+                self.config.key.contains(c)
+                    || rows.iter().any(|r| r.value.get(c.as_str()).is_some())
+            })
+            .cloned()
+            .collect();
+        if cols.is_empty() {
+            return Ok(());
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        for (i, r) in rows.iter().enumerate() {
+            for c in &cols {
+                encode(r.value.get(c.as_str()).unwrap_or(&Value::Null), &mut buf);
+                buf.push(b'\t');
+            }
+            buf.extend_from_slice(i.to_string().as_bytes());
+            buf.push(b'\n');
+        }
+        let col_list = cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
+        let copy = format!("COPY {STAGE} ({col_list}, ferry_ord) FROM STDIN (FORMAT text)");
+        let copied: Result<(), sqlx::Error> = async {
+            let mut copy_in = self.conn().copy_in_raw(&copy).await?;
+            copy_in.send(buf.as_slice()).await?;
+            copy_in.finish().await?;
+            Ok(())
+        }
+        .await;
+        self.buf = buf;
+        copied?;
+        let insert = match self.config.mode {
+            Mode::Insert => {
+                format!(
+                    "INSERT INTO {} ({col_list}) SELECT {col_list} FROM {STAGE} ORDER BY ferry_ord",
+                    self.target
+                )
+            }
+            Mode::Upsert => {
+                let keys = self
+                    .config
+                    .key
+                    .iter()
+                    .map(|k| quote(k))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let updates: Vec<String> = cols
+                    .iter()
+                    .filter(|c| !self.config.key.contains(c))
+                    .map(|c| format!("{} = EXCLUDED.{}", quote(c), quote(c)))
+                    .collect();
+                let action = if updates.is_empty() {
+                    "DO NOTHING".to_string()
+                } else {
+                    format!("DO UPDATE SET {}", updates.join(", "))
+                };
+                // DISTINCT ON keeps the last record of each key: one
+                // statement may not update a row twice.
+                format!(
+                    "INSERT INTO {} ({col_list}) SELECT DISTINCT ON ({keys}) {col_list} FROM {STAGE} \
+                     ORDER BY {keys}, ferry_ord DESC ON CONFLICT ({keys}) {action}",
+                    self.target
+                )
+            }
+        };
+        sqlx::raw_sql(AssertSqlSafe(format!("{insert}; TRUNCATE {STAGE}")))
+            .execute(self.conn())
+            .await?;
         Ok(())
     }
 }
@@ -173,82 +255,55 @@ impl Sink for PostgresSink {
     }
 
     async fn write(&mut self, batch: &[Record]) -> Result<Vec<Rejected>, ConnectorError> {
-        // The columns this chunk has values for (absent fields are NULL).
-        let cols: Vec<String> = self
-            .columns
-            .iter()
-            .filter(|c| {
-                self.config.key.contains(c)
-                    || batch.iter().any(|r| r.value.get(c.as_str()).is_some())
-            })
-            .cloned()
-            .collect();
-        if batch.is_empty() || cols.is_empty() {
+        if batch.is_empty() {
             return Ok(Vec::new());
         }
         self.begin().await?;
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        for (i, r) in batch.iter().enumerate() {
-            for c in &cols {
-                encode(r.value.get(c.as_str()).unwrap_or(&Value::Null), &mut buf);
-                buf.push(b'\t');
+        // The whole chunk first; if the database refuses a row, split the
+        // chunk under savepoints until every refused row stands alone, so the
+        // good rows of the chunk still arrive.
+        let mut rejected = Vec::new();
+        let mut pending: Vec<std::ops::Range<usize>> = vec![0..batch.len()];
+        while let Some(range) = pending.pop() {
+            self.execute("setting a savepoint", "SAVEPOINT ferry_rows")
+                .await?;
+            match self.copy_rows(&batch[range.clone()]).await {
+                Ok(()) => {
+                    self.execute("releasing a savepoint", "RELEASE SAVEPOINT ferry_rows")
+                        .await?
+                }
+                Err(e) if is_data_error(&e) => {
+                    self.execute(
+                        "rolling back to a savepoint",
+                        "ROLLBACK TO SAVEPOINT ferry_rows",
+                    )
+                    .await?;
+                    if range.len() == 1 {
+                        let message = match &e {
+                            sqlx::Error::Database(db) => db.message().to_string(),
+                            other => other.to_string(),
+                        };
+                        rejected.push(Rejected {
+                            index: range.start,
+                            error: ConnectorError::Fatal(message),
+                        });
+                    } else {
+                        let mid = range.start + range.len() / 2;
+                        // Popped in source order: first half last in.
+                        pending.push(mid..range.end);
+                        pending.push(range.start..mid);
+                    }
+                }
+                Err(e) => {
+                    return Err(db_error(
+                        &format!("writing rows into {}", self.config.table),
+                        e,
+                    ));
+                }
             }
-            buf.extend_from_slice(i.to_string().as_bytes());
-            buf.push(b'\n');
         }
-        let col_list = cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
-        let copy = format!("COPY {STAGE} ({col_list}, ferry_ord) FROM STDIN (FORMAT text)");
-        let result: Result<(), sqlx::Error> = async {
-            let mut copy_in = self.conn().copy_in_raw(&copy).await?;
-            copy_in.send(buf.as_slice()).await?;
-            copy_in.finish().await?;
-            Ok(())
-        }
-        .await;
-        self.buf = buf;
-        result.map_err(|e| db_error(&format!("copying rows into {}", self.config.table), e))?;
-
-        let insert = match self.config.mode {
-            Mode::Insert => {
-                format!(
-                    "INSERT INTO {} ({col_list}) SELECT {col_list} FROM {STAGE} ORDER BY ferry_ord",
-                    self.target
-                )
-            }
-            Mode::Upsert => {
-                let keys = self
-                    .config
-                    .key
-                    .iter()
-                    .map(|k| quote(k))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let updates: Vec<String> = cols
-                    .iter()
-                    .filter(|c| !self.config.key.contains(c))
-                    .map(|c| format!("{} = EXCLUDED.{}", quote(c), quote(c)))
-                    .collect();
-                let action = if updates.is_empty() {
-                    "DO NOTHING".to_string()
-                } else {
-                    format!("DO UPDATE SET {}", updates.join(", "))
-                };
-                // DISTINCT ON keeps the last record of each key: one
-                // statement may not update a row twice.
-                format!(
-                    "INSERT INTO {} ({col_list}) SELECT DISTINCT ON ({keys}) {col_list} FROM {STAGE} \
-                     ORDER BY {keys}, ferry_ord DESC ON CONFLICT ({keys}) {action}",
-                    self.target
-                )
-            }
-        };
-        self.execute(
-            &format!("writing rows into {}", self.config.table),
-            &format!("{insert}; TRUNCATE {STAGE}"),
-        )
-        .await?;
-        Ok(Vec::new())
+        rejected.sort_by_key(|r| r.index);
+        Ok(rejected)
     }
 
     async fn commit(&mut self, positions: &Positions) -> Result<(), ConnectorError> {
