@@ -263,7 +263,8 @@ impl Sink for PostgresSink {
         // chunk under savepoints until every refused row stands alone, so the
         // good rows of the chunk still arrive.
         let mut rejected = Vec::new();
-        let mut pending: Vec<std::ops::Range<usize>> = vec![0..batch.len()];
+        // A stack of row ranges still to write; it starts as the whole chunk.
+        let mut pending: Vec<std::ops::Range<usize>> = Vec::from([0..batch.len()]);
         while let Some(range) = pending.pop() {
             self.execute("setting a savepoint", "SAVEPOINT ferry_rows")
                 .await?;
