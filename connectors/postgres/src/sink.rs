@@ -264,7 +264,8 @@ impl Sink for PostgresSink {
         // good rows of the chunk still arrive.
         let mut rejected = Vec::new();
         // A stack of row ranges still to write; it starts as the whole chunk.
-        let mut pending: Vec<std::ops::Range<usize>> = Vec::from([0..batch.len()]);
+        #[allow(clippy::single_range_in_vec_init)] // one range to start with, on purpose
+        let mut pending: Vec<std::ops::Range<usize>> = vec![0..batch.len()];
         while let Some(range) = pending.pop() {
             self.execute("setting a savepoint", "SAVEPOINT ferry_rows")
                 .await?;
