@@ -413,3 +413,32 @@ fn a_second_ferry_on_the_same_data_folder_is_refused() {
     );
     f.signal(SIGTERM);
 }
+
+/// A kill after the first rows were written but before the first commit
+/// (the window a random kill rarely hits): the restart must not keep them.
+#[test]
+fn sigkill_before_the_first_commit_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("in")).unwrap();
+    write_test_input(&d.join("in/a.jsonl"), "a", 20_000);
+    fs::write(
+        d.join("first.yaml"),
+        "name: first\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: file\n  path: out/out.jsonl\ndelivery:\n  batch_size: 1000000\n  flush_interval: 1h\n",
+    )
+    .unwrap();
+    let mut f = Ferry::start(d, &["run", "first.yaml"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || count_lines(
+            &d.join("out/out.jsonl")
+        ) >= 5_000),
+        "{}",
+        f.log_text()
+    );
+    assert_eq!(committed_len(d), 0, "nothing may be committed yet");
+    f.kill9();
+    let (status, log) = run_to_end(d, &["run", "--once", "first.yaml"], Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    let problems = check_exactly_once(&read_jsonl(&d.join("out/out.jsonl")), &[("a", 20_000)]);
+    assert!(problems.is_empty(), "{problems:?}");
+}

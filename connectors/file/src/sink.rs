@@ -143,6 +143,25 @@ impl Sink for FileSink {
                     self.columns = m.columns;
                 }
                 positions = Some(m.positions);
+            } else {
+                // First start: record what the output holds before we write
+                // anything. Without this, a crash between our first write and
+                // our first commit would leave our rows looking like
+                // pre-existing content, and the replay would duplicate them.
+                let m = Manifest {
+                    version: MANIFEST_VERSION,
+                    pipeline: self.pipeline.clone(),
+                    length: len,
+                    columns: self.columns.clone(),
+                    positions: Positions::new(),
+                };
+                write_atomically(
+                    &self.manifest_path,
+                    &serde_json::to_vec(&m).expect("manifest serializes"),
+                )
+                .map_err(|e| {
+                    ConnectorError::io(format!("writing {}", self.manifest_path.display()), e)
+                })?;
             }
         }
         self.written_len = self.committed_len;
@@ -272,6 +291,21 @@ mod tests {
             fs::read_to_string(&path).unwrap(),
             "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n{\"n\":4}\n"
         );
+    }
+
+    #[tokio::test]
+    async fn a_crash_before_the_first_commit_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.jsonl");
+        fs::write(&path, "{\"before\":1}\n").unwrap(); // output that was there already
+        let mut s = sink(path.clone());
+        s.open().await.unwrap();
+        s.write(&[record(1), record(2)]).await.unwrap();
+        drop(s); // killed before the first commit
+
+        let mut again = sink(path.clone());
+        assert_eq!(again.open().await.unwrap(), Some(Positions::new()));
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"before\":1}\n");
     }
 
     #[tokio::test]
