@@ -208,7 +208,7 @@ async fn run_attempt(
     let reset_pending = stored.as_ref().is_some_and(|s| s.reset);
     let kept_by_sink = sink_positions.is_some();
     let positions = match (stored, sink_positions) {
-        (Some(s), _) if s.reset => {
+        _ if reset_pending => {
             tracing::info!(pipeline = %p.name, "offsets were reset: starting from the beginning of the source");
             Positions::new()
         }
@@ -256,7 +256,6 @@ async fn run_attempt(
         sink: &mut *sink,
         store: &env.store,
         dead_letters: DeadLetters::new(dead_letter_path, &p.name),
-        committed: positions.clone(),
         open: Open {
             positions,
             ..Open::default()
@@ -268,7 +267,7 @@ async fn run_attempt(
         commits: commits_tx,
     };
     let written = writer.run(rx).await;
-    let committed = writer.committed.clone();
+    let committed = writer.commits.borrow().clone();
     // The writer dropped the channel: the reader stops at its next send.
     let (read, source) = match reader.await {
         Ok((result, source)) => (result, Some(source)),
@@ -343,13 +342,14 @@ struct Writer<'a> {
     sink: &'a mut dyn Sink,
     store: &'a OffsetStore,
     dead_letters: DeadLetters,
-    committed: Positions,
+    /// Since the last commit; `positions` starts as the committed ones.
     open: Open,
     kept_by_sink: bool,
     /// The store still says "reset": its first save must be durable.
     reset_pending: bool,
     stats: &'a Stats,
     backoff: &'a mut Backoff,
+    /// The committed positions, watched by the source task.
     commits: watch::Sender<Positions>,
 }
 
@@ -474,9 +474,8 @@ impl Writer<'_> {
             .dead_lettered
             .fetch_add(open.dead.len() as u64, Ordering::Relaxed);
         self.stats.set_committed(&open.positions);
-        self.committed = open.positions.clone();
+        self.commits.send_replace(open.positions.clone());
         self.open.positions = open.positions;
-        self.commits.send_replace(self.committed.clone());
         self.backoff.reset();
         Ok(())
     }

@@ -126,6 +126,16 @@ impl Drop for Ferry {
     }
 }
 
+/// Runs a short `ferry ARGS…` command (validate, offsets) in `dir` and
+/// returns what it printed.
+pub fn ferry_output(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(ferry_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running ferry {args:?}: {e}"))
+}
+
 /// Runs `ferry ARGS…` in `dir` to completion (at most `limit`), returning
 /// its exit status and its log.
 pub fn run_to_end(dir: &Path, args: &[&str], limit: Duration) -> (ExitStatus, String) {

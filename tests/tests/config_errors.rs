@@ -43,11 +43,7 @@ fn duplicate_pipeline_names_across_files_are_an_error() {
     let p = "name: same\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: file\n  path: out.jsonl\n";
     fs::write(dir.path().join("a.yaml"), p).unwrap();
     fs::write(dir.path().join("b.yml"), p).unwrap();
-    let out = Command::new(ferry_bin())
-        .args(["validate", "."])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = ferry_output(dir.path(), &["validate", "."]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -70,11 +66,7 @@ fn validate_states_each_pipelines_guarantee() {
         format!("name: plain\n{base}  path: b.jsonl\n  transactional: false\n"),
     )
     .unwrap();
-    let out = Command::new(ferry_bin())
-        .args(["validate", "."])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = ferry_output(dir.path(), &["validate", "."]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -97,11 +89,7 @@ fn validate_states_each_pipelines_guarantee() {
 #[test]
 fn the_shipped_examples_are_valid() {
     let root = workspace_root();
-    let out = Command::new(ferry_bin())
-        .args(["validate", "configs/examples"])
-        .current_dir(&root)
-        .output()
-        .unwrap();
+    let out = ferry_output(&root, &["validate", "configs/examples"]);
     assert!(
         out.status.success(),
         "{}",

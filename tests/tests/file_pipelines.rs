@@ -311,11 +311,7 @@ fn offsets_list_and_reset() {
     let (status, log) = run_to_end(d, &["run", "--once", "again.yaml"], Duration::from_secs(30));
     assert!(status.success(), "{log}");
 
-    let list = std::process::Command::new(ferry_bin())
-        .args(["offsets", "list"])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let list = ferry_output(d, &["offsets", "list"]);
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(text.contains("again: updated"), "{text}");
     assert!(
@@ -326,11 +322,7 @@ fn offsets_list_and_reset() {
         "{text}"
     );
 
-    let reset = std::process::Command::new(ferry_bin())
-        .args(["offsets", "reset", "again"])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let reset = ferry_output(d, &["offsets", "reset", "again"]);
     assert!(
         reset.status.success(),
         "{}",
@@ -345,11 +337,7 @@ fn offsets_list_and_reset() {
         "a reset reads the source again from the start"
     );
 
-    let unknown = std::process::Command::new(ferry_bin())
-        .args(["offsets", "reset", "nope"])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let unknown = ferry_output(d, &["offsets", "reset", "nope"]);
     assert_eq!(unknown.status.code(), Some(1));
 }
 

@@ -4,7 +4,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -35,8 +35,6 @@ pub(crate) struct FileSink {
     manifest_path: PathBuf,
     // An Arc so the fsync can run on the blocking pool while we keep the handle.
     file: Option<Arc<File>>,
-    /// Bytes of the output that are durable and covered by the manifest.
-    committed_len: u64,
     /// Bytes written so far (committed + the batch being written).
     written_len: u64,
     columns: Option<Vec<String>>,
@@ -53,7 +51,6 @@ impl FileSink {
             pipeline,
             manifest_path: PathBuf::from(manifest),
             file: None,
-            committed_len: 0,
             written_len: 0,
             buf: Vec::new(),
         }
@@ -61,6 +58,18 @@ impl FileSink {
 
     fn path_err(&self, what: &str, e: io::Error) -> ConnectorError {
         ConnectorError::io(format!("{what} {}", self.config.path.display()), e)
+    }
+
+    /// The manifest saying `length` bytes are committed and reach `positions`.
+    fn manifest(&self, length: u64, positions: &Positions) -> Vec<u8> {
+        let m = Manifest {
+            version: MANIFEST_VERSION,
+            pipeline: self.pipeline.clone(),
+            length,
+            columns: self.columns.clone(),
+            positions: positions.clone(),
+        };
+        serde_json::to_vec(&m).expect("manifest serializes")
     }
 
     fn read_manifest(&self) -> Result<Option<Manifest>, ConnectorError> {
@@ -114,7 +123,8 @@ impl Sink for FileSink {
             .map_err(|e| self.path_err("opening", e))?;
         let len = file.metadata().map_err(|e| self.path_err("stat", e))?.len();
         let mut positions = None;
-        self.committed_len = len;
+        // Bytes of the output that are durable and covered by the manifest.
+        let mut committed_len = len;
         if self.config.transactional {
             positions = Some(Positions::new());
             if let Some(m) = self.read_manifest()? {
@@ -138,7 +148,7 @@ impl Sink for FileSink {
                         .and_then(|_| file.sync_all())
                         .map_err(|e| self.path_err("truncating", e))?;
                 }
-                self.committed_len = m.length;
+                committed_len = m.length;
                 if self.columns.is_none() {
                     self.columns = m.columns;
                 }
@@ -148,23 +158,10 @@ impl Sink for FileSink {
                 // anything. Without this, a crash between our first write and
                 // our first commit would leave our rows looking like
                 // pre-existing content, and the replay would duplicate them.
-                let m = Manifest {
-                    version: MANIFEST_VERSION,
-                    pipeline: self.pipeline.clone(),
-                    length: len,
-                    columns: self.columns.clone(),
-                    positions: Positions::new(),
-                };
-                write_atomically(
-                    &self.manifest_path,
-                    &serde_json::to_vec(&m).expect("manifest serializes"),
-                )
-                .map_err(|e| {
-                    ConnectorError::io(format!("writing {}", self.manifest_path.display()), e)
-                })?;
+                write_manifest(&self.manifest_path, &self.manifest(len, &Positions::new()))?;
             }
         }
-        self.written_len = self.committed_len;
+        self.written_len = committed_len;
         self.file = Some(Arc::new(file));
         Ok(positions)
     }
@@ -192,37 +189,30 @@ impl Sink for FileSink {
 
     async fn commit(&mut self, positions: &Positions) -> Result<(), ConnectorError> {
         let file = self.file.clone().expect("commit after open");
-        let manifest = self.config.transactional.then(|| {
-            let m = Manifest {
-                version: MANIFEST_VERSION,
-                pipeline: self.pipeline.clone(),
-                length: self.written_len,
-                columns: self.columns.clone(),
-                positions: positions.clone(),
-            };
-            (
-                self.manifest_path.clone(),
-                serde_json::to_vec(&m).expect("manifest serializes"),
-            )
-        });
+        let manifest = self
+            .config
+            .transactional
+            .then(|| self.manifest(self.written_len, positions));
+        let manifest_path = self.manifest_path.clone();
         let path = self.config.path.clone();
         // Data first, then the manifest that points past it: a crash between
         // the two leaves data beyond the manifest, which open() cuts away.
         tokio::task::spawn_blocking(move || -> Result<(), ConnectorError> {
             file.sync_data()
                 .map_err(|e| ConnectorError::io(format!("fsync {}", path.display()), e))?;
-            if let Some((manifest_path, bytes)) = manifest {
-                write_atomically(&manifest_path, &bytes).map_err(|e| {
-                    ConnectorError::io(format!("writing {}", manifest_path.display()), e)
-                })?;
+            match manifest {
+                Some(bytes) => write_manifest(&manifest_path, &bytes),
+                None => Ok(()),
             }
-            Ok(())
         })
         .await
-        .map_err(|e| ConnectorError::Fatal(format!("file sink commit panicked: {e}")))??;
-        self.committed_len = self.written_len;
-        Ok(())
+        .map_err(|e| ConnectorError::Fatal(format!("file sink commit panicked: {e}")))?
     }
+}
+
+fn write_manifest(path: &Path, bytes: &[u8]) -> Result<(), ConnectorError> {
+    write_atomically(path, bytes)
+        .map_err(|e| ConnectorError::io(format!("writing {}", path.display()), e))
 }
 
 fn first_record_columns(batch: &[Record]) -> Vec<String> {

@@ -339,12 +339,13 @@ impl Tailed {
         if self.reader.get_ref().read_exact_at(&mut head, 0).is_err() {
             return Ok(Err("the file is shorter than its fingerprint"));
         }
-        if format!("{:016x}", fnv1a(&head)) != fp {
+        let hash = fnv1a(&head);
+        if format!("{hash:016x}") != fp {
             return Ok(Err(
                 "the file's first line changed (inode reused by a new file)",
             ));
         }
-        self.fingerprint = Some((fnv1a(&head), head.len()));
+        self.fingerprint = Some((hash, head.len()));
         Ok(Ok(pos))
     }
 
