@@ -309,7 +309,7 @@ async fn read_loop(
             Err(e) => break Err(PipelineError::connector("reading the source", e)),
         };
         if items.is_empty() {
-            if once {
+            if once && source.idle() {
                 break Ok(());
             }
             continue;

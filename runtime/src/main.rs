@@ -45,6 +45,10 @@ enum Command {
     },
     /// Check pipeline files without running them; print every error, and each pipeline's guarantee.
     Validate {
+        /// Also connect to every source and sink and check that what they
+        /// need exists (server answers, table present). Changes nothing.
+        #[arg(long)]
+        check_connections: bool,
         /// Pipeline files, or folders of them (*.yaml, *.yml).
         #[arg(default_value = "configs")]
         paths: Vec<PathBuf>,
@@ -134,7 +138,10 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Validate { paths } => {
+        Command::Validate {
+            paths,
+            check_connections,
+        } => {
             let pipelines = match expand_paths(&paths).and_then(|files| load_all(&files, &registry))
             {
                 Ok(p) => p,
@@ -147,7 +154,21 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
                 println!("     {guarantee}");
             }
             println!("{} pipeline(s) valid", pipelines.len());
-            Ok(ExitCode::SUCCESS)
+            if !check_connections {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            let problems = runtime.block_on(ferry::check_connections(&pipelines));
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            if problems.is_empty() {
+                println!("connections ok");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{} connection problem(s)", problems.len());
+                Ok(ExitCode::from(1))
+            }
         }
         Command::Offsets {
             command: OffsetsCommand::List { data_dir },

@@ -26,7 +26,10 @@ impl Registry {
             r.sinks.push(ferry_connector_file::sink_plugin());
         }
         #[cfg(feature = "postgres")]
-        r.sinks.push(ferry_connector_postgres::sink_plugin());
+        {
+            r.sources.push(ferry_connector_postgres::source_plugin());
+            r.sinks.push(ferry_connector_postgres::sink_plugin());
+        }
         r
     }
 

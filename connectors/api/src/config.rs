@@ -99,6 +99,13 @@ pub trait SourceConfig: Send + Sync + fmt::Debug {
 
     /// Creates the source. May do I/O (open files, connect); spawns no tasks.
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError>;
+
+    /// Checks that what the connector needs is there — the server answers,
+    /// the table exists — without changing anything. Run by `ferry validate
+    /// --check-connections`; connectors with nothing to check keep the default.
+    async fn check(&self, _ctx: &BuildContext) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 }
 
 /// A parsed sink config: validated without I/O, then built.
@@ -117,6 +124,13 @@ pub trait SinkConfig: Send + Sync + fmt::Debug {
 
     /// Creates the sink. May do I/O (open files, connect); spawns no tasks.
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError>;
+
+    /// Checks that what the connector needs is there — the server answers,
+    /// the table exists — without changing anything. Run by `ferry validate
+    /// --check-connections`; connectors with nothing to check keep the default.
+    async fn check(&self, _ctx: &BuildContext) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 }
 
 /// A source connector as the runtime's registry knows it.

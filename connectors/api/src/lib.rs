@@ -72,6 +72,15 @@ pub trait Source: Send {
     /// itself failed; retriable errors are retried by the runtime.
     async fn poll(&mut self, max: usize) -> Result<Vec<SourceItem>, ConnectorError>;
 
+    /// Whether an empty [`poll`](Source::poll) means the source has caught up
+    /// with everything there is to read. `ferry run --once` stops at the
+    /// first empty poll of an idle source; a source that knows more records
+    /// are about to become readable (waiting for in-flight transactions to
+    /// finish, say) returns `false`.
+    fn idle(&self) -> bool {
+        true
+    }
+
     /// Called after `positions` were committed durably. A source whose
     /// upstream tracks progress (a Kafka consumer group) acknowledges here;
     /// most sources need not do anything.

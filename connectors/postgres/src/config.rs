@@ -1,8 +1,12 @@
 use async_trait::async_trait;
-use ferry_api::{BuildContext, ConfigProblem, ConnectorError, Delivery, Sink, SinkConfig};
+use ferry_api::{
+    BuildContext, ConfigProblem, ConnectorError, Delivery, PathSegment, Sink, SinkConfig, Source,
+    SourceConfig,
+};
 use serde::Deserialize;
 
 use crate::sink::PostgresSink;
+use crate::source::PostgresSource;
 
 /// How records land in the table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -34,6 +38,46 @@ pub struct PostgresSinkConfig {
     /// transaction as the rows. Created when missing.
     #[serde(default = "default_offsets_table")]
     pub offsets_table: String,
+    /// `auto` (default): top-level fields go to same-named columns; or an
+    /// explicit `field: column` map (other fields are left out).
+    #[serde(default)]
+    pub columns: Columns,
+    /// Create the table from the first batch's fields when it is missing
+    /// (bigint / double precision / boolean / text, jsonb for nested values),
+    /// with `key` as its primary key.
+    #[serde(default)]
+    pub create_table: bool,
+}
+
+/// Which record field goes to which column.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "ColumnsRepr")]
+pub enum Columns {
+    #[default]
+    Auto,
+    /// `(field, column)` pairs.
+    Map(Vec<(String, String)>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ColumnsRepr {
+    Word(String),
+    Map(std::collections::BTreeMap<String, String>),
+}
+
+impl TryFrom<ColumnsRepr> for Columns {
+    type Error = String;
+
+    fn try_from(r: ColumnsRepr) -> Result<Self, String> {
+        match r {
+            ColumnsRepr::Word(w) if w == "auto" => Ok(Columns::Auto),
+            ColumnsRepr::Word(w) => {
+                Err(format!("`{w}`: expected `auto` or a map of field: column"))
+            }
+            ColumnsRepr::Map(m) => Ok(Columns::Map(m.into_iter().collect())),
+        }
+    }
 }
 
 fn default_offsets_table() -> String {
@@ -72,12 +116,7 @@ pub(crate) fn redacted(url: &str) -> String {
 impl SinkConfig for PostgresSinkConfig {
     fn validate(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
-        if !self.url.starts_with("postgres://") && !self.url.starts_with("postgresql://") {
-            problems.push(ConfigProblem::at(
-                "url",
-                "must start with postgres:// or postgresql://",
-            ));
-        }
+        check_url(&self.url, &mut problems);
         if split_table(&self.table).is_none() {
             problems.push(ConfigProblem::at(
                 "table",
@@ -99,6 +138,30 @@ impl SinkConfig for PostgresSinkConfig {
                 problems.push(ConfigProblem::at("key", "is only used with mode: upsert"))
             }
             _ => {}
+        }
+        if let Columns::Map(map) = &self.columns {
+            if map.is_empty() {
+                problems.push(ConfigProblem::at("columns", "maps no field"));
+            }
+            for (field, column) in map {
+                if !is_identifier(column) {
+                    problems.push(ConfigProblem {
+                        path: vec![
+                            PathSegment::Key("columns".into()),
+                            PathSegment::Key(field.clone()),
+                        ],
+                        message: format!("`{column}` is not a plain column name"),
+                    });
+                }
+            }
+            for k in &self.key {
+                if !map.iter().any(|(_, c)| c == k) {
+                    problems.push(ConfigProblem::at(
+                        "key",
+                        format!("`{k}` is not one of the mapped columns"),
+                    ));
+                }
+            }
         }
         for k in &self.key {
             if !is_identifier(k) {
@@ -133,6 +196,12 @@ impl SinkConfig for PostgresSinkConfig {
             ctx.pipeline.clone(),
         )))
     }
+
+    async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
+        PostgresSink::new(self.clone(), ctx.pipeline.clone())
+            .check()
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -156,5 +225,156 @@ mod tests {
         );
         assert_eq!(split_table("s.t_1"), Some(("s".into(), "t_1".into())));
         assert_eq!(split_table("x; drop table y"), None);
+    }
+}
+
+/// How the source finds new rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum SourceMode {
+    /// New rows have a larger `incrementing_column` (an identity or
+    /// sequence): catches inserts.
+    #[default]
+    #[serde(rename = "incrementing")]
+    Incrementing,
+    /// Rows are ordered by `(timestamp_column, incrementing_column)`: catches
+    /// inserts and updates that move the timestamp forward.
+    #[serde(rename = "timestamp+incrementing")]
+    TimestampIncrementing,
+}
+
+/// `source: {type: postgres, ...}`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    pub url: String,
+    /// `schema.table` or `table`; or use `query`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// A `SELECT` whose rows are read instead of a table's; the cursor
+    /// columns must be among its output columns.
+    #[serde(default)]
+    pub query: Option<String>,
+    #[serde(default)]
+    pub mode: SourceMode,
+    pub incrementing_column: String,
+    #[serde(default)]
+    pub timestamp_column: Option<String>,
+    /// How long to wait before looking again when there is nothing new.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: std::time::Duration,
+    /// Rows per query.
+    #[serde(default = "default_source_batch")]
+    pub batch_size: usize,
+}
+
+fn default_poll_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(1)
+}
+
+fn default_source_batch() -> usize {
+    5000
+}
+
+impl PostgresSourceConfig {
+    /// The cursor columns, in comparison order.
+    pub(crate) fn cursor_columns(&self) -> Vec<String> {
+        match (self.mode, &self.timestamp_column) {
+            (SourceMode::TimestampIncrementing, Some(ts)) => {
+                vec![ts.clone(), self.incrementing_column.clone()]
+            }
+            _ => vec![self.incrementing_column.clone()],
+        }
+    }
+
+    /// What the rows come from, for messages and the partition key.
+    pub(crate) fn origin(&self) -> String {
+        match (&self.table, &self.query) {
+            (Some(t), _) => t.clone(),
+            (None, Some(q)) => format!(
+                "query {}",
+                q.split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+fn check_url(url: &str, problems: &mut Vec<ConfigProblem>) {
+    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+        problems.push(ConfigProblem::at(
+            "url",
+            "must start with postgres:// or postgresql://",
+        ));
+    }
+}
+
+#[async_trait]
+impl SourceConfig for PostgresSourceConfig {
+    fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        check_url(&self.url, &mut problems);
+        match (&self.table, &self.query) {
+            (Some(_), Some(_)) => problems.push(ConfigProblem::at(
+                "query",
+                "give either `table` or `query`, not both",
+            )),
+            (None, None) => problems.push(ConfigProblem::at(
+                "table",
+                "is required (or give a `query`)",
+            )),
+            (Some(t), None) if split_table(t).is_none() => problems.push(ConfigProblem::at(
+                "table",
+                "must be `table` or `schema.table` (letters, digits, _)",
+            )),
+            (None, Some(q)) if !q.trim_start().to_ascii_lowercase().starts_with("select") => {
+                problems.push(ConfigProblem::at("query", "must be a SELECT"))
+            }
+            _ => {}
+        }
+        if !is_identifier(&self.incrementing_column) {
+            problems.push(ConfigProblem::at(
+                "incrementing_column",
+                "must be a plain column name (letters, digits, _)",
+            ));
+        }
+        match (self.mode, &self.timestamp_column) {
+            (SourceMode::TimestampIncrementing, None) => problems.push(ConfigProblem::at(
+                "timestamp_column",
+                "is required with mode: timestamp+incrementing",
+            )),
+            (SourceMode::Incrementing, Some(_)) => problems.push(ConfigProblem::at(
+                "timestamp_column",
+                "is only used with mode: timestamp+incrementing",
+            )),
+            (_, Some(ts)) if !is_identifier(ts) => problems.push(ConfigProblem::at(
+                "timestamp_column",
+                "must be a plain column name (letters, digits, _)",
+            )),
+            _ => {}
+        }
+        if self.batch_size == 0 {
+            problems.push(ConfigProblem::at("batch_size", "must be at least 1"));
+        }
+        problems
+    }
+
+    fn describe(&self) -> String {
+        let cursor = self.cursor_columns().join(", ");
+        format!(
+            "postgres {} {} (cursor {cursor})",
+            redacted(&self.url),
+            self.origin()
+        )
+    }
+
+    async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
+        Ok(Box::new(PostgresSource::new(self.clone())))
+    }
+
+    async fn check(&self, _ctx: &BuildContext) -> Result<(), ConnectorError> {
+        let mut source = PostgresSource::new(self.clone());
+        let opened = source.open(&ferry_api::Positions::new()).await;
+        source.close().await;
+        opened
     }
 }

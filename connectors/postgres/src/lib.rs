@@ -1,4 +1,4 @@
-//! # ferry-connector-postgres — PostgreSQL sink
+//! # ferry-connector-postgres — PostgreSQL source and sink
 //!
 //! **Sink** (`type: postgres`): exactly-once by transaction. Everything
 //! written between two commits goes into one PostgreSQL transaction: each
@@ -14,18 +14,36 @@
 //! Connection errors and server shutdowns are retriable: the runtime drops
 //! the connection (the open transaction rolls back) and replays from the
 //! committed positions.
+//!
+//! **Source** (`type: postgres`): polls a table or a `SELECT` in cursor
+//! order — `incrementing` (an id) or `timestamp+incrementing` (the pair
+//! compared as a tuple, so rows sharing a timestamp are never skipped). The
+//! position is the cursor value. Rows are read only once no transaction still
+//! in flight can commit a smaller cursor value (a fence on the transaction
+//! snapshot, see `source.rs`), so out-of-order commits are never skipped. Each
+//! row becomes a record whose fields are its columns (`row_to_json` types;
+//! bytea as base64; timestamps as RFC 3339 in UTC).
 
 mod config;
 mod sink;
+mod source;
 
-pub use config::{Mode, PostgresSinkConfig};
+pub use config::{Columns, Mode, PostgresSinkConfig, PostgresSourceConfig, SourceMode};
 
-use ferry_api::{SinkPlugin, deserialize};
+use ferry_api::{SinkPlugin, SourcePlugin, deserialize};
 
 /// The `postgres` sink, for the runtime's registry.
 pub fn sink_plugin() -> SinkPlugin {
     SinkPlugin {
         kind: "postgres",
         parse: |v| Ok(Box::new(deserialize::<PostgresSinkConfig>(v)?)),
+    }
+}
+
+/// The `postgres` source, for the runtime's registry.
+pub fn source_plugin() -> SourcePlugin {
+    SourcePlugin {
+        kind: "postgres",
+        parse: |v| Ok(Box::new(deserialize::<PostgresSourceConfig>(v)?)),
     }
 }

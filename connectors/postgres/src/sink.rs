@@ -7,7 +7,7 @@ use ferry_api::{ConnectorError, Position, Positions, Record, Rejected, Sink, Val
 // validated as plain names and are quoted; values are bound.
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
-use crate::config::{Mode, PostgresSinkConfig, split_table};
+use crate::config::{Columns, Mode, PostgresSinkConfig, split_table};
 
 /// Per-connection temporary table the rows are COPYed into.
 const STAGE: &str = "ferry_stage";
@@ -19,15 +19,18 @@ pub(crate) struct PostgresSink {
     /// `"schema"."table"`, quoted.
     target: String,
     offsets: String,
-    /// The target's columns, in table order.
-    columns: Vec<String>,
+    /// `(field, column, column holds json)`, resolved against the table.
+    mapping: Vec<(String, String, bool)>,
+    /// The table is missing and `create_table` is on: the first write
+    /// creates it from its records, in the batch's own transaction.
+    pending_create: bool,
     in_transaction: bool,
     buf: Vec<u8>,
 }
 
 /// Maps a database error to retriable (connection trouble, server shutting
 /// down, serialization failure) or fatal, with what was being done.
-fn db_error(context: &str, e: sqlx::Error) -> ConnectorError {
+pub(crate) fn db_error(context: &str, e: sqlx::Error) -> ConnectorError {
     let retriable = match &e {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
@@ -56,7 +59,7 @@ fn is_data_error(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")))
 }
 
-fn quote(ident: &str) -> String {
+pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
@@ -70,7 +73,8 @@ impl PostgresSink {
             config,
             pipeline,
             conn: None,
-            columns: Vec::new(),
+            mapping: Vec::new(),
+            pending_create: false,
             in_transaction: false,
             buf: Vec::new(),
         }
@@ -78,6 +82,157 @@ impl PostgresSink {
 
     fn conn(&mut self) -> &mut PgConnection {
         self.conn.as_mut().expect("used after open")
+    }
+
+    pub(crate) async fn connect(&mut self) -> Result<(), ConnectorError> {
+        let conn = PgConnection::connect(&self.config.url)
+            .await
+            .map_err(|e| db_error("connecting to PostgreSQL", e))?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// Reads the table's columns and maps fields onto them. Returns false
+    /// when the table does not exist.
+    pub(crate) async fn resolve_columns(&mut self) -> Result<bool, ConnectorError> {
+        let (schema, table) = split_table(&self.config.table).expect("validated");
+        let rows = sqlx::query(
+            "SELECT column_name::text, data_type IN ('json', 'jsonb') FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+        )
+        .bind(&schema)
+        .bind(&table)
+        .fetch_all(self.conn())
+        .await
+        .map_err(|e| db_error("reading the table's columns", e))?;
+        let columns: Vec<(String, bool)> = rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<bool, _>(1)))
+            .collect();
+        if columns.is_empty() {
+            return Ok(false);
+        }
+        let json = |c: &str| columns.iter().find(|(n, _)| n == c).map(|(_, j)| *j);
+        self.mapping = match &self.config.columns {
+            Columns::Auto => columns
+                .iter()
+                .map(|(c, j)| (c.clone(), c.clone(), *j))
+                .collect(),
+            Columns::Map(map) => {
+                let missing: Vec<&str> = map
+                    .iter()
+                    .filter(|(_, c)| json(c).is_none())
+                    .map(|(_, c)| c.as_str())
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(ConnectorError::Fatal(format!(
+                        "columns: {} not in table {}",
+                        missing.join(", "),
+                        self.config.table
+                    )));
+                }
+                map.iter()
+                    .map(|(f, c)| (f.clone(), c.clone(), json(c).unwrap_or(false)))
+                    .collect()
+            }
+        };
+        for k in &self.config.key {
+            if json(k).is_none() {
+                return Err(ConnectorError::Fatal(format!(
+                    "key column `{k}` is not a column of {}",
+                    self.config.table
+                )));
+            }
+        }
+        Ok(true)
+    }
+
+    /// Everything `open` checks, without changing anything: for `ferry
+    /// validate --check-connections`.
+    pub(crate) async fn check(&mut self) -> Result<(), ConnectorError> {
+        self.connect().await?;
+        let found = self.resolve_columns().await;
+        self.close_conn().await;
+        match found? {
+            true => Ok(()),
+            false if self.config.create_table => Ok(()),
+            false => Err(self.missing_table()),
+        }
+    }
+
+    fn missing_table(&self) -> ConnectorError {
+        ConnectorError::Fatal(format!(
+            "table {} does not exist (or has no columns visible to this user); \
+             create it, or set create_table: true",
+            self.config.table
+        ))
+    }
+
+    async fn close_conn(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // An open transaction rolls back with the connection.
+            let _ = conn.close().await;
+        }
+    }
+
+    /// For `mode: upsert`: the per-connection staging table rows are COPYed
+    /// into before the `INSERT … ON CONFLICT`.
+    async fn create_stage(&mut self) -> Result<(), ConnectorError> {
+        if self.config.mode != Mode::Upsert {
+            return Ok(());
+        }
+        let stage = format!(
+            "DROP TABLE IF EXISTS {STAGE}; CREATE TEMP TABLE {STAGE} AS SELECT * FROM {} WITH NO DATA; \
+             ALTER TABLE {STAGE} ADD COLUMN ferry_ord bigint",
+            self.target
+        );
+        self.execute("creating the staging table", &stage).await
+    }
+
+    /// `create_table: true`: creates the table from the fields of the first
+    /// batch, inside the batch's transaction (a crash undoes both).
+    async fn create_table(&mut self, batch: &[Record]) -> Result<(), ConnectorError> {
+        let fields: Vec<(String, String)> = match &self.config.columns {
+            Columns::Map(map) => map.clone(),
+            Columns::Auto => {
+                let mut names = std::collections::BTreeSet::new();
+                for r in batch {
+                    if let Value::Object(o) = &r.value {
+                        names.extend(o.keys().cloned());
+                    }
+                }
+                names.into_iter().map(|n| (n.clone(), n)).collect()
+            }
+        };
+        for k in &self.config.key {
+            if !fields.iter().any(|(_, c)| c == k) {
+                return Err(ConnectorError::Fatal(format!(
+                    "create_table: key column `{k}` is not among the fields of the first records"
+                )));
+            }
+        }
+        let mut defs: Vec<String> = fields
+            .iter()
+            .map(|(f, c)| format!("{} {}", quote(c), column_type(batch, f)))
+            .collect();
+        if !self.config.key.is_empty() {
+            let keys: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
+            defs.push(format!("PRIMARY KEY ({})", keys.join(", ")));
+        }
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} ({})",
+            self.target,
+            defs.join(", ")
+        );
+        self.execute(&format!("creating table {}", self.config.table), &sql)
+            .await?;
+        if !self.resolve_columns().await? {
+            return Err(self.missing_table());
+        }
+        self.create_stage().await?;
+        self.pending_create = false;
+        tracing::info!(table = %self.config.table, "created the table from the first records");
+        Ok(())
     }
 
     async fn execute(&mut self, context: &str, sql: &str) -> Result<(), ConnectorError> {
@@ -96,33 +251,54 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// COPYs `rows` into the staging table and moves them into the target.
+    /// COPYs `rows` into the target (insert) or the staging table (upsert,
+    /// then moved with `INSERT … ON CONFLICT`).
     async fn copy_rows(&mut self, rows: &[Record]) -> Result<(), sqlx::Error> {
-        // The columns these rows have values for (absent fields are NULL).
-        let cols: Vec<String> = self
-            .columns
+        // The columns these rows have values for (absent fields are NULL;
+        // a column no row of the chunk mentions keeps its default).
+        let cols: Vec<(String, String, bool)> = self
+            .mapping
             .iter()
-            .filter(|c| {
+            .filter(|(f, c, _)| {
                 self.config.key.contains(c)
-                    || rows.iter().any(|r| r.value.get(c.as_str()).is_some())
+                    || rows.iter().any(|r| r.value.get(f.as_str()).is_some())
             })
             .cloned()
             .collect();
         if cols.is_empty() {
             return Ok(());
         }
+        let upsert = self.config.mode == Mode::Upsert;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         for (i, r) in rows.iter().enumerate() {
-            for c in &cols {
-                encode(r.value.get(c.as_str()).unwrap_or(&Value::Null), &mut buf);
-                buf.push(b'\t');
+            for (n, (field, _, json)) in cols.iter().enumerate() {
+                if n > 0 {
+                    buf.push(b'\t');
+                }
+                encode(
+                    r.value.get(field.as_str()).unwrap_or(&Value::Null),
+                    *json,
+                    &mut buf,
+                );
             }
-            buf.extend_from_slice(i.to_string().as_bytes());
+            if upsert {
+                buf.push(b'\t');
+                buf.extend_from_slice(i.to_string().as_bytes());
+            }
             buf.push(b'\n');
         }
-        let col_list = cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
-        let copy = format!("COPY {STAGE} ({col_list}, ferry_ord) FROM STDIN (FORMAT text)");
+        let col_list = cols
+            .iter()
+            .map(|(_, c, _)| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Plain inserts go straight into the target: no second copy.
+        let copy = if upsert {
+            format!("COPY {STAGE} ({col_list}, ferry_ord) FROM STDIN (FORMAT text)")
+        } else {
+            format!("COPY {} ({col_list}) FROM STDIN (FORMAT text)", self.target)
+        };
         let copied: Result<(), sqlx::Error> = async {
             let mut copy_in = self.conn().copy_in_raw(&copy).await?;
             copy_in.send(buf.as_slice()).await?;
@@ -132,40 +308,33 @@ impl PostgresSink {
         .await;
         self.buf = buf;
         copied?;
-        let insert = match self.config.mode {
-            Mode::Insert => {
-                format!(
-                    "INSERT INTO {} ({col_list}) SELECT {col_list} FROM {STAGE} ORDER BY ferry_ord",
-                    self.target
-                )
-            }
-            Mode::Upsert => {
-                let keys = self
-                    .config
-                    .key
-                    .iter()
-                    .map(|k| quote(k))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let updates: Vec<String> = cols
-                    .iter()
-                    .filter(|c| !self.config.key.contains(c))
-                    .map(|c| format!("{} = EXCLUDED.{}", quote(c), quote(c)))
-                    .collect();
-                let action = if updates.is_empty() {
-                    "DO NOTHING".to_string()
-                } else {
-                    format!("DO UPDATE SET {}", updates.join(", "))
-                };
-                // DISTINCT ON keeps the last record of each key: one
-                // statement may not update a row twice.
-                format!(
-                    "INSERT INTO {} ({col_list}) SELECT DISTINCT ON ({keys}) {col_list} FROM {STAGE} \
-                     ORDER BY {keys}, ferry_ord DESC ON CONFLICT ({keys}) {action}",
-                    self.target
-                )
-            }
+        if !upsert {
+            return Ok(());
+        }
+        let keys = self
+            .config
+            .key
+            .iter()
+            .map(|k| quote(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let updates: Vec<String> = cols
+            .iter()
+            .filter(|(_, c, _)| !self.config.key.contains(c))
+            .map(|(_, c, _)| format!("{} = EXCLUDED.{}", quote(c), quote(c)))
+            .collect();
+        let action = if updates.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
         };
+        // DISTINCT ON keeps the last record of each key: one statement may
+        // not update a row twice.
+        let insert = format!(
+            "INSERT INTO {} ({col_list}) SELECT DISTINCT ON ({keys}) {col_list} FROM {STAGE} \
+             ORDER BY {keys}, ferry_ord DESC ON CONFLICT ({keys}) {action}",
+            self.target
+        );
         sqlx::raw_sql(AssertSqlSafe(format!("{insert}; TRUNCATE {STAGE}")))
             .execute(self.conn())
             .await?;
@@ -173,13 +342,31 @@ impl PostgresSink {
     }
 }
 
+/// The column type `create_table` gives a field, from the batch's values.
+fn column_type(batch: &[Record], field: &str) -> &'static str {
+    let (mut int, mut float, mut bool_, mut text, mut nested) = (false, false, false, false, false);
+    for r in batch {
+        match r.value.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => int = true,
+            Some(Value::Number(_)) => float = true,
+            Some(Value::Bool(_)) => bool_ = true,
+            Some(Value::String(_)) => text = true,
+            Some(_) => nested = true,
+        }
+    }
+    match (int, float, bool_, text, nested) {
+        (_, _, _, _, true) => "jsonb",
+        (true, false, false, false, _) => "bigint",
+        (_, true, false, false, _) => "double precision",
+        (false, false, true, false, _) => "boolean",
+        _ => "text",
+    }
+}
 #[async_trait]
 impl Sink for PostgresSink {
     async fn open(&mut self) -> Result<Option<Positions>, ConnectorError> {
-        let conn = PgConnection::connect(&self.config.url)
-            .await
-            .map_err(|e| db_error("connecting to PostgreSQL", e))?;
-        self.conn = Some(conn);
+        self.connect().await?;
         let create = format!(
             "CREATE TABLE IF NOT EXISTS {} (pipeline text NOT NULL, partition text NOT NULL, position jsonb NOT NULL, \
              updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, partition))",
@@ -199,38 +386,13 @@ impl Sink for PostgresSink {
                 ));
             }
         }
-
-        let (schema, table) = split_table(&self.config.table).expect("validated");
-        let rows = sqlx::query(
-            "SELECT column_name::text FROM information_schema.columns \
-             WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
-        )
-        .bind(&schema)
-        .bind(&table)
-        .fetch_all(self.conn())
-        .await
-        .map_err(|e| db_error("reading the table's columns", e))?;
-        self.columns = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        if self.columns.is_empty() {
-            return Err(ConnectorError::Fatal(format!(
-                "table {} does not exist (or has no columns visible to this user)",
-                self.config.table
-            )));
+        if self.resolve_columns().await? {
+            self.create_stage().await?;
+        } else if self.config.create_table {
+            self.pending_create = true;
+        } else {
+            return Err(self.missing_table());
         }
-        for k in &self.config.key {
-            if !self.columns.contains(k) {
-                return Err(ConnectorError::Fatal(format!(
-                    "key column `{k}` is not a column of {}",
-                    self.config.table
-                )));
-            }
-        }
-        let stage = format!(
-            "DROP TABLE IF EXISTS {STAGE}; CREATE TEMP TABLE {STAGE} AS SELECT * FROM {} WITH NO DATA; \
-             ALTER TABLE {STAGE} ADD COLUMN ferry_ord bigint",
-            self.target
-        );
-        self.execute("creating the staging table", &stage).await?;
 
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT position::text FROM {} WHERE pipeline = $1",
@@ -259,6 +421,9 @@ impl Sink for PostgresSink {
             return Ok(Vec::new());
         }
         self.begin().await?;
+        if self.pending_create {
+            self.create_table(batch).await?;
+        }
         // The whole chunk first; if the database refuses a row, split the
         // chunk under savepoints until every refused row stands alone, so the
         // good rows of the chunk still arrive.
@@ -338,17 +503,16 @@ impl Sink for PostgresSink {
     }
 
     async fn close(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            // An open transaction rolls back with the connection.
-            let _ = conn.close().await;
-        }
+        self.close_conn().await;
     }
 }
 
 /// One value in COPY's text format.
-fn encode(v: &Value, out: &mut Vec<u8>) {
+fn encode(v: &Value, json: bool, out: &mut Vec<u8>) {
     match v {
         Value::Null => out.extend_from_slice(b"\\N"),
+        // A json column takes any value as JSON text (a string quoted).
+        other if json => escape(other.to_string().as_bytes(), out),
         Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
         Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
         Value::String(s) => escape(s.as_bytes(), out),
@@ -383,12 +547,16 @@ mod tests {
             json!("a\tb\\c\nd"),
             json!({"k": [1]}),
         ] {
-            encode(&v, &mut out);
+            encode(&v, false, &mut out);
+            out.push(b'|');
+        }
+        for v in [json!("s"), json!(null)] {
+            encode(&v, true, &mut out);
             out.push(b'|');
         }
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "\\N|t|1.5|a\\tb\\\\c\\nd|{\"k\":[1]}|"
+            "\\N|t|1.5|a\\tb\\\\c\\nd|{\"k\":[1]}|\"s\"|\\N|"
         );
     }
 }

@@ -1,0 +1,376 @@
+//! The PostgreSQL source: polls a table (or a query) in cursor order, and
+//! reads only rows whose cursor values can no longer be overtaken by a
+//! transaction still in flight.
+//!
+//! ## The in-flight guard (why a plain `WHERE id > $cursor` loses rows)
+//!
+//! Sequence values are handed out when a row is written, but become visible
+//! when its transaction commits. If transaction A takes id 5 and B takes id
+//! 6, and B commits first, a naive poller reads 6, moves its cursor past 5,
+//! and never sees 5 when A commits. The same holds for timestamps.
+//!
+//! The guard is a *fence* on PostgreSQL's transaction snapshot. At a poll the
+//! source notes the largest cursor value visible, `M`, and the snapshot's
+//! `xmax` (every transaction id below it had started writing by then). Rows
+//! up to `M` are read only once the oldest transaction still in flight
+//! (`pg_snapshot_xmin`) is at or past that `xmax`, i.e. every transaction
+//! that was writing when `M` was seen has committed or rolled back. A
+//! transaction that could still commit a value below `M` must have taken its
+//! value before `M` existed and therefore been writing then — so it is
+//! finished. When nothing at all is in flight, the current `M` is final at
+//! once.
+//!
+//! The rule's one assumption: a cursor value is taken by the transaction's
+//! writes (a sequence or identity default, `now()` or `clock_timestamp()` set
+//! by the writing statement or a trigger). A transaction that reserves a value
+//! *before its first write* (say `SELECT nextval(…)` and a later `INSERT`) is
+//! invisible to any snapshot until it writes, so no polling guard can see it;
+//! a long-running transaction holds the fence, so new rows wait for it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ferry_api::{
+    ConnectorError, Invalid, Partition, Position, Positions, Record, Source, SourceItem, Value,
+};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+
+use crate::config::{PostgresSourceConfig, split_table};
+use crate::sink::{db_error, quote};
+
+/// The temporary view a `query:` is wrapped in, so tables and queries are
+/// read the same way.
+const VIEW: &str = "ferry_source";
+
+/// Rows up to `max` become final once the oldest in-flight transaction is at
+/// or past `xmax`.
+struct Fence {
+    xmax: u64,
+    max: Option<Vec<String>>,
+}
+
+pub(crate) struct PostgresSource {
+    config: PostgresSourceConfig,
+    conn: Option<PgConnection>,
+    partition: Arc<Partition>,
+    /// The last cursor read (the resume point), as PostgreSQL's text forms.
+    cursor: Option<Vec<String>>,
+    /// Rows with cursor values up to here are final.
+    safe_upper: Option<Vec<String>>,
+    fence: Option<Fence>,
+    /// The safe upper bound the last empty read reached.
+    caught_up_to: Option<Vec<String>>,
+    last_refresh: Option<Instant>,
+    /// The statements, built on open from the relation's columns.
+    read_first: String,
+    read_next: String,
+    refresh: String,
+}
+
+impl PostgresSource {
+    pub(crate) fn new(config: PostgresSourceConfig) -> Self {
+        let origin = config.origin();
+        PostgresSource {
+            partition: Arc::new(Partition {
+                key: format!("postgres:{origin}"),
+                info: serde_json::json!({ "path": origin }),
+            }),
+            config,
+            conn: None,
+            cursor: None,
+            safe_upper: None,
+            fence: None,
+            caught_up_to: None,
+            last_refresh: None,
+            read_first: String::new(),
+            read_next: String::new(),
+            refresh: String::new(),
+        }
+    }
+
+    fn conn(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("used after open")
+    }
+
+    /// The committed cursor, in the shape this mode stores.
+    fn cursor_from(&self, offset: &Value) -> Option<Vec<String>> {
+        let n = self.config.cursor_columns().len();
+        match offset {
+            Value::String(s) if n == 1 => Some(vec![s.clone()]),
+            Value::Array(items) if items.len() == n => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => None,
+        }
+    }
+
+    fn offset_of(cursor: &[String]) -> Value {
+        match cursor {
+            [one] => Value::String(one.clone()),
+            many => Value::Array(many.iter().cloned().map(Value::String).collect()),
+        }
+    }
+
+    /// Reads the next rows after the cursor up to the safe upper bound.
+    async fn read(&mut self, limit: usize) -> Result<Vec<SourceItem>, ConnectorError> {
+        let Some(upper) = self.safe_upper.clone() else {
+            return Ok(Vec::new());
+        };
+        let sql = if self.cursor.is_some() {
+            &self.read_next
+        } else {
+            &self.read_first
+        };
+        let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
+        if let Some(cursor) = &self.cursor {
+            for v in cursor {
+                q = q.bind(v.clone());
+            }
+        }
+        for v in upper {
+            q = q.bind(v);
+        }
+        let rows = q
+            .bind(limit as i64)
+            .fetch_all(self.conn())
+            .await
+            .map_err(|e| db_error(&format!("reading {}", self.config.origin()), e))?;
+        if rows.is_empty() {
+            self.caught_up_to = self.safe_upper.clone();
+        }
+        let n = self.config.cursor_columns().len();
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
+            let json: String = row.get(0);
+            let cursor: Vec<String> = (1..=n).map(|i| row.get::<String, _>(i)).collect();
+            let position = Position {
+                partition: self.partition.clone(),
+                offset: Self::offset_of(&cursor),
+            };
+            self.cursor = Some(cursor);
+            items.push(match serde_json::from_str::<Value>(&json) {
+                Ok(value) => SourceItem::Record(Record::new(value, position)),
+                // row_to_json always gives JSON; kept for safety, not silence.
+                Err(e) => SourceItem::Invalid(Invalid {
+                    raw: json.chars().take(1024).collect(),
+                    error: e.to_string(),
+                    position,
+                }),
+            });
+        }
+        Ok(items)
+    }
+
+    /// Looks at the snapshot and moves the safe upper bound when a fence has
+    /// cleared. Returns whether the bound may have moved.
+    async fn refresh_fence(&mut self) -> Result<bool, ConnectorError> {
+        self.last_refresh = Some(Instant::now());
+        let sql = self.refresh.clone();
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .fetch_one(self.conn())
+            .await
+            .map_err(|e| db_error("reading the transaction snapshot", e))?;
+        let parse = |s: String| {
+            s.parse::<u64>()
+                .map_err(|e| ConnectorError::Fatal(format!("snapshot xid {s:?}: {e}")))
+        };
+        let xmin = parse(row.get(0))?;
+        let xmax = parse(row.get(1))?;
+        let max: Option<Vec<String>> = row.get(2);
+        let mut moved = false;
+        if let Some(fence) = &self.fence
+            && xmin >= fence.xmax
+        {
+            if fence.max.is_some() {
+                self.safe_upper = fence.max.clone();
+                moved = true;
+            }
+            self.fence = None;
+        }
+        if xmin == xmax {
+            // Nothing is in flight: what is visible now is final.
+            if max.is_some() {
+                self.safe_upper = max;
+                moved = true;
+            }
+            self.fence = None;
+        } else if self.fence.is_none() {
+            self.fence = Some(Fence { xmax, max });
+        }
+        Ok(moved)
+    }
+}
+
+#[async_trait]
+impl Source for PostgresSource {
+    async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError> {
+        let origin = self.config.origin();
+        let mut conn = PgConnection::connect(&self.config.url)
+            .await
+            .map_err(|e| db_error("connecting to PostgreSQL", e))?;
+        // UTC, so timestamps come out as RFC 3339 with +00:00 and cursor
+        // values round-trip exactly.
+        sqlx::raw_sql("SET TIME ZONE 'UTC'")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| db_error("setting the session time zone", e))?;
+        self.conn = Some(conn);
+
+        let relation = match (&self.config.table, &self.config.query) {
+            (Some(table), _) => {
+                let (schema, table) = split_table(table).expect("validated");
+                format!("{}.{}", quote(&schema), quote(&table))
+            }
+            (None, Some(query)) => {
+                let view = format!("CREATE OR REPLACE TEMP VIEW {VIEW} AS {query}");
+                sqlx::raw_sql(AssertSqlSafe(view))
+                    .execute(self.conn())
+                    .await
+                    .map_err(|e| db_error("preparing the source query", e))?;
+                format!("pg_temp.{VIEW}")
+            }
+            (None, None) => unreachable!("validated"),
+        };
+        let columns = sqlx::query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        )
+        .bind(&relation)
+        .fetch_all(self.conn())
+        .await
+        .map_err(|e| db_error(&format!("reading the columns of {origin}"), e))?;
+        let columns: Vec<(String, String)> = columns
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+            .collect();
+        if columns.is_empty() {
+            return Err(ConnectorError::Fatal(format!(
+                "table {origin} does not exist (or has no columns visible to this user)"
+            )));
+        }
+
+        // Columns as JSON: most types map through row_to_json (numbers,
+        // text, bool, json as nested values, NULL as null); bytea as base64,
+        // and timestamps without time zone read as UTC.
+        let list: Vec<String> = columns
+            .iter()
+            .map(|(name, ty)| {
+                let c = format!("s.{}", quote(name));
+                match ty.as_str() {
+                    "bytea" => format!("encode({c}, 'base64') AS {}", quote(name)),
+                    t if t.starts_with("timestamp") && t.ends_with("without time zone") => {
+                        format!("{c} AT TIME ZONE 'UTC' AS {}", quote(name))
+                    }
+                    _ => c,
+                }
+            })
+            .collect();
+        let cursor_cols = self.config.cursor_columns();
+        let mut cursor_types = Vec::new();
+        for c in &cursor_cols {
+            match columns.iter().find(|(name, _)| name == c) {
+                Some((_, ty)) => cursor_types.push(ty.clone()),
+                None => {
+                    return Err(ConnectorError::Fatal(format!(
+                        "cursor column `{c}` is not a column of {origin}"
+                    )));
+                }
+            }
+        }
+        let quoted: Vec<String> = cursor_cols
+            .iter()
+            .map(|c| format!("s.{}", quote(c)))
+            .collect();
+        let tuple = format!("({})", quoted.join(", "));
+        let params = |from: usize| {
+            let p: Vec<String> = cursor_types
+                .iter()
+                .enumerate()
+                .map(|(i, ty)| format!("${}::{ty}", from + i))
+                .collect();
+            format!("({})", p.join(", "))
+        };
+        let n = cursor_cols.len();
+        let texts: Vec<String> = quoted.iter().map(|c| format!("{c}::text")).collect();
+        let not_null: Vec<String> = quoted.iter().map(|c| format!("{c} IS NOT NULL")).collect();
+        let order = quoted.join(", ");
+        let select = format!(
+            "SELECT row_to_json(x)::text, {} FROM {relation} s, LATERAL (SELECT {}) x",
+            texts.join(", "),
+            list.join(", ")
+        );
+        self.read_first = format!(
+            "{select} WHERE {tuple} <= {} ORDER BY {order} LIMIT ${}",
+            params(1),
+            n + 1
+        );
+        self.read_next = format!(
+            "{select} WHERE {tuple} > {} AND {tuple} <= {} ORDER BY {order} LIMIT ${}",
+            params(1),
+            params(n + 1),
+            2 * n + 1
+        );
+        let desc: Vec<String> = quoted.iter().map(|c| format!("{c} DESC")).collect();
+        self.refresh = format!(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, pg_snapshot_xmax(pg_current_snapshot())::text, \
+             (SELECT ARRAY[{}] FROM {relation} s WHERE {} ORDER BY {} LIMIT 1)",
+            texts.join(", "),
+            not_null.join(" AND "),
+            desc.join(", ")
+        );
+
+        if let Some(p) = committed.get(&self.partition.key) {
+            self.cursor = Some(self.cursor_from(&p.offset).ok_or_else(|| {
+                ConnectorError::Fatal(format!(
+                    "the committed position {} does not fit cursor ({}); was the mode changed? \
+                     `ferry offsets reset` starts over",
+                    p.offset,
+                    cursor_cols.join(", ")
+                ))
+            })?);
+        }
+        Ok(())
+    }
+
+    async fn poll(&mut self, max: usize) -> Result<Vec<SourceItem>, ConnectorError> {
+        let limit = max.min(self.config.batch_size).max(1);
+        let items = self.read(limit).await?;
+        if !items.is_empty() {
+            return Ok(items);
+        }
+        // Caught up with what is final: look at the snapshot again, at most
+        // once per poll interval.
+        let due = self
+            .last_refresh
+            .is_none_or(|t| t.elapsed() >= self.config.poll_interval);
+        if due && self.refresh_fence().await? {
+            let items = self.read(limit).await?;
+            if !items.is_empty() {
+                return Ok(items);
+            }
+        }
+        let wait = self
+            .config
+            .poll_interval
+            .saturating_sub(self.last_refresh.map_or(Duration::ZERO, |t| t.elapsed()))
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tokio::time::sleep(wait).await;
+        Ok(Vec::new())
+    }
+
+    /// Idle unless a fence is pending that will reveal rows not read yet.
+    fn idle(&self) -> bool {
+        match &self.fence {
+            None => true,
+            Some(f) => f.max.is_none() || f.max == self.caught_up_to || f.max == self.cursor,
+        }
+    }
+
+    async fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+}
