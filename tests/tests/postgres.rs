@@ -491,3 +491,134 @@ fn connections_terminated_mid_run_recover_by_themselves() {
         "DROP TABLE {table}; DELETE FROM ferry_offsets WHERE pipeline = '{table}_load'"
     ));
 }
+
+/// `create_table: true` builds the table from the first records (types
+/// inferred, key as primary key); `columns:` maps fields to other names and
+/// leaves unmapped fields out.
+#[test]
+fn create_table_and_column_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mapped = format!("ferry_new_map_{}", fastrand::u32(..));
+    let auto = format!("ferry_new_auto_{}", fastrand::u32(..));
+    fs::create_dir_all(d.join("in")).unwrap();
+    let mut text = String::new();
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "{{\"order_id\":{},\"customer\":\"c{i}\",\"amount\":{}.5,\"paid\":{},\"items\":[{{\"sku\":\"s{i}\"}}],\"note\":null,\"secret\":\"x\"}}\n",
+            i % 2000,
+            i,
+            i % 2 == 0
+        ));
+    }
+    fs::write(d.join("in/orders.jsonl"), text).unwrap();
+    let url = pg_url();
+    fs::write(
+        d.join("map.yaml"),
+        format!(
+            "name: {mapped}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: postgres\n  url: {url}\n  table: {mapped}\n  mode: upsert\n  key: [order_id]\n  create_table: true\n  columns:\n    order_id: order_id\n    customer: customer_name\n    amount: amount\n    items: items\n"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        d.join("auto.yaml"),
+        format!(
+            "name: {auto}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: postgres\n  url: {url}\n  table: {auto}\n  create_table: true\n"
+        ),
+    )
+    .unwrap();
+    run_once(d, "map.yaml");
+    run_once(d, "auto.yaml");
+    let columns = |t: &str| {
+        psql(&format!(
+            "SELECT string_agg(column_name || ' ' || data_type, ', ' ORDER BY ordinal_position) \
+             FROM information_schema.columns WHERE table_name = '{t}'"
+        ))
+    };
+    assert_eq!(
+        columns(&mapped),
+        "amount double precision, customer_name text, items jsonb, order_id bigint"
+    );
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*) FROM information_schema.table_constraints WHERE table_name = '{mapped}' AND constraint_type = 'PRIMARY KEY'"
+        )),
+        "1"
+    );
+    // 3000 records over 2000 keys: the last record of each key won.
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*), max(amount), (SELECT customer_name FROM {mapped} WHERE order_id = 5), \
+             (SELECT items->0->>'sku' FROM {mapped} WHERE order_id = 5) FROM {mapped}"
+        )),
+        "2000|2999.5|c2005|s2005"
+    );
+    assert_eq!(
+        columns(&auto),
+        "amount double precision, customer text, items jsonb, note text, order_id bigint, paid boolean, secret text"
+    );
+    assert_eq!(psql(&format!("SELECT count(*) FROM {auto}")), "3000");
+    psql(&format!(
+        "DROP TABLE {mapped}, {auto}; DELETE FROM ferry_offsets WHERE pipeline IN ('{mapped}', '{auto}')"
+    ));
+}
+
+/// `validate --check-connections` names every unreachable server, missing
+/// table and missing column, by file and pipeline; plain `validate` does no
+/// I/O and passes.
+#[test]
+fn validate_checks_connections_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = format!("ferry_check_{}", fastrand::u32(..));
+    psql(&format!("CREATE TABLE {table} (id int, v text)"));
+    let url = pg_url();
+    let write = |file: &str, source: String, sink: String| {
+        fs::write(
+            d.join(file),
+            format!("name: {}\nsource:\n{source}sink:\n{sink}", file.trim_end_matches(".yaml")),
+        )
+        .unwrap();
+    };
+    let file_source = "  type: file\n  path: in/*.jsonl\n".to_string();
+    let file_sink = "  type: file\n  path: out.jsonl\n".to_string();
+    let pg_sink = |t: &str| format!("  type: postgres\n  url: {url}\n  table: {t}\n");
+    let pg_source = |u: &str, col: &str| {
+        format!("  type: postgres\n  url: {u}\n  table: {table}\n  incrementing_column: {col}\n")
+    };
+    write("good.yaml", file_source.clone(), pg_sink(&table));
+    write("missing.yaml", file_source.clone(), pg_sink("no_such_table_here"));
+    write(
+        "down.yaml",
+        pg_source("postgres://root@127.0.0.1:9/test", "id"),
+        file_sink.clone(),
+    );
+    write("nocursor.yaml", pg_source(&url, "nope"), file_sink);
+
+    let plain = ferry_output(d, &["validate", "."]);
+    assert!(plain.status.success(), "{plain:?}");
+
+    let out = ferry_output(d, &["validate", "--check-connections", "."]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: ./missing.yaml: pipeline missing: sink (postgres): table no_such_table_here does not exist"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error: ./down.yaml: pipeline down: source (postgres): connecting to PostgreSQL:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: ./nocursor.yaml: pipeline nocursor: source (postgres): cursor column `nope` is not a column of {table}"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("good.yaml"), "{stderr}");
+    assert!(stderr.contains("3 connection problem(s)"), "{stderr}");
+    psql(&format!("DROP TABLE {table}"));
+}
