@@ -256,3 +256,36 @@ pub fn check_exactly_once(records: &[Value], expected: &[(&str, u64)]) -> Vec<St
     }
     problems
 }
+
+/// One benchmark run: its wall time and peak RSS.
+pub struct Measured {
+    pub name: String,
+    pub seconds: f64,
+    pub peak_rss_kb: i64,
+}
+
+/// Runs a command, waits with wait4 to get its peak RSS.
+// The child is reaped by wait4, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+pub fn measure(name: &str, cmd: &mut Command) -> Measured {
+    let start = Instant::now();
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, with valid pointers.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let seconds = start.elapsed().as_secs_f64();
+    assert_eq!(pid, child.id() as i32, "wait4 failed for {name}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{name} failed: status {status}"
+    );
+    Measured {
+        name: name.to_string(),
+        seconds,
+        peak_rss_kb: usage.ru_maxrss,
+    }
+}

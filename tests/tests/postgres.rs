@@ -576,7 +576,10 @@ fn validate_checks_connections_when_asked() {
     let write = |file: &str, source: String, sink: String| {
         fs::write(
             d.join(file),
-            format!("name: {}\nsource:\n{source}sink:\n{sink}", file.trim_end_matches(".yaml")),
+            format!(
+                "name: {}\nsource:\n{source}sink:\n{sink}",
+                file.trim_end_matches(".yaml")
+            ),
         )
         .unwrap();
     };
@@ -587,7 +590,11 @@ fn validate_checks_connections_when_asked() {
         format!("  type: postgres\n  url: {u}\n  table: {table}\n  incrementing_column: {col}\n")
     };
     write("good.yaml", file_source.clone(), pg_sink(&table));
-    write("missing.yaml", file_source.clone(), pg_sink("no_such_table_here"));
+    write(
+        "missing.yaml",
+        file_source.clone(),
+        pg_sink("no_such_table_here"),
+    );
     write(
         "down.yaml",
         pg_source("postgres://root@127.0.0.1:9/test", "id"),
@@ -608,7 +615,9 @@ fn validate_checks_connections_when_asked() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("error: ./down.yaml: pipeline down: source (postgres): connecting to PostgreSQL:"),
+        stderr.contains(
+            "error: ./down.yaml: pipeline down: source (postgres): connecting to PostgreSQL:"
+        ),
         "{stderr}"
     );
     assert!(stderr.contains("Connection refused"), "{stderr}");

@@ -16,41 +16,8 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
-use ferry_tests::{Value, ferry_bin, test_line};
-
-struct Measured {
-    name: String,
-    seconds: f64,
-    peak_rss_kb: i64,
-}
-
-/// Runs a command, waits with wait4 to get its peak RSS.
-// The child is reaped by wait4, which clippy cannot see.
-#[allow(clippy::zombie_processes)]
-fn measure(name: &str, cmd: &mut Command) -> Measured {
-    let start = Instant::now();
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child, with valid pointers.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    let seconds = start.elapsed().as_secs_f64();
-    assert_eq!(pid, child.id() as i32, "wait4 failed for {name}");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{name} failed: status {status}"
-    );
-    Measured {
-        name: name.to_string(),
-        seconds,
-        peak_rss_kb: usage.ru_maxrss,
-    }
-}
+use ferry_tests::{Value, ferry_bin, measure, test_line};
 
 fn parse_write(input: &Path, output: &Path) {
     let reader = BufReader::with_capacity(64 * 1024, File::open(input).expect("input"));
