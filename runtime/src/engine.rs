@@ -10,7 +10,8 @@
 //! are durable.
 //!
 //! Memory is bounded by the chunks, not by the batch: at most
-//! [`QUEUE_CHUNKS`] chunks wait in the channel and one is being written, so a
+//! [`QUEUE_CHUNKS`] chunks wait in the channel and at most [`WRITE_MAX`]
+//! records (the chunks that were waiting, taken together) are being written, so a
 //! large `batch_size` (fewer, cheaper commits) costs no memory, and a slow
 //! sink slows the source down instead of filling memory.
 //!
@@ -37,6 +38,8 @@ use crate::offsets::{OffsetStore, OffsetStoreError};
 pub const CHUNK: usize = 1000;
 /// Chunks that may wait between a source and its sink.
 pub const QUEUE_CHUNKS: usize = 4;
+/// The sink task takes up to this many waiting records into one write.
+pub const WRITE_MAX: usize = QUEUE_CHUNKS * CHUNK;
 
 /// Why a pipeline stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
@@ -372,7 +375,17 @@ impl Writer<'_> {
             match next {
                 // The source stopped: commit what was written, then end.
                 None => return self.commit().await,
-                Some(items) => {
+                Some(mut items) => {
+                    // A backlog is written in fewer, larger writes: every
+                    // write costs the sink round trips (a savepoint, a COPY),
+                    // whatever its size. Only chunks already waiting are
+                    // taken, so a quiet stream is not delayed.
+                    while items.len() < WRITE_MAX {
+                        match rx.try_recv() {
+                            Ok(more) => items.extend(more),
+                            Err(_) => break,
+                        }
+                    }
                     self.write(items).await?;
                     if self.open.items >= self.p.delivery.batch_size {
                         self.commit().await?;

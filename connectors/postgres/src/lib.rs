@@ -25,6 +25,7 @@
 //! bytea as base64; timestamps as RFC 3339 in UTC).
 
 mod config;
+mod net;
 mod sink;
 mod source;
 

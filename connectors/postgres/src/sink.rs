@@ -25,6 +25,9 @@ pub(crate) struct PostgresSink {
     /// creates it from its records, in the batch's own transaction.
     pending_create: bool,
     in_transaction: bool,
+    /// `ferry_rows` is set; the next chunk releases it and sets a new one in
+    /// the same round trip.
+    savepoint: bool,
     buf: Vec<u8>,
 }
 
@@ -75,6 +78,7 @@ impl PostgresSink {
             conn: None,
             mapping: Vec::new(),
             pending_create: false,
+            savepoint: false,
             in_transaction: false,
             buf: Vec::new(),
         }
@@ -88,6 +92,8 @@ impl PostgresSink {
         let conn = PgConnection::connect(&self.config.url)
             .await
             .map_err(|e| db_error("connecting to PostgreSQL", e))?;
+        let mut conn = conn;
+        crate::net::set_nodelay(&mut conn).await;
         self.conn = Some(conn);
         Ok(())
     }
@@ -247,6 +253,7 @@ impl PostgresSink {
         if !self.in_transaction {
             self.execute("starting a transaction", "BEGIN").await?;
             self.in_transaction = true;
+            self.savepoint = false;
         }
         Ok(())
     }
@@ -432,13 +439,17 @@ impl Sink for PostgresSink {
         #[allow(clippy::single_range_in_vec_init)] // one range to start with, on purpose
         let mut pending: Vec<std::ops::Range<usize>> = vec![0..batch.len()];
         while let Some(range) = pending.pop() {
-            self.execute("setting a savepoint", "SAVEPOINT ferry_rows")
-                .await?;
+            // Round trips cost more than the statements here: release the
+            // last savepoint and set the next one in one.
+            let sql = if self.savepoint {
+                "RELEASE SAVEPOINT ferry_rows; SAVEPOINT ferry_rows"
+            } else {
+                "SAVEPOINT ferry_rows"
+            };
+            self.execute("setting a savepoint", sql).await?;
+            self.savepoint = true;
             match self.copy_rows(&batch[range.clone()]).await {
-                Ok(()) => {
-                    self.execute("releasing a savepoint", "RELEASE SAVEPOINT ferry_rows")
-                        .await?
-                }
+                Ok(()) => {}
                 Err(e) if is_data_error(&e) => {
                     self.execute(
                         "rolling back to a savepoint",

@@ -210,6 +210,7 @@ impl Source for PostgresSource {
         let mut conn = PgConnection::connect(&self.config.url)
             .await
             .map_err(|e| db_error("connecting to PostgreSQL", e))?;
+        crate::net::set_nodelay(&mut conn).await;
         // UTC, so timestamps come out as RFC 3339 with +00:00 and cursor
         // values round-trip exactly.
         sqlx::raw_sql("SET TIME ZONE 'UTC'")
