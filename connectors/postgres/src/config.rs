@@ -47,6 +47,11 @@ pub struct PostgresSinkConfig {
     /// with `key` as its primary key.
     #[serde(default)]
     pub create_table: bool,
+    /// Records to write the careful way (a savepoint per chunk) after the
+    /// database refused a row of a streamed batch: shared by the sinks
+    /// built from this config, so the replay isolates the row.
+    #[serde(skip)]
+    pub(crate) careful: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Which record field goes to which column.

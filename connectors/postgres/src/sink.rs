@@ -28,7 +28,25 @@ pub(crate) struct PostgresSink {
     /// `ferry_rows` is set; the next chunk releases it and sets a new one in
     /// the same round trip.
     savepoint: bool,
+    /// `mode: insert`: the COPY kept open across the writes of a
+    /// transaction, so the server loads one chunk while ferry encodes the
+    /// next instead of the two taking turns.
+    stream: Option<CopyStream>,
+    /// Records written since the last commit.
+    uncommitted: usize,
     buf: Vec<u8>,
+}
+
+/// A COPY in progress on a task that holds the connection for the stream's
+/// lifetime (sqlx's `PgCopyIn` borrows the connection, so it cannot sit in
+/// the sink beside it). Encoded rows go to it through a small bounded
+/// channel; closing the channel finishes the COPY and hands the connection
+/// back.
+struct CopyStream {
+    /// The column list the COPY was started with.
+    columns: String,
+    rows: tokio::sync::mpsc::Sender<Vec<u8>>,
+    task: tokio::task::JoinHandle<(PgConnection, Result<(), sqlx::Error>)>,
 }
 
 /// Maps a database error to retriable (connection trouble, server shutting
@@ -79,6 +97,8 @@ impl PostgresSink {
             mapping: Vec::new(),
             pending_create: false,
             savepoint: false,
+            stream: None,
+            uncommitted: 0,
             in_transaction: false,
             buf: Vec::new(),
         }
@@ -175,6 +195,10 @@ impl PostgresSink {
     }
 
     async fn close_conn(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            // Dropping the connection mid-COPY rolls the transaction back.
+            stream.task.abort();
+        }
         if let Some(conn) = self.conn.take() {
             // An open transaction rolls back with the connection.
             let _ = conn.close().await;
@@ -258,26 +282,26 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// COPYs `rows` into the target (insert) or the staging table (upsert,
-    /// then moved with `INSERT … ON CONFLICT`).
-    async fn copy_rows(&mut self, rows: &[Record]) -> Result<(), sqlx::Error> {
-        // The columns these rows have values for (absent fields are NULL;
-        // a column no row of the chunk mentions keeps its default).
-        let cols: Vec<(String, String, bool)> = self
-            .mapping
+    /// The columns these rows have values for (absent fields are NULL; a
+    /// column no row of the chunk mentions keeps its default).
+    fn columns_for(&self, rows: &[Record]) -> Vec<(String, String, bool)> {
+        self.mapping
             .iter()
             .filter(|(f, c, _)| {
                 self.config.key.contains(c)
                     || rows.iter().any(|r| r.value.get(f.as_str()).is_some())
             })
             .cloned()
-            .collect();
-        if cols.is_empty() {
-            return Ok(());
-        }
-        let upsert = self.config.mode == Mode::Upsert;
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
+            .collect()
+    }
+
+    /// Rows in COPY's text format, with a row number column for upserts.
+    fn encode_rows(
+        rows: &[Record],
+        cols: &[(String, String, bool)],
+        ordinal: bool,
+        buf: &mut Vec<u8>,
+    ) {
         for (i, r) in rows.iter().enumerate() {
             for (n, (field, _, json)) in cols.iter().enumerate() {
                 if n > 0 {
@@ -286,15 +310,112 @@ impl PostgresSink {
                 encode(
                     r.value.get(field.as_str()).unwrap_or(&Value::Null),
                     *json,
-                    &mut buf,
+                    buf,
                 );
             }
-            if upsert {
+            if ordinal {
                 buf.push(b'\t');
                 buf.extend_from_slice(i.to_string().as_bytes());
             }
             buf.push(b'\n');
         }
+    }
+
+    /// `mode: insert`, the fast path: sends the rows into the transaction's
+    /// open COPY without waiting for the server. A row the server refuses
+    /// aborts the COPY, and with it the transaction; that shows at
+    /// [`Self::finish_stream`].
+    async fn stream_rows(&mut self, rows: &[Record]) -> Result<(), ConnectorError> {
+        let cols = self.columns_for(rows);
+        if cols.is_empty() {
+            return Ok(());
+        }
+        let col_list = cols
+            .iter()
+            .map(|(_, c, _)| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.stream.as_ref().is_some_and(|s| s.columns != col_list) {
+            self.finish_stream().await?;
+        }
+        if self.stream.is_none() {
+            let mut conn = self.conn.take().expect("used after open");
+            let copy = format!("COPY {} ({col_list}) FROM STDIN (FORMAT text)", self.target);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+            let task = tokio::spawn(async move {
+                let result = async {
+                    let mut copy_in = conn.copy_in_raw(&copy).await?;
+                    while let Some(bytes) = rx.recv().await {
+                        copy_in.send(bytes).await?;
+                    }
+                    copy_in.finish().await?;
+                    Ok(())
+                }
+                .await;
+                (conn, result)
+            });
+            self.stream = Some(CopyStream {
+                columns: col_list,
+                rows: tx,
+                task,
+            });
+        }
+        let mut buf = Vec::with_capacity(rows.len() * 128);
+        Self::encode_rows(rows, &cols, false, &mut buf);
+        let stream = self.stream.as_ref().expect("just opened");
+        // A closed channel means the COPY already failed: finish_stream
+        // reports why.
+        if stream.rows.send(buf).await.is_err() {
+            self.finish_stream().await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the open COPY and takes the connection back. A refused row
+    /// aborted the transaction: the batch is replayed once with every chunk
+    /// under a savepoint, which isolates the row (see `write`).
+    async fn finish_stream(&mut self) -> Result<(), ConnectorError> {
+        let Some(stream) = self.stream.take() else {
+            return Ok(());
+        };
+        drop(stream.rows);
+        let (conn, result) = stream
+            .task
+            .await
+            .map_err(|e| ConnectorError::Fatal(format!("the COPY task failed: {e}")))?;
+        self.conn = Some(conn);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if is_data_error(&e) => {
+                self.config
+                    .careful
+                    .store(self.uncommitted, std::sync::atomic::Ordering::Relaxed);
+                Err(ConnectorError::Retriable(format!(
+                    "the database refused a row of this batch ({}); replaying the batch chunk by chunk to isolate it",
+                    match &e {
+                        sqlx::Error::Database(db) => db.message().to_string(),
+                        other => other.to_string(),
+                    }
+                )))
+            }
+            Err(e) => Err(db_error(
+                &format!("writing rows into {}", self.config.table),
+                e,
+            )),
+        }
+    }
+
+    /// COPYs `rows` into the target (insert) or the staging table (upsert,
+    /// then moved with `INSERT … ON CONFLICT`), and waits for the server.
+    async fn copy_rows(&mut self, rows: &[Record]) -> Result<(), sqlx::Error> {
+        let cols = self.columns_for(rows);
+        if cols.is_empty() {
+            return Ok(());
+        }
+        let upsert = self.config.mode == Mode::Upsert;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        Self::encode_rows(rows, &cols, upsert, &mut buf);
         let col_list = cols
             .iter()
             .map(|(_, c, _)| quote(c))
@@ -431,6 +552,21 @@ impl Sink for PostgresSink {
         if self.pending_create {
             self.create_table(batch).await?;
         }
+        self.uncommitted += batch.len();
+        // After a refused row, the replayed records go the careful way.
+        let careful = &self.config.careful;
+        let left = careful.load(std::sync::atomic::Ordering::Relaxed);
+        if left > 0 {
+            careful.store(
+                left.saturating_sub(batch.len()),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        } else if self.config.mode == Mode::Insert {
+            self.stream_rows(batch).await?;
+            return Ok(Vec::new());
+        }
+        // Nothing may run on the connection while a COPY is open.
+        self.finish_stream().await?;
         // The whole chunk first; if the database refuses a row, split the
         // chunk under savepoints until every refused row stands alone, so the
         // good rows of the chunk still arrive.
@@ -485,6 +621,7 @@ impl Sink for PostgresSink {
     }
 
     async fn commit(&mut self, positions: &Positions) -> Result<(), ConnectorError> {
+        self.finish_stream().await?;
         self.begin().await?;
         let (keys, values): (Vec<String>, Vec<String>) = positions
             .iter()
@@ -510,6 +647,7 @@ impl Sink for PostgresSink {
             .map_err(|e| db_error("storing positions", e))?;
         self.execute("committing", "COMMIT").await?;
         self.in_transaction = false;
+        self.uncommitted = 0;
         Ok(())
     }
 
