@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ferry::config::{ConfigErrors, expand_paths, load_all};
+use ferry::config::{ConfigErrors, PipelineConfig, expand_paths, load_all};
 use ferry::offsets::OffsetStore;
 use ferry::registry::Registry;
 use ferry::{RunOptions, delivery_guarantee, lock_data_dir};
@@ -103,10 +103,9 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
             progress_interval,
             paths,
         } => {
-            let pipelines = match expand_paths(&paths).and_then(|files| load_all(&files, &registry))
-            {
+            let pipelines = match load(&paths, &registry) {
                 Ok(p) => p,
-                Err(errors) => return Ok(print_config_errors(&errors)),
+                Err(code) => return Ok(code),
             };
             if pipelines.is_empty() {
                 anyhow::bail!(
@@ -142,10 +141,9 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
             paths,
             check_connections,
         } => {
-            let pipelines = match expand_paths(&paths).and_then(|files| load_all(&files, &registry))
-            {
+            let pipelines = match load(&paths, &registry) {
                 Ok(p) => p,
-                Err(errors) => return Ok(print_config_errors(&errors)),
+                Err(code) => return Ok(code),
             };
             for p in &pipelines {
                 let (_, guarantee) = delivery_guarantee(p);
@@ -214,6 +212,14 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// Loads every pipeline file under `paths`; on errors prints them all and
+/// returns the exit code.
+fn load(paths: &[PathBuf], registry: &Registry) -> Result<Vec<PipelineConfig>, ExitCode> {
+    expand_paths(paths)
+        .and_then(|files| load_all(&files, registry))
+        .map_err(|errors| print_config_errors(&errors))
 }
 
 fn print_config_errors(errors: &ConfigErrors) -> ExitCode {

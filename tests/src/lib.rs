@@ -289,3 +289,32 @@ pub fn measure(name: &str, cmd: &mut Command) -> Measured {
         peak_rss_kb: usage.ru_maxrss,
     }
 }
+
+/// The value after `--name` on a benchmark's command line.
+pub fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// The PostgreSQL server the tests and benchmarks use: `PG_URL`, by default
+/// the local one `scripts/services` starts.
+pub fn pg_url() -> String {
+    std::env::var("PG_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_string())
+}
+
+/// Runs SQL through psql against `url` and returns its unaligned output.
+/// A failure (no server, bad SQL) panics: no service is a failure, not a skip.
+pub fn psql_at(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-qtAX", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql must be installed (scripts/services installs PostgreSQL)");
+    assert!(
+        out.status.success(),
+        "psql {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

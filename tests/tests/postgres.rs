@@ -8,23 +8,27 @@ use std::time::Duration;
 
 use ferry_tests::*;
 
-fn pg_url() -> String {
-    std::env::var("PG_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_string())
+/// Runs SQL against the test server.
+fn psql(sql: &str) -> String {
+    psql_at(&pg_url(), sql)
 }
 
-/// Runs SQL through psql and returns its unaligned output.
-fn psql(sql: &str) -> String {
-    let out = Command::new("psql")
-        .arg(pg_url())
-        .args(["-qtAX", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("psql must be installed (scripts/services installs PostgreSQL)");
-    assert!(
-        out.status.success(),
-        "psql {sql:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+/// Drops a test's tables and the positions its pipelines committed.
+fn drop_tables(tables: &[&str], pipelines: &[&str]) {
+    let pipelines: Vec<String> = pipelines.iter().map(|p| format!("'{p}'")).collect();
+    psql(&format!(
+        "DROP TABLE {}; DELETE FROM ferry_offsets WHERE pipeline IN ({})",
+        tables.join(", "),
+        pipelines.join(", ")
+    ));
+}
+
+/// Runs `--once` and returns the log; fails on a non-zero exit.
+fn run_once(d: &std::path::Path, config: &str) -> String {
+    let mut f = Ferry::start_with_env(d, &["run", "--once", config], &[("PG_URL", &pg_url())]);
+    let status = f.wait_for_exit(Duration::from_secs(180)).expect("finishes");
+    assert!(status.success(), "{}", f.log_text());
+    f.log_text()
 }
 
 fn crash_test(mode: &str) {
@@ -73,9 +77,7 @@ fn crash_test(mode: &str) {
         interrupted >= 4,
         "only {interrupted} of 8 kills landed mid-run"
     );
-    let mut f = Ferry::start_with_env(d, &["run", "--once", "pg.yaml"], &[("PG_URL", &pg_url())]);
-    let status = f.wait_for_exit(Duration::from_secs(180)).expect("finishes");
-    assert!(status.success(), "{}", f.log_text());
+    run_once(d, "pg.yaml");
 
     let summary = psql(&format!(
         "SELECT string_agg(file || ':' || n || ':' || d || ':' || lo || ':' || hi, ',' ORDER BY file) FROM \
@@ -85,9 +87,7 @@ fn crash_test(mode: &str) {
         summary, "a:100000:100000:0:99999,b:100000:100000:0:99999",
         "rows: file:count:distinct:min:max"
     );
-    psql(&format!(
-        "DROP TABLE {table}; DELETE FROM ferry_offsets WHERE pipeline = '{table}'"
-    ));
+    drop_tables(&[&table], &[&table]);
 }
 
 /// No key at all: only the positions committed in the same transaction as
@@ -161,9 +161,7 @@ fn refused_rows_are_dead_lettered_with_the_database_message() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let table = bad_rows_setup(d, "all", "all");
-    let mut f = Ferry::start_with_env(d, &["run", "--once", "pg.yaml"], &[("PG_URL", &pg_url())]);
-    let status = f.wait_for_exit(Duration::from_secs(60)).expect("finishes");
-    assert!(status.success(), "{}", f.log_text());
+    run_once(d, "pg.yaml");
     assert_eq!(
         psql(&format!(
             "SELECT count(*), count(DISTINCT seq) FROM {table}"
@@ -199,9 +197,7 @@ fn refused_rows_are_dead_lettered_with_the_database_message() {
         dlq[1]["position"]["offset"].as_u64().unwrap()
             > dlq[0]["position"]["offset"].as_u64().unwrap()
     );
-    psql(&format!(
-        "DROP TABLE {table}; DELETE FROM ferry_offsets WHERE pipeline = '{table}'"
-    ));
+    drop_tables(&[&table], &[&table]);
 }
 
 #[test]
@@ -223,17 +219,7 @@ fn a_refused_row_with_tolerance_none_stops_the_pipeline_naming_it() {
         psql(&format!("SELECT count(*) FROM {table} WHERE seq >= 700")),
         "0"
     );
-    psql(&format!(
-        "DROP TABLE {table}; DELETE FROM ferry_offsets WHERE pipeline = '{table}'"
-    ));
-}
-
-/// Runs `--once` and returns the log; fails on a non-zero exit.
-fn run_once(d: &std::path::Path, config: &str) -> String {
-    let mut f = Ferry::start_with_env(d, &["run", "--once", config], &[("PG_URL", &pg_url())]);
-    let status = f.wait_for_exit(Duration::from_secs(120)).expect("finishes");
-    assert!(status.success(), "{}", f.log_text());
-    f.log_text()
+    drop_tables(&[&table], &[&table]);
 }
 
 fn source_config(d: &std::path::Path, name: &str, source: &str) {
@@ -487,9 +473,7 @@ fn connections_terminated_mid_run_recover_by_themselves() {
     seqs.sort_unstable();
     seqs.dedup();
     assert_eq!(seqs.len(), 100_000, "duplicates in out.jsonl");
-    psql(&format!(
-        "DROP TABLE {table}; DELETE FROM ferry_offsets WHERE pipeline = '{table}_load'"
-    ));
+    drop_tables(&[&table], &[&format!("{table}_load")]);
 }
 
 /// `create_table: true` builds the table from the first records (types
@@ -558,9 +542,7 @@ fn create_table_and_column_map() {
         "amount double precision, customer text, items jsonb, note text, order_id bigint, paid boolean, secret text"
     );
     assert_eq!(psql(&format!("SELECT count(*) FROM {auto}")), "3000");
-    psql(&format!(
-        "DROP TABLE {mapped}, {auto}; DELETE FROM ferry_offsets WHERE pipeline IN ('{mapped}', '{auto}')"
-    ));
+    drop_tables(&[&mapped, &auto], &[&mapped, &auto]);
 }
 
 /// `validate --check-connections` names every unreachable server, missing

@@ -80,6 +80,22 @@ fn is_data_error(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")))
 }
 
+/// The database's own words for a refused row.
+fn refusal(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `"a", "b"`: a COPY's or an INSERT's column list.
+fn column_list(cols: &[(String, String, bool)]) -> String {
+    cols.iter()
+        .map(|(_, c, _)| quote(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
@@ -109,10 +125,9 @@ impl PostgresSink {
     }
 
     pub(crate) async fn connect(&mut self) -> Result<(), ConnectorError> {
-        let conn = PgConnection::connect(&self.config.url)
+        let mut conn = PgConnection::connect(&self.config.url)
             .await
             .map_err(|e| db_error("connecting to PostgreSQL", e))?;
-        let mut conn = conn;
         crate::net::set_nodelay(&mut conn).await;
         self.conn = Some(conn);
         Ok(())
@@ -321,6 +336,16 @@ impl PostgresSink {
         }
     }
 
+    /// `COPY … FROM STDIN`: plain inserts go straight into the target (no
+    /// second copy); upserts into the staging table, with the row number.
+    fn copy_statement(&self, col_list: &str, upsert: bool) -> String {
+        if upsert {
+            format!("COPY {STAGE} ({col_list}, ferry_ord) FROM STDIN (FORMAT text)")
+        } else {
+            format!("COPY {} ({col_list}) FROM STDIN (FORMAT text)", self.target)
+        }
+    }
+
     /// `mode: insert`, the fast path: sends the rows into the transaction's
     /// open COPY without waiting for the server. A row the server refuses
     /// aborts the COPY, and with it the transaction; that shows at
@@ -330,17 +355,13 @@ impl PostgresSink {
         if cols.is_empty() {
             return Ok(());
         }
-        let col_list = cols
-            .iter()
-            .map(|(_, c, _)| quote(c))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let col_list = column_list(&cols);
         if self.stream.as_ref().is_some_and(|s| s.columns != col_list) {
             self.finish_stream().await?;
         }
         if self.stream.is_none() {
             let mut conn = self.conn.take().expect("used after open");
-            let copy = format!("COPY {} ({col_list}) FROM STDIN (FORMAT text)", self.target);
+            let copy = self.copy_statement(&col_list, false);
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
             let task = tokio::spawn(async move {
                 let result = async {
@@ -363,10 +384,13 @@ impl PostgresSink {
         let mut buf = Vec::with_capacity(rows.len() * 128);
         Self::encode_rows(rows, &cols, false, &mut buf);
         let stream = self.stream.as_ref().expect("just opened");
-        // A closed channel means the COPY already failed: finish_stream
-        // reports why.
+        // A closed channel means the COPY already ended with an error:
+        // finish_stream reports it. These rows were not sent, so never Ok.
         if stream.rows.send(buf).await.is_err() {
             self.finish_stream().await?;
+            return Err(ConnectorError::Retriable(
+                "the COPY stream ended before its rows were sent".into(),
+            ));
         }
         Ok(())
     }
@@ -392,10 +416,7 @@ impl PostgresSink {
                     .store(self.uncommitted, std::sync::atomic::Ordering::Relaxed);
                 Err(ConnectorError::Retriable(format!(
                     "the database refused a row of this batch ({}); replaying the batch chunk by chunk to isolate it",
-                    match &e {
-                        sqlx::Error::Database(db) => db.message().to_string(),
-                        other => other.to_string(),
-                    }
+                    refusal(&e)
                 )))
             }
             Err(e) => Err(db_error(
@@ -416,17 +437,8 @@ impl PostgresSink {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         Self::encode_rows(rows, &cols, upsert, &mut buf);
-        let col_list = cols
-            .iter()
-            .map(|(_, c, _)| quote(c))
-            .collect::<Vec<_>>()
-            .join(", ");
-        // Plain inserts go straight into the target: no second copy.
-        let copy = if upsert {
-            format!("COPY {STAGE} ({col_list}, ferry_ord) FROM STDIN (FORMAT text)")
-        } else {
-            format!("COPY {} ({col_list}) FROM STDIN (FORMAT text)", self.target)
-        };
+        let col_list = column_list(&cols);
+        let copy = self.copy_statement(&col_list, upsert);
         let copied: Result<(), sqlx::Error> = async {
             let mut copy_in = self.conn().copy_in_raw(&copy).await?;
             copy_in.send(buf.as_slice()).await?;
@@ -593,13 +605,9 @@ impl Sink for PostgresSink {
                     )
                     .await?;
                     if range.len() == 1 {
-                        let message = match &e {
-                            sqlx::Error::Database(db) => db.message().to_string(),
-                            other => other.to_string(),
-                        };
                         rejected.push(Rejected {
                             index: range.start,
-                            error: ConnectorError::Fatal(message),
+                            error: ConnectorError::Fatal(refusal(&e)),
                         });
                     } else {
                         let mid = range.start + range.len() / 2;

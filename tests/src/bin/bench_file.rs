@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use ferry_tests::{Value, ferry_bin, measure, test_line};
+use ferry_tests::{Value, arg, ferry_bin, measure, test_line};
 
 fn parse_write(input: &Path, output: &Path) {
     let reader = BufReader::with_capacity(64 * 1024, File::open(input).expect("input"));
@@ -32,12 +32,6 @@ fn parse_write(input: &Path, output: &Path) {
     out.flush().expect("flush");
     drop(out);
     file.sync_all().expect("fsync");
-}
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() {

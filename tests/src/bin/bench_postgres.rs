@@ -16,35 +16,13 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::process::{Command, Stdio};
 
-use ferry_tests::{ferry_bin, measure, test_line};
-
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .arg(url)
-        .args(["-qtAX", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "psql {sql:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
+use ferry_tests::{arg, ferry_bin, measure, pg_url, psql_at as psql, test_line};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let records: u64 =
         arg(&args, "--records").map_or(1_000_000, |s| s.parse().expect("--records N"));
-    let url = arg(&args, "--url")
-        .or_else(|| std::env::var("PG_URL").ok())
-        .unwrap_or_else(|| "postgres://root@127.0.0.1:5432/test".to_string());
+    let url = arg(&args, "--url").unwrap_or_else(pg_url);
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
     fs::create_dir_all(d.join("in")).unwrap();
