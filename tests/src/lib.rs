@@ -215,6 +215,29 @@ pub fn test_line(file: &str, seq: u64, size: usize) -> String {
     format!("{head}{}\"}}\n", "x".repeat(pad))
 }
 
+/// Starts `ferry run CONFIG` and SIGKILLs it at a random point of its
+/// progress: kill `k` of `n` once `progress()` (committed bytes, rows in the
+/// table, …) passes a random mark in the `k`-th of `n` equal slices of the
+/// first 90% of `total`, and a few random milliseconds more. A fixed time
+/// window stops landing mid-run when ferry gets faster; a mark in the output
+/// does not.
+pub fn kill9_mid_run(
+    dir: &Path,
+    config: &str,
+    env: &[(&str, &str)],
+    progress: impl Fn() -> u64,
+    total: u64,
+    (k, n): (u64, u64),
+) {
+    let slice = total * 9 / 10 / n;
+    let mark = slice * k + fastrand::u64(0..slice.max(1));
+    let mut f = Ferry::start_with_env(dir, &["run", config], env);
+    let reached = wait_until(Duration::from_secs(120), || progress() >= mark);
+    assert!(reached, "never reached {mark} of {total}: {}", f.log_text());
+    std::thread::sleep(Duration::from_millis(fastrand::u64(0..20)));
+    f.kill9();
+}
+
 /// Checks that `records` hold, for every file tag, each sequence number
 /// `0..expected[tag]` exactly once, in increasing order. Returns a list of
 /// problems (empty when all is well).

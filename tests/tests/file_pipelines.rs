@@ -39,7 +39,14 @@ fn exactly_once_across_sigkill() {
 
     let mut interrupted = 0;
     for kill in 0..8 {
-        run_then_kill9(d, "crash.yaml", &[], 20..400);
+        kill9_mid_run(
+            d,
+            "crash.yaml",
+            &[],
+            || committed_len(d),
+            total_bytes,
+            (kill, 8),
+        );
         let len = committed_len(d);
         if len < total_bytes {
             interrupted += 1;

@@ -66,7 +66,14 @@ fn crash_test(mode: &str) {
 
     let mut interrupted = 0;
     for kill in 0..8 {
-        run_then_kill9(d, "pg.yaml", &[("PG_URL", &pg_url())], 30..350);
+        kill9_mid_run(
+            d,
+            "pg.yaml",
+            &[("PG_URL", &pg_url())],
+            count,
+            200_000,
+            (kill, 8),
+        );
         let n = count();
         if n < 200_000 {
             interrupted += 1;
