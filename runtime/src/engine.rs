@@ -271,7 +271,7 @@ async fn run_attempt(
     };
     let written = writer.run(rx).await;
     let committed = writer.commits.borrow().clone();
-    // The writer dropped the channel: the reader stops at its next send.
+    // The writer dropped the channel: the reader stops at its next turn.
     let (read, source) = match reader.await {
         Ok((result, source)) => (result, Some(source)),
         Err(_) => (Err(PipelineError::Panicked("source")), None),
@@ -298,7 +298,10 @@ async fn read_loop(
     once: bool,
 ) -> (Result<(), PipelineError>, Box<dyn Source>) {
     let result = loop {
-        if *stop.borrow() {
+        // The writer gone (it failed, or the source ended) is as good as a
+        // stop. Checked every turn, not only when a send fails: a source at
+        // its end never sends again, and the restart waits for this task.
+        if *stop.borrow() || tx.is_closed() {
             break Ok(());
         }
         if commits.has_changed().unwrap_or(false) {

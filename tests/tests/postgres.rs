@@ -3,6 +3,7 @@
 //! server is a failure, not a skip.
 
 use std::fs;
+use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
@@ -619,4 +620,71 @@ fn validate_checks_connections_when_asked() {
     assert!(!stderr.contains("good.yaml"), "{stderr}");
     assert!(stderr.contains("3 connection problem(s)"), "{stderr}");
     psql(&format!("DROP TABLE {table}"));
+}
+
+/// The sink fails while the source has nothing more to read: the pipeline
+/// must still restart. (The source task used to notice a failed writer only
+/// when it next sent records, which a source at its end never does: the
+/// pipeline hung with the restart waiting for it.)
+#[test]
+fn a_sink_failure_while_the_source_is_idle_restarts_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = format!("ferry_idle_{}", fastrand::u32(..));
+    let app = format!("ferry_{table}");
+    let url = format!("{}?application_name={app}", pg_url());
+    psql(&format!(
+        "CREATE TABLE {table} (file text NOT NULL, seq bigint NOT NULL, pad text)"
+    ));
+    fs::create_dir_all(d.join("in")).unwrap();
+    write_test_input(&d.join("in/a.jsonl"), "a", 10);
+    fs::write(
+        d.join("pg.yaml"),
+        format!(
+            "name: {table}\nsource:\n  type: file\n  path: in/*.jsonl\n  poll_interval: 50ms\nsink:\n  type: postgres\n  url: ${{PG_URL}}\n  table: {table}\ndelivery:\n  flush_interval: 50ms\nerrors:\n  retry_backoff: 50ms\n"
+        ),
+    )
+    .unwrap();
+    let mut f = Ferry::start_with_env(d, &["run", "pg.yaml"], &[("PG_URL", &url)]);
+    let count = || psql(&format!("SELECT count(*) FROM {table}"));
+    assert!(
+        wait_until(Duration::from_secs(30), || count() == "10"),
+        "{}",
+        f.log_text()
+    );
+    // The sink's idle connection dies; it finds out at its next write.
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}') t"
+        )),
+        "1"
+    );
+    let mut more = String::new();
+    for seq in 10..20 {
+        more.push_str(&test_line("a", seq, 100));
+    }
+    fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("in/a.jsonl"))
+        .unwrap()
+        .write_all(more.as_bytes())
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || count() == "20"),
+        "the pipeline did not recover: {}",
+        f.log_text()
+    );
+    f.signal(libc::SIGTERM);
+    assert!(
+        f.wait_for_exit(Duration::from_secs(30))
+            .expect("exits")
+            .success()
+    );
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(DISTINCT seq), min(seq), max(seq) FROM {table}"
+        )),
+        "20|0|19"
+    );
+    drop_tables(&[&table], &[&table]);
 }
