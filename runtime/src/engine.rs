@@ -9,6 +9,11 @@
 //! committed position of every partition only ever moves past records that
 //! are durable.
 //!
+//! A full batch's commit is *started* ([`Sink::start_commit`]) and the next
+//! batch is written while it becomes durable; at most one commit is in
+//! flight, commits settle in order, and positions move only when theirs
+//! resolved. A sink that cannot overlap commits synchronously (the default).
+//!
 //! Memory is bounded by the chunks, not by the batch: at most
 //! [`QUEUE_CHUNKS`] chunks wait in the channel and at most [`WRITE_MAX`]
 //! records (the chunks that were waiting, taken together) are being written, so a
@@ -268,6 +273,7 @@ async fn run_attempt(
         stats,
         backoff,
         commits: commits_tx,
+        in_flight: None,
     };
     let written = writer.run(rx).await;
     let committed = writer.commits.borrow().clone();
@@ -357,28 +363,69 @@ struct Writer<'a> {
     backoff: &'a mut Backoff,
     /// The committed positions, watched by the source task.
     commits: watch::Sender<Positions>,
+    /// A commit the sink has started but not yet made durable (at most
+    /// one), with what becomes committed when it resolves.
+    in_flight: Option<InFlight>,
+}
+
+struct InFlight {
+    durable: tokio::task::JoinHandle<Result<(), ConnectorError>>,
+    open: Open,
+}
+
+/// What the writer waits for next.
+enum Next {
+    Items(Option<Vec<SourceItem>>),
+    FlushDue,
+    Durable(Result<Result<(), ConnectorError>, tokio::task::JoinError>),
 }
 
 impl Writer<'_> {
-    async fn run(&mut self, mut rx: mpsc::Receiver<Vec<SourceItem>>) -> Result<(), PipelineError> {
+    async fn run(&mut self, rx: mpsc::Receiver<Vec<SourceItem>>) -> Result<(), PipelineError> {
+        let result = self.run_inner(rx).await;
+        // A commit still in flight must settle before this attempt ends: a
+        // restart reads the positions back from the sink, and a commit
+        // landing after that read would make its records replay.
+        if let Some(f) = self.in_flight.take() {
+            let _ = f.durable.await;
+        }
+        result
+    }
+
+    async fn run_inner(
+        &mut self,
+        mut rx: mpsc::Receiver<Vec<SourceItem>>,
+    ) -> Result<(), PipelineError> {
         loop {
-            let next = match self.open.since {
-                None => rx.recv().await,
-                Some(since) => {
-                    let due = since + self.p.delivery.flush_interval;
-                    tokio::select! {
-                        items = rx.recv() => items,
-                        _ = tokio::time::sleep_until(due.into()) => {
-                            self.commit().await?;
-                            continue;
-                        }
-                    }
+            let due = self
+                .open
+                .since
+                .map(|since| since + self.p.delivery.flush_interval);
+            let durable = async {
+                match self.in_flight.as_mut() {
+                    Some(f) => (&mut f.durable).await,
+                    None => std::future::pending().await,
                 }
             };
+            let next = tokio::select! {
+                items = rx.recv() => Next::Items(items),
+                _ = async {
+                    match due {
+                        Some(due) => tokio::time::sleep_until(due.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => Next::FlushDue,
+                result = durable => Next::Durable(result),
+            };
             match next {
+                Next::FlushDue => self.commit().await?,
+                Next::Durable(result) => {
+                    let f = self.in_flight.take().expect("was in flight");
+                    self.durable(f.open, result)?;
+                }
                 // The source stopped: commit what was written, then end.
-                None => return self.commit().await,
-                Some(mut items) => {
+                Next::Items(None) => return self.commit().await,
+                Next::Items(Some(mut items)) => {
                     // A backlog is written in fewer, larger writes: every
                     // write costs the sink round trips (a savepoint, a COPY),
                     // whatever its size. Only chunks already waiting are
@@ -391,7 +438,9 @@ impl Writer<'_> {
                     }
                     self.write(items).await?;
                     if self.open.items >= self.p.delivery.batch_size {
-                        self.commit().await?;
+                        // The next batch is written while this one is made
+                        // durable.
+                        self.start_commit().await?;
                     }
                 }
             }
@@ -455,6 +504,25 @@ impl Writer<'_> {
     /// Makes everything written since the last commit durable, then moves
     /// the committed positions.
     async fn commit(&mut self) -> Result<(), PipelineError> {
+        self.start_commit().await?;
+        self.settle().await
+    }
+
+    /// Waits for the commit in flight, if any, and moves the positions.
+    async fn settle(&mut self) -> Result<(), PipelineError> {
+        match self.in_flight.take() {
+            Some(f) => {
+                let result = f.durable.await;
+                self.durable(f.open, result)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Starts making everything written since the last commit durable,
+    /// after the previous commit settled: commits land in order.
+    async fn start_commit(&mut self) -> Result<(), PipelineError> {
+        self.settle().await?;
         if self.open.items == 0 {
             self.open.since = None;
             return Ok(());
@@ -465,14 +533,38 @@ impl Writer<'_> {
                 .await
                 .map_err(|e| PipelineError::connector("writing the dead-letter file", e))?;
         }
-        self.sink
-            .commit(&self.open.positions)
+        let pending = self
+            .sink
+            .start_commit(&self.open.positions)
             .await
             .map_err(|e| PipelineError::connector("committing to the sink", e))?;
-        // The sink made the batch durable: now, and only now, the positions move.
+        let open = std::mem::take(&mut self.open);
+        self.open.positions = open.positions.clone();
+        self.in_flight = Some(InFlight {
+            durable: tokio::spawn(pending),
+            open,
+        });
+        Ok(())
+    }
+
+    /// A commit resolved. If it is durable, now, and only now, its positions
+    /// move.
+    fn durable(
+        &mut self,
+        open: Open,
+        result: Result<Result<(), ConnectorError>, tokio::task::JoinError>,
+    ) -> Result<(), PipelineError> {
+        result
+            .map_err(|e| {
+                PipelineError::connector(
+                    "committing to the sink",
+                    ConnectorError::Fatal(format!("the commit task failed: {e}")),
+                )
+            })?
+            .map_err(|e| PipelineError::connector("committing to the sink", e))?;
         match self.store.save(
             &self.p.name,
-            &self.open.positions,
+            &open.positions,
             self.kept_by_sink,
             self.reset_pending,
         ) {
@@ -482,7 +574,6 @@ impl Writer<'_> {
             }
             Err(e) => return Err(e.into()),
         }
-        let open = std::mem::take(&mut self.open);
         self.stats
             .records_out
             .fetch_add(open.records_out, Ordering::Relaxed);
@@ -490,8 +581,7 @@ impl Writer<'_> {
             .dead_lettered
             .fetch_add(open.dead.len() as u64, Ordering::Relaxed);
         self.stats.set_committed(&open.positions);
-        self.commits.send_replace(open.positions.clone());
-        self.open.positions = open.positions;
+        self.commits.send_replace(open.positions);
         self.backoff.reset();
         Ok(())
     }

@@ -110,6 +110,65 @@ fn file_to_postgres_upsert_exactly_once_across_sigkill() {
     crash_test("upsert");
 }
 
+/// Upserts COPY straight into the table while no key exists yet and go
+/// through the staging table once one does: rows that update existing
+/// keys, keys repeated within a batch and across batches, and runs of new
+/// keys after updates (direct again) all end as the last record of each
+/// key, once.
+#[test]
+fn upserts_update_existing_keys_whichever_way_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = format!("ferry_upd_{}", fastrand::u32(..));
+    psql(&format!(
+        "CREATE TABLE {table} (k bigint PRIMARY KEY, v text NOT NULL, n bigint); \
+         INSERT INTO {table} SELECT g, 'old', 0 FROM generate_series(0, 999) g"
+    ));
+    fs::create_dir_all(d.join("in")).unwrap();
+    let mut text = String::new();
+    let mut expect = std::collections::BTreeMap::new();
+    let mut line = 0u64;
+    let mut put = |k: u64, text: &mut String| {
+        line += 1;
+        text.push_str(&format!("{{\"k\":{k},\"v\":\"v{line}\",\"n\":{line}}}\n"));
+        expect.insert(k, line);
+    };
+    // Updates of existing keys, then new keys (several batches: direct
+    // streams again after the staged ones), then a batch repeating keys
+    // within itself, then updates of the new keys.
+    for k in 0..1500 {
+        put(k, &mut text);
+    }
+    for k in 1500..20_000 {
+        put(k, &mut text);
+    }
+    for k in 0..3000 {
+        put(20_000 + k % 700, &mut text);
+    }
+    for k in (5000..9000).rev() {
+        put(k, &mut text);
+    }
+    fs::write(d.join("in/a.jsonl"), text).unwrap();
+    fs::write(
+        d.join("pg.yaml"),
+        format!(
+            "name: {table}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: postgres\n  url: ${{PG_URL}}\n  table: {table}\n  mode: upsert\n  key: [k]\ndelivery:\n  batch_size: 1000\n"
+        ),
+    )
+    .unwrap();
+    run_once(d, "pg.yaml");
+    let got = psql(&format!(
+        "SELECT string_agg(k || ':' || n, ',' ORDER BY k) FROM {table} WHERE v = 'v' || n"
+    ));
+    let want: Vec<String> = expect.iter().map(|(k, n)| format!("{k}:{n}")).collect();
+    assert_eq!(psql(&format!("SELECT count(*) FROM {table}")), "20700");
+    assert!(
+        got == want.join(","),
+        "rows differ from the last record of each key"
+    );
+    drop_tables(&[&table], &[&table]);
+}
+
 #[test]
 fn a_missing_table_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

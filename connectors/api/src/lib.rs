@@ -105,6 +105,11 @@ pub trait Source: Send {
 /// harmless: a transactional sink discards what it wrote after its last
 /// commit (in `open`, or by never committing it), an idempotent one
 /// overwrites it.
+/// A commit in flight (see [`Sink::start_commit`]): resolves when durable.
+pub type PendingCommit = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), ConnectorError>> + Send + 'static>,
+>;
+
 #[async_trait]
 pub trait Sink: Send {
     /// Called once before the first write. A transactional sink returns the
@@ -124,6 +129,23 @@ pub trait Sink: Send {
     /// stores them atomically with the data. Once this returns `Ok` the
     /// runtime treats the positions as committed and never replays before them.
     async fn commit(&mut self, positions: &Positions) -> Result<(), ConnectorError>;
+
+    /// Starts a commit and returns before it is durable, so the next batch
+    /// can be written while this one is made durable (a sink with two
+    /// connections commits on one while it writes on the other). The
+    /// returned future resolves when the commit is durable (or failed); it
+    /// runs on its own task. The runtime keeps at most one commit in flight:
+    /// it awaits it before starting another, before `close`, and before a
+    /// restart reads positions back; it treats the positions as committed
+    /// only once the future resolved `Ok`. Writes made meanwhile belong to
+    /// the next commit. The default commits synchronously.
+    async fn start_commit(
+        &mut self,
+        positions: &Positions,
+    ) -> Result<PendingCommit, ConnectorError> {
+        self.commit(positions).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
 
     /// Called once when the pipeline stops or is restarted.
     async fn close(&mut self) {}

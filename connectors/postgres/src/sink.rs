@@ -1,10 +1,35 @@
-//! The PostgreSQL sink: COPY into a staging table, move into the target, and
-//! commit the positions in the same transaction.
+//! The PostgreSQL sink: rows go in with COPY, and the source positions are
+//! stored in the same transaction, so a replay after any crash starts exactly
+//! where the committed rows end.
+//!
+//! How it keeps up with `psql \copy`:
+//! * one COPY per transaction, kept open across the engine's writes on a task
+//!   that holds the connection, so the server loads while ferry encodes;
+//! * `insert` COPYs straight into the table; `upsert` does too while no key
+//!   of the stream exists yet (under a savepoint), and on a unique violation
+//!   rolls back to the savepoint and moves the same rows through a staging
+//!   table with one `INSERT … SELECT DISTINCT ON … ON CONFLICT` (the last
+//!   record of a key wins). After a conflict the next streams go staged
+//!   directly, for a run that doubles with each failed direct attempt;
+//! * transactions alternate between two connections: a commit (finish the
+//!   COPY, store the positions, COMMIT) runs on its own task while the next
+//!   batch is written on the other connection ([`Sink::start_commit`]).
+//!
+//! A row the server refuses aborts the COPY and the transaction; the batch is
+//! then replayed once with a savepoint per chunk, splitting chunks until
+//! the refused rows stand alone, and those are reported as rejected.
 
 use async_trait::async_trait;
-use ferry_api::{ConnectorError, Position, Positions, Record, Rejected, Sink, Value};
+use ferry_api::{
+    ConnectorError, PendingCommit, Position, Positions, Record, Rejected, Sink, Value,
+};
 // Every dynamic SQL string here interpolates only identifiers that were
 // validated as plain names and are quoted; values are bound.
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
 use crate::config::{Columns, Mode, PostgresSinkConfig, split_table};
@@ -15,7 +40,19 @@ const STAGE: &str = "ferry_stage";
 pub(crate) struct PostgresSink {
     config: PostgresSinkConfig,
     pipeline: String,
+    /// The connection of the transaction being written. `None` while a
+    /// COPY stream holds it, or between a started commit and the next write.
     conn: Option<PgConnection>,
+    /// The connection of the last commit, handed back by its task once
+    /// durable: transactions alternate between two connections, so one
+    /// commits while the next batch is written on the other.
+    spare: Arc<Mutex<Option<PgConnection>>>,
+    /// Records of this life to write the careful way (a savepoint per
+    /// chunk): taken at `open` from what a refused row left in the config.
+    careful: usize,
+    /// This transaction created the table: its commit must be durable
+    /// before the other connection can see the table.
+    created_table: bool,
     /// `"schema"."table"`, quoted.
     target: String,
     offsets: String,
@@ -28,13 +65,16 @@ pub(crate) struct PostgresSink {
     /// `ferry_rows` is set; the next chunk releases it and sets a new one in
     /// the same round trip.
     savepoint: bool,
-    /// `mode: insert`: the COPY kept open across the writes of a
-    /// transaction, so the server loads one chunk while ferry encodes the
-    /// next instead of the two taking turns.
+    /// The COPY kept open across the writes of a transaction (into the
+    /// target for inserts, into the staging table for upserts), so the
+    /// server loads one chunk while ferry encodes the next instead of the
+    /// two taking turns.
     stream: Option<CopyStream>,
+    /// `ferry_copy` is set (an upsert stream straight into the target).
+    copy_savepoint: bool,
+    adapt: Arc<Adapt>,
     /// Records written since the last commit.
     uncommitted: usize,
-    buf: Vec<u8>,
 }
 
 /// A COPY in progress on a task that holds the connection for the stream's
@@ -43,11 +83,135 @@ pub(crate) struct PostgresSink {
 /// channel; closing the channel finishes the COPY and hands the connection
 /// back.
 struct CopyStream {
-    /// The column list the COPY was started with.
+    /// The columns the COPY was started with.
+    cols: Vec<(String, String, bool)>,
     columns: String,
-    rows: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// Where the rows go: an upsert streams into the staging table, or
+    /// (optimistically) straight into the target under a savepoint.
+    into: Into,
+    /// A direct upsert keeps what it sent, to move it through the staging
+    /// table if the target already holds one of its keys.
+    sent: Vec<Bytes>,
+    sent_len: usize,
+    rows: tokio::sync::mpsc::Sender<Bytes>,
     task: tokio::task::JoinHandle<(PgConnection, Result<(), sqlx::Error>)>,
 }
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Into {
+    /// `mode: insert`.
+    Target,
+    /// `mode: upsert`, betting that no key exists yet: as fast as an insert.
+    TargetUnlessConflict,
+    /// `mode: upsert` through the staging table and `INSERT … ON CONFLICT`.
+    Stage,
+}
+
+/// Upserts: after a direct stream met existing keys, the next `streams`
+/// streams go through the staging table; `run` doubles with each direct
+/// attempt that fails, so a stream of updates soon stops trying, and a run
+/// of new keys soon goes direct again.
+#[derive(Default)]
+struct Adapt {
+    streams: AtomicU32,
+    run: AtomicU32,
+}
+
+impl Adapt {
+    /// Whether the next stream should go through the staging table.
+    fn staged(&self) -> bool {
+        self.streams
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+    fn direct_worked(&self) {
+        self.run.store(0, Relaxed);
+    }
+    fn conflicted(&self) {
+        let run = (self.run.load(Relaxed) * 2).clamp(1, 1024);
+        self.run.store(run, Relaxed);
+        self.streams.store(run, Relaxed);
+    }
+}
+
+/// Everything finishing a COPY stream needs, owned, so a commit can run it
+/// on its own task.
+struct Finish {
+    stream: CopyStream,
+    /// `COPY ferry_stage (…)`, for a direct upsert that met existing keys.
+    stage_copy: String,
+    /// Moves staged rows into the target (upserts).
+    move_staged: String,
+    adapt: Arc<Adapt>,
+}
+
+async fn exec(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Ends a COPY stream and takes its connection back; for upserts, moves
+/// the staged rows into the target. A direct upsert that met an existing
+/// key is rolled back to its savepoint and goes through the staging table.
+async fn finish(f: Finish) -> Result<(PgConnection, Result<(), sqlx::Error>), ConnectorError> {
+    let CopyStream {
+        into,
+        sent,
+        rows,
+        task,
+        ..
+    } = f.stream;
+    drop(rows);
+    let (mut conn, mut result) = task
+        .await
+        .map_err(|e| ConnectorError::Fatal(format!("the COPY task failed: {e}")))?;
+    match (into, &result) {
+        (Into::Stage, Ok(())) => result = exec(&mut conn, &f.move_staged).await,
+        (Into::TargetUnlessConflict, Ok(())) => f.adapt.direct_worked(),
+        (Into::TargetUnlessConflict, Err(e)) if is_unique_violation(e) => {
+            f.adapt.conflicted();
+            result = async {
+                exec(&mut conn, "ROLLBACK TO SAVEPOINT ferry_copy").await?;
+                let mut copy_in = conn.copy_in_raw(&f.stage_copy).await?;
+                for chunk in &sent {
+                    copy_in.send(chunk.as_ref()).await?;
+                }
+                copy_in.finish().await?;
+                exec(&mut conn, &f.move_staged).await
+            }
+            .await;
+        }
+        _ => {}
+    }
+    Ok((conn, result))
+}
+
+/// What a failed COPY means. A refused row aborted the transaction: the
+/// batch is replayed once with every chunk under a savepoint, which
+/// isolates the row (see `write`).
+fn copy_failed(
+    careful: &AtomicUsize,
+    uncommitted: usize,
+    table: &str,
+    e: sqlx::Error,
+) -> ConnectorError {
+    if is_data_error(&e) {
+        careful.store(uncommitted, Relaxed);
+        ConnectorError::Retriable(format!(
+            "the database refused a row of this batch ({}); replaying the batch chunk by chunk to isolate it",
+            refusal(&e)
+        ))
+    } else {
+        db_error(&format!("writing rows into {table}"), e)
+    }
+}
+
+/// A direct upsert stream that has kept this much is finished early (its
+/// rows are in; the next write starts a new stream), so what it keeps for a
+/// conflict stays bounded whatever `delivery.batch_size` is.
+const SENT_MAX: usize = 16 << 20;
 
 /// Maps a database error to retriable (connection trouble, server shutting
 /// down, serialization failure) or fatal, with what was being done.
@@ -78,6 +242,12 @@ pub(crate) fn db_error(context: &str, e: sqlx::Error) -> ConnectorError {
 /// classes 22 and 23. Anything else is not the row's fault.
 fn is_data_error(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")))
+}
+
+/// A row whose key the target already holds (or any unique index): for
+/// a direct upsert stream, the sign to go through the staging table.
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
 /// The database's own words for a refused row.
@@ -114,9 +284,13 @@ impl PostgresSink {
             pending_create: false,
             savepoint: false,
             stream: None,
+            copy_savepoint: false,
+            adapt: Arc::default(),
+            spare: Arc::default(),
+            careful: 0,
+            created_table: false,
             uncommitted: 0,
             in_transaction: false,
-            buf: Vec::new(),
         }
     }
 
@@ -214,7 +388,8 @@ impl PostgresSink {
             // Dropping the connection mid-COPY rolls the transaction back.
             stream.task.abort();
         }
-        if let Some(conn) = self.conn.take() {
+        let spare = self.spare.lock().expect("not poisoned").take();
+        for conn in self.conn.take().into_iter().chain(spare) {
             // An open transaction rolls back with the connection.
             let _ = conn.close().await;
         }
@@ -228,7 +403,7 @@ impl PostgresSink {
         }
         let stage = format!(
             "DROP TABLE IF EXISTS {STAGE}; CREATE TEMP TABLE {STAGE} AS SELECT * FROM {} WITH NO DATA; \
-             ALTER TABLE {STAGE} ADD COLUMN ferry_ord bigint",
+             ALTER TABLE {STAGE} ADD COLUMN ferry_ord bigint GENERATED ALWAYS AS IDENTITY",
             self.target
         );
         self.execute("creating the staging table", &stage).await
@@ -276,6 +451,7 @@ impl PostgresSink {
         }
         self.create_stage().await?;
         self.pending_create = false;
+        self.created_table = true;
         tracing::info!(table = %self.config.table, "created the table from the first records");
         Ok(())
     }
@@ -288,11 +464,42 @@ impl PostgresSink {
         Ok(())
     }
 
+    /// Sets savepoint `name`. Round trips cost more than the statements
+    /// here: the release of the previous one of that name rides along.
+    async fn next_savepoint(&mut self, name: &str, previous: bool) -> Result<(), ConnectorError> {
+        let sql = if previous {
+            format!("RELEASE SAVEPOINT {name}; SAVEPOINT {name}")
+        } else {
+            format!("SAVEPOINT {name}")
+        };
+        self.execute("setting a savepoint", &sql).await
+    }
+
+    /// A connection for the next transaction: the spare one if its commit
+    /// handed it back, else a new one (with its own staging table).
+    async fn ensure_conn(&mut self) -> Result<(), ConnectorError> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let spare = self.spare.lock().expect("not poisoned").take();
+        if let Some(conn) = spare {
+            self.conn = Some(conn);
+            return Ok(());
+        }
+        self.connect().await?;
+        if !self.pending_create {
+            self.create_stage().await?;
+        }
+        Ok(())
+    }
+
     async fn begin(&mut self) -> Result<(), ConnectorError> {
         if !self.in_transaction {
+            self.ensure_conn().await?;
             self.execute("starting a transaction", "BEGIN").await?;
             self.in_transaction = true;
             self.savepoint = false;
+            self.copy_savepoint = false;
         }
         Ok(())
     }
@@ -310,14 +517,9 @@ impl PostgresSink {
             .collect()
     }
 
-    /// Rows in COPY's text format, with a row number column for upserts.
-    fn encode_rows(
-        rows: &[Record],
-        cols: &[(String, String, bool)],
-        ordinal: bool,
-        buf: &mut Vec<u8>,
-    ) {
-        for (i, r) in rows.iter().enumerate() {
+    /// Rows in COPY's text format.
+    fn encode_rows(rows: &[Record], cols: &[(String, String, bool)], buf: &mut Vec<u8>) {
+        for r in rows {
             for (n, (field, _, json)) in cols.iter().enumerate() {
                 if n > 0 {
                     buf.push(b'\t');
@@ -328,27 +530,23 @@ impl PostgresSink {
                     buf,
                 );
             }
-            if ordinal {
-                buf.push(b'\t');
-                buf.extend_from_slice(i.to_string().as_bytes());
-            }
             buf.push(b'\n');
         }
     }
 
-    /// `COPY … FROM STDIN`: plain inserts go straight into the target (no
-    /// second copy); upserts into the staging table, with the row number.
-    fn copy_statement(&self, col_list: &str, upsert: bool) -> String {
-        if upsert {
-            format!("COPY {STAGE} ({col_list}, ferry_ord) FROM STDIN (FORMAT text)")
+    /// `COPY … FROM STDIN` into the target or the staging table (whose
+    /// `ferry_ord` numbers the rows in the order they came).
+    fn copy_statement(&self, col_list: &str, stage: bool) -> String {
+        if stage {
+            format!("COPY {STAGE} ({col_list}) FROM STDIN (FORMAT text)")
         } else {
             format!("COPY {} ({col_list}) FROM STDIN (FORMAT text)", self.target)
         }
     }
 
-    /// `mode: insert`, the fast path: sends the rows into the transaction's
-    /// open COPY without waiting for the server. A row the server refuses
-    /// aborts the COPY, and with it the transaction; that shows at
+    /// The fast path: sends the rows into the transaction's open COPY
+    /// without waiting for the server. A row the server refuses aborts the
+    /// COPY, and with it the transaction; that shows at
     /// [`Self::finish_stream`].
     async fn stream_rows(&mut self, rows: &[Record]) -> Result<(), ConnectorError> {
         let cols = self.columns_for(rows);
@@ -360,30 +558,16 @@ impl PostgresSink {
             self.finish_stream().await?;
         }
         if self.stream.is_none() {
-            let mut conn = self.conn.take().expect("used after open");
-            let copy = self.copy_statement(&col_list, false);
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
-            let task = tokio::spawn(async move {
-                let result = async {
-                    let mut copy_in = conn.copy_in_raw(&copy).await?;
-                    while let Some(bytes) = rx.recv().await {
-                        copy_in.send(bytes).await?;
-                    }
-                    copy_in.finish().await?;
-                    Ok(())
-                }
-                .await;
-                (conn, result)
-            });
-            self.stream = Some(CopyStream {
-                columns: col_list,
-                rows: tx,
-                task,
-            });
+            self.open_stream(cols, col_list).await?;
         }
         let mut buf = Vec::with_capacity(rows.len() * 128);
-        Self::encode_rows(rows, &cols, false, &mut buf);
-        let stream = self.stream.as_ref().expect("just opened");
+        Self::encode_rows(rows, &self.stream.as_ref().expect("open").cols, &mut buf);
+        let buf = Bytes::from(buf);
+        let stream = self.stream.as_mut().expect("just opened");
+        if stream.into == Into::TargetUnlessConflict {
+            stream.sent_len += buf.len();
+            stream.sent.push(buf.clone());
+        }
         // A closed channel means the COPY already ended with an error:
         // finish_stream reports it. These rows were not sent, so never Ok.
         if stream.rows.send(buf).await.is_err() {
@@ -392,65 +576,138 @@ impl PostgresSink {
                 "the COPY stream ended before its rows were sent".into(),
             ));
         }
+        if stream.sent_len >= SENT_MAX {
+            self.finish_stream().await?;
+        }
         Ok(())
     }
 
-    /// Ends the open COPY and takes the connection back. A refused row
-    /// aborted the transaction: the batch is replayed once with every chunk
-    /// under a savepoint, which isolates the row (see `write`).
+    /// Starts a COPY on a task that holds the connection until it ends.
+    async fn open_stream(
+        &mut self,
+        cols: Vec<(String, String, bool)>,
+        columns: String,
+    ) -> Result<(), ConnectorError> {
+        let into = match self.config.mode {
+            Mode::Insert => Into::Target,
+            Mode::Upsert if self.adapt.staged() => Into::Stage,
+            Mode::Upsert => Into::TargetUnlessConflict,
+        };
+        if into == Into::TargetUnlessConflict {
+            // The savepoint a conflict rolls back to.
+            self.next_savepoint("ferry_copy", self.copy_savepoint)
+                .await?;
+            self.copy_savepoint = true;
+        }
+        let mut conn = self.conn.take().expect("used after open");
+        let copy = self.copy_statement(&columns, into == Into::Stage);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+        let task = tokio::spawn(async move {
+            let result = async {
+                let mut copy_in = conn.copy_in_raw(&copy).await?;
+                while let Some(bytes) = rx.recv().await {
+                    copy_in.send(bytes).await?;
+                }
+                copy_in.finish().await?;
+                Ok(())
+            }
+            .await;
+            (conn, result)
+        });
+        self.stream = Some(CopyStream {
+            cols,
+            columns,
+            into,
+            sent: Vec::new(),
+            sent_len: 0,
+            rows: tx,
+            task,
+        });
+        Ok(())
+    }
+
+    /// What finishing `stream` needs, owned.
+    fn finish_plan(&self, stream: CopyStream) -> Finish {
+        Finish {
+            stage_copy: self.copy_statement(&stream.columns, true),
+            move_staged: self.move_statement(&stream.cols),
+            stream,
+            adapt: self.adapt.clone(),
+        }
+    }
+
+    /// Ends the open COPY mid-transaction and takes the connection back.
     async fn finish_stream(&mut self) -> Result<(), ConnectorError> {
         let Some(stream) = self.stream.take() else {
             return Ok(());
         };
-        drop(stream.rows);
-        let (conn, result) = stream
-            .task
-            .await
-            .map_err(|e| ConnectorError::Fatal(format!("the COPY task failed: {e}")))?;
+        let (conn, result) = finish(self.finish_plan(stream)).await?;
         self.conn = Some(conn);
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) if is_data_error(&e) => {
-                self.config
-                    .careful
-                    .store(self.uncommitted, std::sync::atomic::Ordering::Relaxed);
-                Err(ConnectorError::Retriable(format!(
-                    "the database refused a row of this batch ({}); replaying the batch chunk by chunk to isolate it",
-                    refusal(&e)
-                )))
-            }
-            Err(e) => Err(db_error(
-                &format!("writing rows into {}", self.config.table),
+        result.map_err(|e| {
+            copy_failed(
+                &self.config.careful,
+                self.uncommitted,
+                &self.config.table,
                 e,
-            )),
-        }
+            )
+        })
     }
 
-    /// COPYs `rows` into the target (insert) or the staging table (upsert,
-    /// then moved with `INSERT … ON CONFLICT`), and waits for the server.
+    /// COPYs already encoded rows into the target or the staging table,
+    /// and waits for the server.
+    async fn copy_chunks(
+        &mut self,
+        cols: &[(String, String, bool)],
+        chunks: &[Bytes],
+        stage: bool,
+    ) -> Result<(), sqlx::Error> {
+        let copy = self.copy_statement(&column_list(cols), stage);
+        let mut copy_in = self.conn().copy_in_raw(&copy).await?;
+        for chunk in chunks {
+            copy_in.send(chunk.as_ref()).await?;
+        }
+        copy_in.finish().await?;
+        Ok(())
+    }
+
+    /// Upserts: COPYs encoded rows into the staging table and moves them
+    /// into the target.
+    async fn stage_and_move(
+        &mut self,
+        cols: &[(String, String, bool)],
+        chunks: &[Bytes],
+    ) -> Result<(), sqlx::Error> {
+        self.copy_chunks(cols, chunks, true).await?;
+        self.move_staged(cols).await
+    }
+
+    /// The careful way, one chunk under a savepoint: COPYs `rows` into the
+    /// target (insert) or through the staging table (upsert).
     async fn copy_rows(&mut self, rows: &[Record]) -> Result<(), sqlx::Error> {
         let cols = self.columns_for(rows);
         if cols.is_empty() {
             return Ok(());
         }
-        let upsert = self.config.mode == Mode::Upsert;
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        Self::encode_rows(rows, &cols, upsert, &mut buf);
-        let col_list = column_list(&cols);
-        let copy = self.copy_statement(&col_list, upsert);
-        let copied: Result<(), sqlx::Error> = async {
-            let mut copy_in = self.conn().copy_in_raw(&copy).await?;
-            copy_in.send(buf.as_slice()).await?;
-            copy_in.finish().await?;
-            Ok(())
+        let mut buf = Vec::with_capacity(rows.len() * 128);
+        Self::encode_rows(rows, &cols, &mut buf);
+        let chunk = [Bytes::from(buf)];
+        if self.config.mode == Mode::Upsert {
+            self.stage_and_move(&cols, &chunk).await
+        } else {
+            self.copy_chunks(&cols, &chunk, false).await
         }
-        .await;
-        self.buf = buf;
-        copied?;
-        if !upsert {
-            return Ok(());
-        }
+    }
+
+    /// Upserts: moves the staged rows into the target with one `INSERT …
+    /// ON CONFLICT` and empties the staging table.
+    async fn move_staged(&mut self, cols: &[(String, String, bool)]) -> Result<(), sqlx::Error> {
+        let sql = self.move_statement(cols);
+        exec(self.conn(), &sql).await
+    }
+
+    /// The statement [`Self::move_staged`] runs.
+    fn move_statement(&self, cols: &[(String, String, bool)]) -> String {
+        let col_list = column_list(cols);
         let keys = self
             .config
             .key
@@ -475,10 +732,7 @@ impl PostgresSink {
              ORDER BY {keys}, ferry_ord DESC ON CONFLICT ({keys}) {action}",
             self.target
         );
-        sqlx::raw_sql(AssertSqlSafe(format!("{insert}; TRUNCATE {STAGE}")))
-            .execute(self.conn())
-            .await?;
-        Ok(())
+        format!("{insert}; TRUNCATE {STAGE}")
     }
 }
 
@@ -506,6 +760,9 @@ fn column_type(batch: &[Record], field: &str) -> &'static str {
 #[async_trait]
 impl Sink for PostgresSink {
     async fn open(&mut self) -> Result<Option<Positions>, ConnectorError> {
+        // Read once per life: a commit failing on its own task sets it for
+        // the next life, and must not be consumed by this one's writes.
+        self.careful = self.config.careful.swap(0, Relaxed);
         self.connect().await?;
         let create = format!(
             "CREATE TABLE IF NOT EXISTS {} (pipeline text NOT NULL, partition text NOT NULL, position jsonb NOT NULL, \
@@ -566,14 +823,9 @@ impl Sink for PostgresSink {
         }
         self.uncommitted += batch.len();
         // After a refused row, the replayed records go the careful way.
-        let careful = &self.config.careful;
-        let left = careful.load(std::sync::atomic::Ordering::Relaxed);
-        if left > 0 {
-            careful.store(
-                left.saturating_sub(batch.len()),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        } else if self.config.mode == Mode::Insert {
+        if self.careful > 0 {
+            self.careful = self.careful.saturating_sub(batch.len());
+        } else {
             self.stream_rows(batch).await?;
             return Ok(Vec::new());
         }
@@ -587,14 +839,7 @@ impl Sink for PostgresSink {
         #[allow(clippy::single_range_in_vec_init)] // one range to start with, on purpose
         let mut pending: Vec<std::ops::Range<usize>> = vec![0..batch.len()];
         while let Some(range) = pending.pop() {
-            // Round trips cost more than the statements here: release the
-            // last savepoint and set the next one in one.
-            let sql = if self.savepoint {
-                "RELEASE SAVEPOINT ferry_rows; SAVEPOINT ferry_rows"
-            } else {
-                "SAVEPOINT ferry_rows"
-            };
-            self.execute("setting a savepoint", sql).await?;
+            self.next_savepoint("ferry_rows", self.savepoint).await?;
             self.savepoint = true;
             match self.copy_rows(&batch[range.clone()]).await {
                 Ok(()) => {}
@@ -629,7 +874,16 @@ impl Sink for PostgresSink {
     }
 
     async fn commit(&mut self, positions: &Positions) -> Result<(), ConnectorError> {
-        self.finish_stream().await?;
+        self.start_commit(positions).await?.await
+    }
+
+    /// Finishes the transaction's COPY, stores the positions and commits
+    /// on a task of its own; the next write starts a transaction on the
+    /// other connection meanwhile.
+    async fn start_commit(
+        &mut self,
+        positions: &Positions,
+    ) -> Result<PendingCommit, ConnectorError> {
         self.begin().await?;
         let (keys, values): (Vec<String>, Vec<String>) = positions
             .iter()
@@ -640,23 +894,48 @@ impl Sink for PostgresSink {
                 )
             })
             .unzip();
-        let sql = format!(
+        let store = format!(
             "INSERT INTO {} (pipeline, partition, position) SELECT $1, p, v::jsonb FROM unnest($2::text[], $3::text[]) AS u(p, v) \
              ON CONFLICT (pipeline, partition) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
             self.offsets
         );
         let pipeline = self.pipeline.clone();
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(pipeline)
-            .bind(keys)
-            .bind(values)
-            .execute(self.conn())
-            .await
-            .map_err(|e| db_error("storing positions", e))?;
-        self.execute("committing", "COMMIT").await?;
+        let plan = self.stream.take().map(|s| self.finish_plan(s));
+        let conn = self.conn.take();
+        let spare = self.spare.clone();
+        let careful = self.config.careful.clone();
+        let uncommitted = self.uncommitted;
+        let table = self.config.table.clone();
         self.in_transaction = false;
         self.uncommitted = 0;
-        Ok(())
+        let commit = async move {
+            let mut conn = match plan {
+                Some(plan) => {
+                    let (conn, result) = finish(plan).await?;
+                    result.map_err(|e| copy_failed(&careful, uncommitted, &table, e))?;
+                    conn
+                }
+                None => conn.expect("begin() left a connection"),
+            };
+            sqlx::query(AssertSqlSafe(store))
+                .bind(pipeline)
+                .bind(keys)
+                .bind(values)
+                .execute(&mut conn)
+                .await
+                .map_err(|e| db_error("storing positions", e))?;
+            exec(&mut conn, "COMMIT")
+                .await
+                .map_err(|e| db_error("committing", e))?;
+            *spare.lock().expect("not poisoned") = Some(conn);
+            Ok(())
+        };
+        if std::mem::take(&mut self.created_table) {
+            // The other connection's staging table is made from the table.
+            commit.await?;
+            return Ok(Box::pin(std::future::ready(Ok(()))));
+        }
+        Ok(Box::pin(commit))
     }
 
     async fn close(&mut self) {
@@ -666,27 +945,35 @@ impl Sink for PostgresSink {
 
 /// One value in COPY's text format.
 fn encode(v: &Value, json: bool, out: &mut Vec<u8>) {
+    use std::io::Write;
     match v {
         Value::Null => out.extend_from_slice(b"\\N"),
         // A json column takes any value as JSON text (a string quoted).
         other if json => escape(other.to_string().as_bytes(), out),
         Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
-        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+        // Written in place rather than through a String per number.
+        Value::Number(n) => write!(out, "{n}").expect("writing to a Vec"),
         Value::String(s) => escape(s.as_bytes(), out),
         other => escape(other.to_string().as_bytes(), out),
     }
 }
 
+/// Escapes COPY's special bytes, copying the runs between them whole.
 fn escape(bytes: &[u8], out: &mut Vec<u8>) {
-    for &b in bytes {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
-        }
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let replacement: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(replacement);
+        start = i + 1;
     }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 #[cfg(test)]
