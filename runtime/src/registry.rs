@@ -5,7 +5,12 @@ use ferry_api::{SinkPlugin, SourcePlugin};
 
 /// Connector types ferry knows of, and the feature that builds each. Lets a
 /// config naming a connector left out of this build say which feature is off.
-const ALL_TYPES: &[(&str, &str)] = &[("file", "file"), ("postgres", "postgres")];
+const ALL_TYPES: &[(&str, &str)] = &[
+    ("file", "file"),
+    ("postgres", "postgres"),
+    ("kafka", "kafka"),
+    ("generate", "generate"),
+];
 
 pub struct Registry {
     sources: Vec<SourcePlugin>,
@@ -30,6 +35,13 @@ impl Registry {
             r.sources.push(ferry_connector_postgres::source_plugin());
             r.sinks.push(ferry_connector_postgres::sink_plugin());
         }
+        #[cfg(feature = "kafka")]
+        {
+            r.sources.push(ferry_connector_kafka::source_plugin());
+            r.sinks.push(ferry_connector_kafka::sink_plugin());
+        }
+        #[cfg(feature = "generate")]
+        r.sources.push(ferry_connector_generate::source_plugin());
         r
     }
 

@@ -326,6 +326,12 @@ pub fn pg_url() -> String {
     std::env::var("PG_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_string())
 }
 
+/// The Kafka-protocol broker of the tests (KAFKA_BROKERS, default
+/// 127.0.0.1:19092; `scripts/services` starts Tansu there).
+pub fn kafka_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".to_string())
+}
+
 /// Runs SQL through psql against `url` and returns its unaligned output.
 /// A failure (no server, bad SQL) panics: no service is a failure, not a skip.
 pub fn psql_at(url: &str, sql: &str) -> String {

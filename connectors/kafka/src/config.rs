@@ -1,0 +1,267 @@
+//! The `kafka` source and sink sections: parsed and checked without I/O.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use ferry_api::{
+    BuildContext, ConfigProblem, ConnectorError, Delivery, Sink, SinkConfig, Source, SourceConfig,
+    Value,
+};
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+/// librdkafka properties ferry sets itself: letting a user override them
+/// would break the delivery guarantee (auto-commit commits before the sink
+/// is durable) or duplicate a key of the section.
+const OWNED_BY_FERRY: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use `brokers`"),
+    ("metadata.broker.list", "use `brokers`"),
+    ("group.id", "use `group_id`"),
+    (
+        "enable.auto.commit",
+        "ferry commits offsets itself, only after the sink made the records durable",
+    ),
+    (
+        "enable.auto.offset.store",
+        "ferry commits offsets itself, only after the sink made the records durable",
+    ),
+    ("auto.offset.reset", "use `start`"),
+    ("enable.idempotence", "the producer is always idempotent"),
+    ("acks", "the producer always waits for all in-sync replicas"),
+];
+
+/// `options:` values may be written as YAML numbers or booleans.
+fn option_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn check_brokers_key(brokers: &str, problems: &mut Vec<ConfigProblem>) {
+    if brokers.trim().is_empty() {
+        problems.push(ConfigProblem::at(
+            "brokers",
+            "must name at least one broker",
+        ));
+    }
+}
+
+fn check_options(options: &BTreeMap<String, Value>, problems: &mut Vec<ConfigProblem>) {
+    for (k, v) in options {
+        let path = || {
+            vec![
+                ferry_api::PathSegment::Key("options".into()),
+                ferry_api::PathSegment::Key(k.clone()),
+            ]
+        };
+        if let Some((_, why)) = OWNED_BY_FERRY.iter().find(|(o, _)| o == k) {
+            problems.push(ConfigProblem {
+                path: path(),
+                message: format!("set by ferry: {why}"),
+            });
+        } else if option_text(v).is_none() {
+            problems.push(ConfigProblem {
+                path: path(),
+                message: "must be a string, number or boolean".into(),
+            });
+        }
+    }
+}
+
+/// A client config with `brokers` and the pass-through options.
+pub(crate) fn client_config(brokers: &str, options: &BTreeMap<String, Value>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in options {
+        if let Some(text) = option_text(v) {
+            c.set(k, text);
+        }
+    }
+    c
+}
+
+/// Where a group with no committed offset starts.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// How a message's payload becomes a record's value.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// A JSON document; a message that is not one is an invalid record.
+    #[default]
+    Json,
+    /// UTF-8 text, as a string.
+    Text,
+    /// Any bytes, as a base64 string.
+    Bytes,
+}
+
+/// `source: {type: kafka}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Topics to read; or `topic_pattern`.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// A regular expression (librdkafka's syntax) of the topics to read.
+    #[serde(default)]
+    pub topic_pattern: Option<String>,
+    /// The consumer group; default `ferry-<pipeline>`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    #[serde(default)]
+    pub start: Start,
+    #[serde(default)]
+    pub format: Format,
+    /// Any librdkafka consumer property, passed through.
+    #[serde(default)]
+    pub options: BTreeMap<String, Value>,
+}
+
+impl KafkaSourceConfig {
+    pub(crate) fn subscription(&self) -> Vec<String> {
+        match &self.topic_pattern {
+            // librdkafka reads a topic starting with `^` as a pattern.
+            Some(p) if p.starts_with('^') => vec![p.clone()],
+            Some(p) => vec![format!("^{p}")],
+            None => self.topics.clone(),
+        }
+    }
+
+    pub(crate) fn group(&self, pipeline: &str) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("ferry-{pipeline}"))
+    }
+}
+
+#[async_trait]
+impl SourceConfig for KafkaSourceConfig {
+    fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        check_brokers_key(&self.brokers, &mut problems);
+        match (self.topics.is_empty(), &self.topic_pattern) {
+            (true, None) => problems.push(ConfigProblem::at(
+                "topics",
+                "name the topics to read (or set topic_pattern)",
+            )),
+            (false, Some(_)) => problems.push(ConfigProblem::at(
+                "topic_pattern",
+                "set either topics or topic_pattern, not both",
+            )),
+            _ => {}
+        }
+        check_options(&self.options, &mut problems);
+        problems
+    }
+
+    fn describe(&self) -> String {
+        let what = match &self.topic_pattern {
+            Some(p) => format!("topics matching {p}"),
+            None => self.topics.join(", "),
+        };
+        format!("kafka {what} at {} ({:?})", self.brokers, self.format).to_lowercase()
+    }
+
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
+        Ok(Box::new(crate::source::KafkaSource::new(
+            self.clone(),
+            &ctx.pipeline,
+        )?))
+    }
+
+    async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
+        crate::check_brokers(&self.brokers, &self.options, &ctx.pipeline).await
+    }
+}
+
+/// The topic a record goes to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TopicSpec {
+    /// Always this topic.
+    Static(String),
+    /// The value of a record field (a string), per record.
+    Field { field: String },
+}
+
+/// How a record becomes a message's payload.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkFormat {
+    /// The record's value as JSON.
+    #[default]
+    Json,
+    /// A string value as its text (other values as JSON).
+    Text,
+}
+
+/// `sink: {type: kafka}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    pub brokers: String,
+    pub topic: TopicSpec,
+    /// A record field whose value is the message key (strings as text,
+    /// other values as JSON); absent: no key.
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub format: SinkFormat,
+    /// Any librdkafka producer property (batching, compression, …).
+    #[serde(default)]
+    pub options: BTreeMap<String, Value>,
+}
+
+#[async_trait]
+impl SinkConfig for KafkaSinkConfig {
+    fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        check_brokers_key(&self.brokers, &mut problems);
+        match &self.topic {
+            TopicSpec::Static(t) if t.is_empty() => {
+                problems.push(ConfigProblem::at("topic", "must not be empty"))
+            }
+            TopicSpec::Field { field } if field.is_empty() => {
+                problems.push(ConfigProblem::at("topic", "field must not be empty"))
+            }
+            _ => {}
+        }
+        check_options(&self.options, &mut problems);
+        problems
+    }
+
+    fn describe(&self) -> String {
+        let topic = match &self.topic {
+            TopicSpec::Static(t) => t.clone(),
+            TopicSpec::Field { field } => format!("the topic in field `{field}`"),
+        };
+        format!("kafka {topic} at {}", self.brokers)
+    }
+
+    /// An idempotent producer never writes a message twice within one
+    /// session, but a replay after a crash sends the records again: no
+    /// transactions here (no broker available to test them faithfully).
+    fn delivery(&self) -> Delivery {
+        Delivery::AtLeastOnce
+    }
+
+    async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
+        Ok(Box::new(crate::sink::KafkaSink::new(self.clone())?))
+    }
+
+    async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
+        crate::check_brokers(&self.brokers, &self.options, &ctx.pipeline).await
+    }
+}

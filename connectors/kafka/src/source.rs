@@ -1,0 +1,397 @@
+//! The Kafka source: a consumer group member whose offsets are committed
+//! only after the sink made the records durable.
+//!
+//! * **Start of a partition.** When a partition is assigned, it starts at the
+//!   further of the group's committed offset and the position ferry knows to
+//!   be durable (from the sink, when the sink keeps positions, or from ferry's
+//!   offset store). Both are points below which everything is durable in the
+//!   sink, so the further one is right: the sink's, when a crash came between
+//!   the sink's commit and the group commit; the group's, when another
+//!   process moved the partition on since.
+//! * **Commits.** After each durable sink commit the engine calls
+//!   [`Source::committed`]; the source commits those offsets to the group, for
+//!   the partitions it still owns only. librdkafka's auto-commit and offset
+//!   store are off.
+//! * **Revocation.** Before partitions are revoked, their durable offsets are
+//!   committed synchronously, while this process still owns them; a poll
+//!   interrupted by a rebalance drops what it read of revoked partitions.
+//!
+//! The consumer is polled on a blocking thread (librdkafka calls the
+//! rebalance callback from inside `poll`, and that callback does blocking
+//! broker calls).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use ferry_api::{
+    ConnectorError, Invalid, Partition, Position, Positions, Record, Source, SourceItem, Value,
+};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use crate::config::{Format, KafkaSourceConfig, Start, client_config};
+
+type Tp = (String, i32);
+
+/// What the consumer's rebalance callback and the source share.
+#[derive(Default)]
+struct Shared {
+    /// The next offset to read of each partition, known durable in the sink.
+    durable: Mutex<HashMap<Tp, i64>>,
+    /// The partitions this member owns now.
+    assigned: Mutex<HashSet<Tp>>,
+    /// Set by the rebalance callback: the poll in progress stops.
+    rebalanced: AtomicBool,
+}
+
+struct Ctx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka retries broker connections by itself; say so once per
+        // event rather than failing the pipeline.
+        tracing::warn!(error = %error, "kafka: {reason}");
+    }
+}
+
+fn tps(tpl: &TopicPartitionList) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        self.shared.rebalanced.store(true, Ordering::SeqCst);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let durable = self.shared.durable.lock().expect("not poisoned").clone();
+                let group = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
+                    Ok(group) => group,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka: reading the group's committed offsets");
+                        TopicPartitionList::new()
+                    }
+                };
+                let partitions = tps(tpl);
+                for (topic, partition) in &partitions {
+                    let committed =
+                        group
+                            .find_partition(topic, *partition)
+                            .and_then(|e| match e.offset() {
+                                Offset::Offset(n) => Some(n),
+                                _ => None,
+                            });
+                    let ours = durable.get(&(topic.clone(), *partition)).copied();
+                    if let Some(start) = committed.max(ours) {
+                        let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(start));
+                    }
+                    tracing::info!(topic, partition, ?committed, durable = ?ours, "kafka: partition assigned");
+                }
+                self.shared
+                    .assigned
+                    .lock()
+                    .expect("not poisoned")
+                    .extend(partitions);
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "kafka: assigning partitions");
+                }
+            }
+            _ => {
+                let revoked = if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    tps(tpl)
+                } else {
+                    tracing::warn!(?err, "kafka: rebalance error; giving up every partition");
+                    self.shared
+                        .assigned
+                        .lock()
+                        .expect("not poisoned")
+                        .iter()
+                        .cloned()
+                        .collect()
+                };
+                // Commit what is durable while the partitions are still ours.
+                let durable = self.shared.durable.lock().expect("not poisoned").clone();
+                let mut commit = TopicPartitionList::new();
+                for tp in &revoked {
+                    if let Some(n) = durable.get(tp) {
+                        let _ = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(*n));
+                    }
+                }
+                if commit.count() > 0
+                    && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
+                {
+                    tracing::warn!(error = %e, "kafka: committing offsets of revoked partitions");
+                }
+                let mut assigned = self.shared.assigned.lock().expect("not poisoned");
+                for tp in &revoked {
+                    assigned.remove(tp);
+                }
+                drop(assigned);
+                tracing::info!(partitions = ?revoked, "kafka: partitions revoked");
+                let result =
+                    if cooperative && err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                        consumer.incremental_unassign(tpl)
+                    } else {
+                        consumer.unassign()
+                    };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "kafka: revoking partitions");
+                }
+            }
+        }
+    }
+}
+
+/// Turns messages into records; lives on the polling thread.
+struct Converter {
+    format: Format,
+    partitions: HashMap<Tp, Arc<Partition>>,
+}
+
+fn text_or_base64(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Value::String(s.to_string()),
+        Err(_) => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+    }
+}
+
+impl Converter {
+    fn convert(&mut self, m: &BorrowedMessage<'_>) -> SourceItem {
+        let tp = (m.topic().to_string(), m.partition());
+        let partition = self
+            .partitions
+            .entry(tp)
+            .or_insert_with(|| {
+                Arc::new(Partition {
+                    key: format!("{}/{}", m.topic(), m.partition()),
+                    info: serde_json::json!({"topic": m.topic(), "partition": m.partition()}),
+                })
+            })
+            .clone();
+        // The offset to resume after this message.
+        let position = Position {
+            partition,
+            offset: Value::from(m.offset() + 1),
+        };
+        let payload = m.payload().unwrap_or_default();
+        let value = match self.format {
+            _ if m.payload().is_none() => Ok(Value::Null),
+            Format::Json => serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}")),
+            Format::Text => std::str::from_utf8(payload)
+                .map(|s| Value::String(s.to_string()))
+                .map_err(|e| format!("not UTF-8 text: {e}")),
+            Format::Bytes => Ok(Value::String(
+                base64::engine::general_purpose::STANDARD.encode(payload),
+            )),
+        };
+        match value {
+            Ok(value) => {
+                let mut r = Record::new(value, position);
+                r.key = m.key().map(text_or_base64);
+                r.timestamp_ms = m.timestamp().to_millis();
+                if let Some(headers) = m.headers() {
+                    r.headers = headers
+                        .iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect();
+                }
+                SourceItem::Record(r)
+            }
+            Err(error) => SourceItem::Invalid(Invalid {
+                raw: String::from_utf8_lossy(&payload[..payload.len().min(4096)]).into_owned(),
+                error,
+                position,
+            }),
+        }
+    }
+}
+
+pub(crate) struct KafkaSource {
+    config: KafkaSourceConfig,
+    group: String,
+    shared: Arc<Shared>,
+    consumer: Option<Arc<BaseConsumer<Ctx>>>,
+    converter: Option<Converter>,
+    /// The last poll had partitions and found nothing new in them.
+    caught_up: bool,
+}
+
+impl KafkaSource {
+    pub(crate) fn new(config: KafkaSourceConfig, pipeline: &str) -> Result<Self, ConnectorError> {
+        Ok(KafkaSource {
+            group: config.group(pipeline),
+            converter: Some(Converter {
+                format: config.format,
+                partitions: HashMap::new(),
+            }),
+            config,
+            shared: Arc::default(),
+            consumer: None,
+            caught_up: false,
+        })
+    }
+}
+
+/// `topic/partition` positions → (topic, partition, next offset).
+fn parse_position(p: &Position) -> Option<(Tp, i64)> {
+    let topic = p.partition.info.get("topic")?.as_str()?.to_string();
+    let partition = i32::try_from(p.partition.info.get("partition")?.as_i64()?).ok()?;
+    Some(((topic, partition), p.offset.as_i64()?))
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError> {
+        {
+            let mut durable = self.shared.durable.lock().expect("not poisoned");
+            for p in committed.iter() {
+                if let Some((tp, n)) = parse_position(p) {
+                    durable.insert(tp, n);
+                }
+            }
+        }
+        let mut c = client_config(&self.config.brokers, &self.config.options);
+        c.set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match self.config.start {
+                    Start::Earliest => "earliest",
+                    Start::Latest => "latest",
+                },
+            );
+        let consumer: BaseConsumer<Ctx> = c
+            .create_with_context(Ctx {
+                shared: self.shared.clone(),
+            })
+            .map_err(|e| ConnectorError::Fatal(format!("creating the Kafka consumer: {e}")))?;
+        let topics = self.config.subscription();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| ConnectorError::Fatal(format!("subscribing to {topics:?}: {e}")))?;
+        tracing::info!(group = %self.group, topics = ?topics, "kafka: joined the group");
+        self.consumer = Some(Arc::new(consumer));
+        Ok(())
+    }
+
+    async fn poll(&mut self, max: usize) -> Result<Vec<SourceItem>, ConnectorError> {
+        let consumer = self.consumer.clone().expect("polled after open");
+        let mut converter = self.converter.take().expect("one poll at a time");
+        let shared = self.shared.clone();
+        let (converter, result) = tokio::task::spawn_blocking(move || {
+            shared.rebalanced.store(false, Ordering::SeqCst);
+            let mut items = Vec::new();
+            let mut timeout = Duration::from_millis(500);
+            let mut error = None;
+            while items.len() < max {
+                match consumer.poll(timeout) {
+                    Some(Ok(m)) => items.push(converter.convert(&m)),
+                    Some(Err(e)) => {
+                        error = Some(e);
+                        break;
+                    }
+                    None => break,
+                }
+                if shared.rebalanced.load(Ordering::SeqCst) {
+                    break;
+                }
+                timeout = Duration::ZERO;
+            }
+            if shared.rebalanced.load(Ordering::SeqCst) {
+                // Read before a revocation: the next owner reads them again.
+                let assigned = shared.assigned.lock().expect("not poisoned");
+                items.retain(|it: &SourceItem| {
+                    parse_position(it.position()).is_some_and(|(tp, _)| assigned.contains(&tp))
+                });
+            }
+            (converter, (items, error))
+        })
+        .await
+        .map_err(|e| ConnectorError::Fatal(format!("the Kafka poll thread failed: {e}")))?;
+        self.converter = Some(converter);
+        let (items, error) = result;
+        self.caught_up = items.is_empty()
+            && error.is_none()
+            && !self.shared.rebalanced.load(Ordering::SeqCst)
+            && !self
+                .shared
+                .assigned
+                .lock()
+                .expect("not poisoned")
+                .is_empty();
+        if let Some(e) = error {
+            // Broker trouble shows here as well as in the error callback;
+            // librdkafka keeps retrying, so does the source.
+            if items.is_empty() {
+                tracing::warn!(error = %e, "kafka: consuming");
+            }
+        }
+        Ok(items)
+    }
+
+    /// Caught up once partitions are assigned and a poll found nothing in
+    /// them: joining a group takes seconds, and `--once` must not stop
+    /// before it has even started reading.
+    fn idle(&self) -> bool {
+        self.caught_up
+    }
+
+    /// Commits the durable offsets of the partitions still owned.
+    async fn committed(&mut self, positions: &Positions) -> Result<(), ConnectorError> {
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
+        let mut durable = self.shared.durable.lock().expect("not poisoned");
+        let assigned = self.shared.assigned.lock().expect("not poisoned");
+        let mut tpl = TopicPartitionList::new();
+        for p in positions.iter() {
+            if let Some((tp, n)) = parse_position(p) {
+                if assigned.contains(&tp) && durable.get(&tp) != Some(&n) {
+                    let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(n));
+                }
+                durable.insert(tp, n);
+            }
+        }
+        drop((durable, assigned));
+        if tpl.count() > 0 {
+            consumer.commit(&tpl, CommitMode::Async).map_err(|e| {
+                ConnectorError::Retriable(format!("committing offsets to the group: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            // Leaving the group runs the revocation (a blocking commit).
+            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        }
+    }
+}
