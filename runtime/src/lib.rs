@@ -236,37 +236,31 @@ pub async fn check_connections(pipelines: &[PipelineConfig]) -> Vec<String> {
 }
 
 /// Whether a pipeline is exactly-once, and why, in words for humans.
-pub fn delivery_guarantee(p: &PipelineConfig) -> (bool, String) {
+pub fn delivery_guarantee(p: &PipelineConfig) -> String {
     if !p.source.replayable() {
-        return (
-            false,
-            format!(
-                "at-least-once: the {} source cannot replay from a position",
-                p.source_type
-            ),
+        return format!(
+            "at-least-once: the {} source cannot replay from a position",
+            p.source_type
         );
     }
-    match p.sink.delivery() {
-        Delivery::Transactional => (
-            true,
-            format!(
-                "exactly-once: the {} sink commits the source positions together with the data",
-                p.sink_type
-            ),
+    let guarantee = match p.sink.delivery() {
+        Delivery::Transactional => format!(
+            "exactly-once: the {} sink commits the source positions together with the data",
+            p.sink_type
         ),
-        Delivery::Idempotent => (
-            true,
-            format!(
-                "exactly-once in effect: the {} sink writes with ids, so a replay overwrites",
-                p.sink_type
-            ),
+        Delivery::Idempotent => format!(
+            "exactly-once in effect: the {} sink writes with ids, so a replay overwrites",
+            p.sink_type
         ),
-        Delivery::AtLeastOnce => (
-            false,
-            format!(
+        Delivery::AtLeastOnce => {
+            return format!(
                 "at-least-once: after a crash the {} sink may receive again what it got since the last commit",
                 p.sink_type
-            ),
-        ),
+            );
+        }
+    };
+    match p.source.delivery_caveat() {
+        Some(caveat) => format!("{guarantee}; but {caveat}"),
+        None => guarantee,
     }
 }

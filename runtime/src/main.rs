@@ -154,10 +154,9 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             for p in &pipelines {
-                let (_, guarantee) = delivery_guarantee(p);
                 println!("ok   {}: {}", p.file.display(), p.name);
                 println!("     {} → {}", p.source.describe(), p.sink.describe());
-                println!("     {guarantee}");
+                println!("     {}", delivery_guarantee(p));
             }
             println!("{} pipeline(s) valid", pipelines.len());
             if !check_connections {

@@ -38,29 +38,6 @@ fn produce(d: &Path, topic: &str, tag: &str, count: u64) {
     assert!(status.success(), "{}", f.log_text());
 }
 
-/// Every `seq` of `tag` in `0..count` exactly once (any order: partitions
-/// interleave).
-fn check_each_once(records: &[serde_json::Value], tag: &str, count: u64) -> Vec<String> {
-    let mut seen = vec![0u32; count as usize];
-    let mut other = 0;
-    for r in records {
-        match (r["file"].as_str(), r["seq"].as_u64()) {
-            (Some(t), Some(s)) if t == tag && s < count => seen[s as usize] += 1,
-            _ => other += 1,
-        }
-    }
-    let lost = seen.iter().filter(|&&n| n == 0).count();
-    let duplicated = seen.iter().filter(|&&n| n > 1).count();
-    if lost + duplicated + other == 0 {
-        Vec::new()
-    } else {
-        vec![format!(
-            "{} records: {lost} lost, {duplicated} duplicated, {other} unexpected",
-            records.len()
-        )]
-    }
-}
-
 /// The sum of the next offsets the file sink's manifest holds: the number
 /// of messages committed when every partition starts at 0.
 fn committed_offsets(manifest: &Path) -> u64 {
@@ -73,6 +50,47 @@ fn committed_offsets(manifest: &Path) -> u64 {
     })
 }
 
+/// Records in the crash tests' topic.
+const CRASH_RECORDS: u64 = 100_000;
+
+/// Consumes `topic` into `sink` (a `sink:` section) with ferry SIGKILLed 8
+/// times at random points of `progress()`, then runs it again until
+/// `done()` (and half a second more: anything extra would show as a
+/// duplicate) and stops it with SIGTERM.
+fn consume_across_kills(
+    d: &Path,
+    topic: &str,
+    sink: &str,
+    progress: impl Fn() -> u64,
+    done: impl Fn() -> bool,
+) {
+    fs::write(
+        d.join("consume.yaml"),
+        format!(
+            "name: consume-{topic}\nsource:\n  type: kafka\n  brokers: ${{KAFKA_BROKERS}}\n  topics: [{topic}]\n{FAST_GROUP}{sink}delivery:\n  batch_size: 2000\n  flush_interval: 100ms\n"
+        ),
+    )
+    .unwrap();
+    let brokers = kafka_brokers();
+    for kill in 0..8 {
+        kill9_mid_run(
+            d,
+            "consume.yaml",
+            &[("KAFKA_BROKERS", &brokers)],
+            &progress,
+            CRASH_RECORDS,
+            (kill, 8),
+        );
+        eprintln!("kill {kill}: progress {}", progress());
+    }
+    let mut f = start(d, &["run", "consume.yaml"]);
+    let finished = wait_until(Duration::from_secs(120), &done);
+    std::thread::sleep(Duration::from_millis(500));
+    f.signal(libc::SIGTERM);
+    f.wait_for_exit(Duration::from_secs(30)).expect("stops");
+    assert!(finished, "never committed everything: {}", f.log_text());
+}
+
 /// generate → Kafka (100,000 records), then Kafka → file with ferry killed
 /// 8 times: the file sink keeps the positions, the source starts each
 /// partition at the further of the group's offset and the sink's, so the
@@ -82,41 +100,65 @@ fn kafka_to_file_exactly_once_across_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let topic = topic("crash");
-    produce(d, &topic, "k", 100_000);
-    fs::write(
-        d.join("consume.yaml"),
-        format!(
-            "name: consume\nsource:\n  type: kafka\n  brokers: ${{KAFKA_BROKERS}}\n  topics: [{topic}]\n{FAST_GROUP}sink:\n  type: file\n  path: out.jsonl\ndelivery:\n  batch_size: 2000\n  flush_interval: 100ms\n"
-        ),
-    )
-    .unwrap();
+    produce(d, &topic, "k", CRASH_RECORDS);
     let out = d.join("out.jsonl");
-    for kill in 0..8 {
-        let brokers = kafka_brokers();
-        kill9_mid_run(
-            d,
-            "consume.yaml",
-            &[("KAFKA_BROKERS", &brokers)],
-            || count_lines(&out) as u64,
-            100_000,
-            (kill, 8),
-        );
-        eprintln!("kill {kill}: {} lines", count_lines(&out));
-    }
-    // The last run until the sink's manifest says every offset is
-    // committed (the output's line count is no measure: a restart first cuts
-    // the uncommitted tail a killed run left).
-    let mut f = start(d, &["run", "consume.yaml"]);
-    let done = wait_until(Duration::from_secs(120), || {
-        committed_offsets(&d.join("out.jsonl.ferry-manifest")) >= 100_000
-    });
-    // A little longer: anything extra would show as a duplicate.
-    std::thread::sleep(Duration::from_millis(500));
-    f.signal(libc::SIGTERM);
-    f.wait_for_exit(Duration::from_secs(30)).expect("stops");
-    assert!(done, "never reached 100000 lines: {}", f.log_text());
-    let problems = check_each_once(&read_jsonl(&out), "k", 100_000);
+    // Done when the sink's manifest says every offset is committed (the
+    // output's line count is no measure: a restart first cuts the
+    // uncommitted tail a killed run left).
+    consume_across_kills(
+        d,
+        &topic,
+        "sink:\n  type: file\n  path: out.jsonl\n",
+        || count_lines(&out) as u64,
+        || committed_offsets(&d.join("out.jsonl.ferry-manifest")) >= CRASH_RECORDS,
+    );
+    let problems = check_each_once(&read_jsonl(&out), &[("k", CRASH_RECORDS)]);
     assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// The same into PostgreSQL, with no key on the table: only the positions
+/// committed in the rows' transaction keep a replay from inserting twice.
+#[test]
+fn kafka_to_postgres_exactly_once_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let topic = topic("pg");
+    let url = pg_url();
+    let table = format!("ferry_kafka_{}", fastrand::u32(..));
+    psql_at(
+        &url,
+        &format!("CREATE TABLE {table} (file text NOT NULL, seq bigint NOT NULL)"),
+    );
+    produce(d, &topic, "k", CRASH_RECORDS);
+    let rows = || {
+        psql_at(&url, &format!("SELECT count(*) FROM {table}"))
+            .parse::<u64>()
+            .unwrap()
+    };
+    consume_across_kills(
+        d,
+        &topic,
+        &format!("sink:\n  type: postgres\n  url: {url}\n  table: {table}\n"),
+        rows,
+        || rows() >= CRASH_RECORDS,
+    );
+    let summary = psql_at(
+        &url,
+        &format!(
+            "SELECT file || ':' || count(*) || ':' || count(DISTINCT seq) || ':' || min(seq) || ':' || max(seq) \
+             FROM {table} GROUP BY file"
+        ),
+    );
+    assert_eq!(
+        summary, "k:100000:100000:0:99999",
+        "rows: file:count:distinct:min:max"
+    );
+    psql_at(
+        &url,
+        &format!(
+            "DROP TABLE {table}; DELETE FROM ferry_offsets WHERE pipeline = 'consume-{topic}'"
+        ),
+    );
 }
 
 /// Messages that are not JSON: with `tolerance: all` they go to the

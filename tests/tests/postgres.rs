@@ -24,9 +24,31 @@ fn drop_tables(tables: &[&str], pipelines: &[&str]) {
     ));
 }
 
+/// A PG_URL whose connections carry `application_name`: the second value,
+/// by which a test finds exactly them to terminate.
+fn tagged_url(table: &str) -> (String, String) {
+    let app = format!("ferry_{table}");
+    (format!("{}?application_name={app}", pg_url()), app)
+}
+
+/// Terminates every connection of `app` (pg_terminate_backend); returns
+/// how many there were.
+fn terminate(app: &str) -> u32 {
+    psql(&format!(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}') t"
+    ))
+    .parse()
+    .unwrap()
+}
+
+/// Starts ferry in `d` with PG_URL set to the test server.
+fn start(d: &std::path::Path, args: &[&str]) -> Ferry {
+    Ferry::start_with_env(d, args, &[("PG_URL", &pg_url())])
+}
+
 /// Runs `--once` and returns the log; fails on a non-zero exit.
 fn run_once(d: &std::path::Path, config: &str) -> String {
-    let mut f = Ferry::start_with_env(d, &["run", "--once", config], &[("PG_URL", &pg_url())]);
+    let mut f = start(d, &["run", "--once", config]);
     let status = f.wait_for_exit(Duration::from_secs(180)).expect("finishes");
     assert!(status.success(), "{}", f.log_text());
     f.log_text()
@@ -180,7 +202,7 @@ fn a_missing_table_is_a_clear_error() {
         "name: missing\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: postgres\n  url: ${PG_URL}\n  table: no_such_table_here\n",
     )
     .unwrap();
-    let mut f = Ferry::start_with_env(d, &["run", "--once", "pg.yaml"], &[("PG_URL", &pg_url())]);
+    let mut f = start(d, &["run", "--once", "pg.yaml"]);
     let status = f.wait_for_exit(Duration::from_secs(30)).expect("exits");
     assert_eq!(status.code(), Some(1), "{}", f.log_text());
     assert!(
@@ -272,7 +294,7 @@ fn a_refused_row_with_tolerance_none_stops_the_pipeline_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let table = bad_rows_setup(d, "none", "none");
-    let mut f = Ferry::start_with_env(d, &["run", "--once", "pg.yaml"], &[("PG_URL", &pg_url())]);
+    let mut f = start(d, &["run", "--once", "pg.yaml"]);
     let status = f.wait_for_exit(Duration::from_secs(60)).expect("exits");
     assert_eq!(status.code(), Some(1), "{}", f.log_text());
     let log = f.log_text();
@@ -478,8 +500,7 @@ fn connections_terminated_mid_run_recover_by_themselves() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let table = format!("ferry_term_{}", fastrand::u32(..));
-    let app = format!("ferry_{table}");
-    let url = format!("{}?application_name={app}", pg_url());
+    let (url, app) = tagged_url(&table);
     psql(&format!(
         "CREATE TABLE {table} (id bigserial PRIMARY KEY, file text NOT NULL, seq bigint NOT NULL, pad text)"
     ));
@@ -508,11 +529,7 @@ fn connections_terminated_mid_run_recover_by_themselves() {
     let mut terminated = 0;
     for _ in 0..12 {
         std::thread::sleep(Duration::from_millis(fastrand::u64(100..400)));
-        terminated += psql(&format!(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}') t"
-        ))
-        .parse::<u32>()
-        .unwrap();
+        terminated += terminate(&app);
     }
     let done = wait_until(Duration::from_secs(120), || {
         count_lines(&d.join("out.jsonl")) >= 100_000
@@ -690,8 +707,7 @@ fn a_sink_failure_while_the_source_is_idle_restarts_the_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let table = format!("ferry_idle_{}", fastrand::u32(..));
-    let app = format!("ferry_{table}");
-    let url = format!("{}?application_name={app}", pg_url());
+    let (url, app) = tagged_url(&table);
     psql(&format!(
         "CREATE TABLE {table} (file text NOT NULL, seq bigint NOT NULL, pad text)"
     ));
@@ -712,12 +728,7 @@ fn a_sink_failure_while_the_source_is_idle_restarts_the_pipeline() {
         f.log_text()
     );
     // The sink's idle connection dies; it finds out at its next write.
-    assert_eq!(
-        psql(&format!(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}') t"
-        )),
-        "1"
-    );
+    assert_eq!(terminate(&app), 1);
     let mut more = String::new();
     for seq in 10..20 {
         more.push_str(&test_line("a", seq, 100));

@@ -97,6 +97,12 @@ pub trait SourceConfig: Send + Sync + fmt::Debug {
         true
     }
 
+    /// Where this source, as configured, weakens an otherwise exactly-once
+    /// pipeline, in words for `ferry validate`; `None` when it does not.
+    fn delivery_caveat(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Creates the source. May do I/O (open files, connect); spawns no tasks.
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError>;
 

@@ -92,11 +92,17 @@ pub trait Source: Send {
     async fn close(&mut self) {}
 }
 
+/// A commit in flight (see [`Sink::start_commit`]): resolves when durable.
+pub type PendingCommit = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), ConnectorError>> + Send + 'static>,
+>;
+
 /// Writes records to an external system.
 ///
 /// Lifecycle: [`open`](Sink::open) once; then any number of
-/// [`write`](Sink::write) calls followed by one [`commit`](Sink::commit),
-/// over and over, from a single task; then [`close`](Sink::close).
+/// [`write`](Sink::write) calls followed by one [`commit`](Sink::commit) (or
+/// [`start_commit`](Sink::start_commit)), over and over, from a single task;
+/// then [`close`](Sink::close).
 ///
 /// Failure model: when `write` or `commit` returns an error the runtime drops
 /// the sink, and — for a retriable error, after a backoff — builds a new one,
@@ -105,11 +111,6 @@ pub trait Source: Send {
 /// harmless: a transactional sink discards what it wrote after its last
 /// commit (in `open`, or by never committing it), an idempotent one
 /// overwrites it.
-/// A commit in flight (see [`Sink::start_commit`]): resolves when durable.
-pub type PendingCommit = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(), ConnectorError>> + Send + 'static>,
->;
-
 #[async_trait]
 pub trait Sink: Send {
     /// Called once before the first write. A transactional sink returns the

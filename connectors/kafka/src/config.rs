@@ -171,14 +171,26 @@ impl SourceConfig for KafkaSourceConfig {
             Some(p) => format!("topics matching {p}"),
             None => self.topics.join(", "),
         };
-        format!("kafka {what} at {} ({:?})", self.brokers, self.format).to_lowercase()
+        let format = match self.format {
+            Format::Json => "json",
+            Format::Text => "text",
+            Format::Bytes => "bytes",
+        };
+        format!("kafka {what} at {} ({format})", self.brokers)
+    }
+
+    fn delivery_caveat(&self) -> Option<&'static str> {
+        Some(
+            "at-least-once across a rebalance between daemons of one group: records of a revoked partition \
+             already in the pipeline may also be read by the next owner",
+        )
     }
 
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
         Ok(Box::new(crate::source::KafkaSource::new(
             self.clone(),
             &ctx.pipeline,
-        )?))
+        )))
     }
 
     async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
@@ -258,7 +270,7 @@ impl SinkConfig for KafkaSinkConfig {
     }
 
     async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
-        Ok(Box::new(crate::sink::KafkaSink::new(self.clone())?))
+        Ok(Box::new(crate::sink::KafkaSink::new(self.clone())))
     }
 
     async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {

@@ -20,11 +20,11 @@ pub(crate) struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub(crate) fn new(config: KafkaSinkConfig) -> Result<Self, ConnectorError> {
-        Ok(KafkaSink {
+    pub(crate) fn new(config: KafkaSinkConfig) -> Self {
+        KafkaSink {
             config,
             producer: None,
-        })
+        }
     }
 
     fn payload(&self, v: &Value) -> Vec<u8> {
@@ -80,10 +80,10 @@ impl Sink for KafkaSink {
         let mut rejected = Vec::new();
         let mut pending: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(batch.len());
         for (i, r) in batch.iter().enumerate() {
-            let topic = match &self.config.topic {
-                TopicSpec::Static(t) => t.clone(),
+            let topic: &str = match &self.config.topic {
+                TopicSpec::Static(t) => t,
                 TopicSpec::Field { field } => match r.value.get(field) {
-                    Some(Value::String(t)) if !t.is_empty() => t.clone(),
+                    Some(Value::String(t)) if !t.is_empty() => t,
                     _ => {
                         rejected.push(Rejected {
                             index: i,
@@ -101,7 +101,7 @@ impl Sink for KafkaSink {
             };
             let payload = self.payload(&r.value);
             let mut record: FutureRecord<'_, String, Vec<u8>> =
-                FutureRecord::to(&topic).payload(&payload);
+                FutureRecord::to(topic).payload(&payload);
             if let Some(k) = &key {
                 record = record.key(k);
             }
@@ -110,7 +110,6 @@ impl Sink for KafkaSink {
             }
             // A full local queue waits for deliveries to make room: memory
             // stays bounded by librdkafka's queue.buffering.max settings.
-            let mut record = record;
             loop {
                 match producer.send_result(record) {
                     Ok(delivery) => {

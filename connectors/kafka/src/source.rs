@@ -199,14 +199,17 @@ impl Converter {
             offset: Value::from(m.offset() + 1),
         };
         let payload = m.payload().unwrap_or_default();
-        let value = match self.format {
-            _ if m.payload().is_none() => Ok(Value::Null),
-            Format::Json => serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}")),
-            Format::Text => std::str::from_utf8(payload)
+        let value = match (m.payload(), self.format) {
+            // A tombstone (no payload at all).
+            (None, _) => Ok(Value::Null),
+            (Some(p), Format::Json) => {
+                serde_json::from_slice(p).map_err(|e| format!("not JSON: {e}"))
+            }
+            (Some(p), Format::Text) => std::str::from_utf8(p)
                 .map(|s| Value::String(s.to_string()))
                 .map_err(|e| format!("not UTF-8 text: {e}")),
-            Format::Bytes => Ok(Value::String(
-                base64::engine::general_purpose::STANDARD.encode(payload),
+            (Some(p), Format::Bytes) => Ok(Value::String(
+                base64::engine::general_purpose::STANDARD.encode(p),
             )),
         };
         match value {
@@ -242,8 +245,8 @@ pub(crate) struct KafkaSource {
 }
 
 impl KafkaSource {
-    pub(crate) fn new(config: KafkaSourceConfig, pipeline: &str) -> Result<Self, ConnectorError> {
-        Ok(KafkaSource {
+    pub(crate) fn new(config: KafkaSourceConfig, pipeline: &str) -> Self {
+        KafkaSource {
             group: config.group(pipeline),
             converter: Some(Converter {
                 format: config.format,
@@ -253,7 +256,7 @@ impl KafkaSource {
             shared: Arc::default(),
             consumer: None,
             caught_up: false,
-        })
+        }
     }
 }
 

@@ -89,6 +89,9 @@ fn default_offsets_table() -> String {
     "public.ferry_offsets".to_string()
 }
 
+/// What a table name that is not a plain `table` or `schema.table` gets told.
+const TABLE_NAME: &str = "must be `table` or `schema.table` (letters, digits, _)";
+
 /// `schema.table` → (schema, table), both validated as plain identifiers.
 pub(crate) fn split_table(name: &str) -> Option<(String, String)> {
     let (schema, table) = name.split_once('.').unwrap_or(("public", name));
@@ -123,16 +126,10 @@ impl SinkConfig for PostgresSinkConfig {
         let mut problems = Vec::new();
         check_url(&self.url, &mut problems);
         if split_table(&self.table).is_none() {
-            problems.push(ConfigProblem::at(
-                "table",
-                "must be `table` or `schema.table` (letters, digits, _)",
-            ));
+            problems.push(ConfigProblem::at("table", TABLE_NAME));
         }
         if split_table(&self.offsets_table).is_none() {
-            problems.push(ConfigProblem::at(
-                "offsets_table",
-                "must be `table` or `schema.table` (letters, digits, _)",
-            ));
+            problems.push(ConfigProblem::at("offsets_table", TABLE_NAME));
         }
         match self.mode {
             Mode::Upsert if self.key.is_empty() => problems.push(ConfigProblem::at(
@@ -327,10 +324,9 @@ impl SourceConfig for PostgresSourceConfig {
                 "table",
                 "is required (or give a `query`)",
             )),
-            (Some(t), None) if split_table(t).is_none() => problems.push(ConfigProblem::at(
-                "table",
-                "must be `table` or `schema.table` (letters, digits, _)",
-            )),
+            (Some(t), None) if split_table(t).is_none() => {
+                problems.push(ConfigProblem::at("table", TABLE_NAME))
+            }
             (None, Some(q)) if !q.trim_start().to_ascii_lowercase().starts_with("select") => {
                 problems.push(ConfigProblem::at("query", "must be a SELECT"))
             }

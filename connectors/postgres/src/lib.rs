@@ -1,11 +1,11 @@
 //! # ferry-connector-postgres — PostgreSQL source and sink
 //!
 //! **Sink** (`type: postgres`): exactly-once by transaction. Everything
-//! written between two commits goes into one PostgreSQL transaction: each
-//! chunk is streamed with `COPY … FROM STDIN` into a temporary staging table
-//! and moved into the target with one `INSERT … SELECT` (for `mode: upsert`,
-//! `ON CONFLICT (key) DO UPDATE`, keeping the last record of each key). The
-//! commit upserts the pipeline's source positions into a ferry offsets table
+//! written between two commits goes into one PostgreSQL transaction, streamed
+//! with one `COPY … FROM STDIN`: straight into the table for `mode: insert`,
+//! and for `mode: upsert` too until a key already exists, then through a
+//! temporary staging table and `INSERT … ON CONFLICT (key) DO UPDATE`
+//! (keeping the last record of each key; see `sink.rs`). The commit upserts the pipeline's source positions into a ferry offsets table
 //! (`ferry_offsets` by default) *in the same transaction*, then `COMMIT`s. On
 //! open the sink reads its positions back from there, so after any crash the
 //! source resumes exactly after the last committed row — with or without a

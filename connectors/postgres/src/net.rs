@@ -10,9 +10,21 @@
 //! process bound to that port is ours. Over a Unix socket there is nothing to
 //! do. Remove this once a sqlx release sets the option itself.
 
-use sqlx::PgConnection;
+use ferry_api::ConnectorError;
+use sqlx::{Connection, PgConnection};
 
-pub(crate) async fn set_nodelay(conn: &mut PgConnection) {
+use crate::sink::db_error;
+
+/// A new connection, with Nagle's algorithm off.
+pub(crate) async fn connect(url: &str) -> Result<PgConnection, ConnectorError> {
+    let mut conn = PgConnection::connect(url)
+        .await
+        .map_err(|e| db_error("connecting to PostgreSQL", e))?;
+    set_nodelay(&mut conn).await;
+    Ok(conn)
+}
+
+async fn set_nodelay(conn: &mut PgConnection) {
     let port: Option<i32> = match sqlx::query_scalar("SELECT inet_client_port()")
         .fetch_one(conn)
         .await

@@ -19,17 +19,17 @@
 //! then replayed once with a savepoint per chunk, splitting chunks until
 //! the refused rows stand alone, and those are reported as rejected.
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
+use bytes::Bytes;
 use ferry_api::{
     ConnectorError, PendingCommit, Position, Positions, Record, Rejected, Sink, Value,
 };
 // Every dynamic SQL string here interpolates only identifiers that were
 // validated as plain names and are quoted; values are bound.
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU32, AtomicUsize};
-use std::sync::{Arc, Mutex};
-
-use bytes::Bytes;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
 use crate::config::{Columns, Mode, PostgresSinkConfig, split_table};
@@ -85,20 +85,18 @@ pub(crate) struct PostgresSink {
 struct CopyStream {
     /// The columns the COPY was started with.
     cols: Vec<(String, String, bool)>,
-    columns: String,
     /// Where the rows go: an upsert streams into the staging table, or
     /// (optimistically) straight into the target under a savepoint.
-    into: Into,
+    dest: Dest,
     /// A direct upsert keeps what it sent, to move it through the staging
     /// table if the target already holds one of its keys.
     sent: Vec<Bytes>,
-    sent_len: usize,
     rows: tokio::sync::mpsc::Sender<Bytes>,
     task: tokio::task::JoinHandle<(PgConnection, Result<(), sqlx::Error>)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
-enum Into {
+enum Dest {
     /// `mode: insert`.
     Target,
     /// `mode: upsert`, betting that no key exists yet: as fast as an insert.
@@ -152,12 +150,22 @@ async fn exec(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// One COPY of already encoded rows, waiting for the server.
+async fn copy_in(conn: &mut PgConnection, copy: &str, chunks: &[Bytes]) -> Result<(), sqlx::Error> {
+    let mut copy_in = conn.copy_in_raw(copy).await?;
+    for chunk in chunks {
+        copy_in.send(chunk.as_ref()).await?;
+    }
+    copy_in.finish().await?;
+    Ok(())
+}
+
 /// Ends a COPY stream and takes its connection back; for upserts, moves
 /// the staged rows into the target. A direct upsert that met an existing
 /// key is rolled back to its savepoint and goes through the staging table.
 async fn finish(f: Finish) -> Result<(PgConnection, Result<(), sqlx::Error>), ConnectorError> {
     let CopyStream {
-        into,
+        dest,
         sent,
         rows,
         task,
@@ -167,18 +175,14 @@ async fn finish(f: Finish) -> Result<(PgConnection, Result<(), sqlx::Error>), Co
     let (mut conn, mut result) = task
         .await
         .map_err(|e| ConnectorError::Fatal(format!("the COPY task failed: {e}")))?;
-    match (into, &result) {
-        (Into::Stage, Ok(())) => result = exec(&mut conn, &f.move_staged).await,
-        (Into::TargetUnlessConflict, Ok(())) => f.adapt.direct_worked(),
-        (Into::TargetUnlessConflict, Err(e)) if is_unique_violation(e) => {
+    match (dest, &result) {
+        (Dest::Stage, Ok(())) => result = exec(&mut conn, &f.move_staged).await,
+        (Dest::TargetUnlessConflict, Ok(())) => f.adapt.direct_worked(),
+        (Dest::TargetUnlessConflict, Err(e)) if is_unique_violation(e) => {
             f.adapt.conflicted();
             result = async {
                 exec(&mut conn, "ROLLBACK TO SAVEPOINT ferry_copy").await?;
-                let mut copy_in = conn.copy_in_raw(&f.stage_copy).await?;
-                for chunk in &sent {
-                    copy_in.send(chunk.as_ref()).await?;
-                }
-                copy_in.finish().await?;
+                copy_in(&mut conn, &f.stage_copy, &sent).await?;
                 exec(&mut conn, &f.move_staged).await
             }
             .await;
@@ -299,11 +303,7 @@ impl PostgresSink {
     }
 
     pub(crate) async fn connect(&mut self) -> Result<(), ConnectorError> {
-        let mut conn = PgConnection::connect(&self.config.url)
-            .await
-            .map_err(|e| db_error("connecting to PostgreSQL", e))?;
-        crate::net::set_nodelay(&mut conn).await;
-        self.conn = Some(conn);
+        self.conn = Some(crate::net::connect(&self.config.url).await?);
         Ok(())
     }
 
@@ -457,11 +457,9 @@ impl PostgresSink {
     }
 
     async fn execute(&mut self, context: &str, sql: &str) -> Result<(), ConnectorError> {
-        sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
-            .execute(self.conn())
+        exec(self.conn(), sql)
             .await
-            .map_err(|e| db_error(context, e))?;
-        Ok(())
+            .map_err(|e| db_error(context, e))
     }
 
     /// Sets savepoint `name`. Round trips cost more than the statements
@@ -553,19 +551,17 @@ impl PostgresSink {
         if cols.is_empty() {
             return Ok(());
         }
-        let col_list = column_list(&cols);
-        if self.stream.as_ref().is_some_and(|s| s.columns != col_list) {
+        if self.stream.as_ref().is_some_and(|s| s.cols != cols) {
             self.finish_stream().await?;
         }
         if self.stream.is_none() {
-            self.open_stream(cols, col_list).await?;
+            self.open_stream(cols).await?;
         }
         let mut buf = Vec::with_capacity(rows.len() * 128);
         Self::encode_rows(rows, &self.stream.as_ref().expect("open").cols, &mut buf);
         let buf = Bytes::from(buf);
         let stream = self.stream.as_mut().expect("just opened");
-        if stream.into == Into::TargetUnlessConflict {
-            stream.sent_len += buf.len();
+        if stream.dest == Dest::TargetUnlessConflict {
             stream.sent.push(buf.clone());
         }
         // A closed channel means the COPY already ended with an error:
@@ -576,7 +572,7 @@ impl PostgresSink {
                 "the COPY stream ended before its rows were sent".into(),
             ));
         }
-        if stream.sent_len >= SENT_MAX {
+        if stream.sent.iter().map(Bytes::len).sum::<usize>() >= SENT_MAX {
             self.finish_stream().await?;
         }
         Ok(())
@@ -586,21 +582,20 @@ impl PostgresSink {
     async fn open_stream(
         &mut self,
         cols: Vec<(String, String, bool)>,
-        columns: String,
     ) -> Result<(), ConnectorError> {
-        let into = match self.config.mode {
-            Mode::Insert => Into::Target,
-            Mode::Upsert if self.adapt.staged() => Into::Stage,
-            Mode::Upsert => Into::TargetUnlessConflict,
+        let dest = match self.config.mode {
+            Mode::Insert => Dest::Target,
+            Mode::Upsert if self.adapt.staged() => Dest::Stage,
+            Mode::Upsert => Dest::TargetUnlessConflict,
         };
-        if into == Into::TargetUnlessConflict {
+        if dest == Dest::TargetUnlessConflict {
             // The savepoint a conflict rolls back to.
             self.next_savepoint("ferry_copy", self.copy_savepoint)
                 .await?;
             self.copy_savepoint = true;
         }
         let mut conn = self.conn.take().expect("used after open");
-        let copy = self.copy_statement(&columns, into == Into::Stage);
+        let copy = self.copy_statement(&column_list(&cols), dest == Dest::Stage);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
         let task = tokio::spawn(async move {
             let result = async {
@@ -616,10 +611,8 @@ impl PostgresSink {
         });
         self.stream = Some(CopyStream {
             cols,
-            columns,
-            into,
+            dest,
             sent: Vec::new(),
-            sent_len: 0,
             rows: tx,
             task,
         });
@@ -629,7 +622,7 @@ impl PostgresSink {
     /// What finishing `stream` needs, owned.
     fn finish_plan(&self, stream: CopyStream) -> Finish {
         Finish {
-            stage_copy: self.copy_statement(&stream.columns, true),
+            stage_copy: self.copy_statement(&column_list(&stream.cols), true),
             move_staged: self.move_statement(&stream.cols),
             stream,
             adapt: self.adapt.clone(),
@@ -653,34 +646,6 @@ impl PostgresSink {
         })
     }
 
-    /// COPYs already encoded rows into the target or the staging table,
-    /// and waits for the server.
-    async fn copy_chunks(
-        &mut self,
-        cols: &[(String, String, bool)],
-        chunks: &[Bytes],
-        stage: bool,
-    ) -> Result<(), sqlx::Error> {
-        let copy = self.copy_statement(&column_list(cols), stage);
-        let mut copy_in = self.conn().copy_in_raw(&copy).await?;
-        for chunk in chunks {
-            copy_in.send(chunk.as_ref()).await?;
-        }
-        copy_in.finish().await?;
-        Ok(())
-    }
-
-    /// Upserts: COPYs encoded rows into the staging table and moves them
-    /// into the target.
-    async fn stage_and_move(
-        &mut self,
-        cols: &[(String, String, bool)],
-        chunks: &[Bytes],
-    ) -> Result<(), sqlx::Error> {
-        self.copy_chunks(cols, chunks, true).await?;
-        self.move_staged(cols).await
-    }
-
     /// The careful way, one chunk under a savepoint: COPYs `rows` into the
     /// target (insert) or through the staging table (upsert).
     async fn copy_rows(&mut self, rows: &[Record]) -> Result<(), sqlx::Error> {
@@ -690,12 +655,13 @@ impl PostgresSink {
         }
         let mut buf = Vec::with_capacity(rows.len() * 128);
         Self::encode_rows(rows, &cols, &mut buf);
-        let chunk = [Bytes::from(buf)];
-        if self.config.mode == Mode::Upsert {
-            self.stage_and_move(&cols, &chunk).await
-        } else {
-            self.copy_chunks(&cols, &chunk, false).await
+        let upsert = self.config.mode == Mode::Upsert;
+        let copy = self.copy_statement(&column_list(&cols), upsert);
+        copy_in(self.conn(), &copy, &[Bytes::from(buf)]).await?;
+        if upsert {
+            self.move_staged(&cols).await?;
         }
+        Ok(())
     }
 
     /// Upserts: moves the staged rows into the target with one `INSERT …

@@ -207,10 +207,7 @@ impl PostgresSource {
 impl Source for PostgresSource {
     async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError> {
         let origin = self.config.origin();
-        let mut conn = PgConnection::connect(&self.config.url)
-            .await
-            .map_err(|e| db_error("connecting to PostgreSQL", e))?;
-        crate::net::set_nodelay(&mut conn).await;
+        let mut conn = crate::net::connect(&self.config.url).await?;
         // UTC, so timestamps come out as RFC 3339 with +00:00 and cursor
         // values round-trip exactly.
         sqlx::raw_sql("SET TIME ZONE 'UTC'")
