@@ -32,7 +32,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_api::{BuildContext, ConnectorError, Positions, Record, Sink, Source, SourceItem, Value};
+use ferry_api::{
+    BuildContext, ConnectorError, Flush, FlushRequest, FlushRequests, Flushed, Positions, Record,
+    Sink, Source, SourceItem, Value,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{PipelineConfig, Tolerance};
@@ -231,6 +234,8 @@ async fn run_attempt(
         .build(&ctx)
         .await
         .map_err(|e| PipelineError::connector("opening the source", e))?;
+    let (flush, flush_requests) = Flush::channel();
+    source.attach_flush(flush);
     source
         .open(&positions)
         .await
@@ -275,8 +280,11 @@ async fn run_attempt(
         commits: commits_tx,
         in_flight: None,
     };
-    let written = writer.run(rx).await;
+    // The flush requests go with the writer: a source asking for a flush
+    // once it is gone (leaving its group in `close`) learns so at once.
+    let written = writer.run(rx, flush_requests).await;
     let committed = writer.commits.borrow().clone();
+    drop(writer);
     // The writer dropped the channel: the reader stops at its next turn.
     let (read, source) = match reader.await {
         Ok((result, source)) => (result, Some(source)),
@@ -378,11 +386,16 @@ enum Next {
     Items(Option<Vec<SourceItem>>),
     FlushDue,
     Durable(Result<Result<(), ConnectorError>, tokio::task::JoinError>),
+    Flush(Option<FlushRequest>),
 }
 
 impl Writer<'_> {
-    async fn run(&mut self, rx: mpsc::Receiver<Vec<SourceItem>>) -> Result<(), PipelineError> {
-        let result = self.run_inner(rx).await;
+    async fn run(
+        &mut self,
+        rx: mpsc::Receiver<Vec<SourceItem>>,
+        flushes: FlushRequests,
+    ) -> Result<(), PipelineError> {
+        let result = self.run_inner(rx, flushes).await;
         // A commit still in flight must settle before this attempt ends: a
         // restart reads the positions back from the sink, and a commit
         // landing after that read would make its records replay.
@@ -395,7 +408,9 @@ impl Writer<'_> {
     async fn run_inner(
         &mut self,
         mut rx: mpsc::Receiver<Vec<SourceItem>>,
+        mut flushes: FlushRequests,
     ) -> Result<(), PipelineError> {
+        let mut flushes_open = true;
         loop {
             let due = self
                 .open
@@ -416,9 +431,33 @@ impl Writer<'_> {
                     }
                 } => Next::FlushDue,
                 result = durable => Next::Durable(result),
+                request = flushes.recv(), if flushes_open => Next::Flush(request),
             };
             match next {
                 Next::FlushDue => self.commit().await?,
+                Next::Flush(None) => flushes_open = false,
+                Next::Flush(Some(request)) => {
+                    // The source waits, blocked inside its poll, so what is
+                    // queued now is everything it handed over. An error drops
+                    // the request: the source learns nothing was promised.
+                    let mut items = Vec::new();
+                    while let Ok(more) = rx.try_recv() {
+                        items.extend(more);
+                    }
+                    if !items.is_empty() {
+                        self.write(items).await?;
+                    }
+                    self.commit().await?;
+                    let shared =
+                        self.sink.shared_positions().await.map_err(|e| {
+                            PipelineError::connector("reading the sink's positions", e)
+                        })?;
+                    tracing::debug!(pipeline = %self.p.name, "flushed for the source");
+                    request.reply(Ok(Flushed {
+                        committed: self.commits.borrow().clone(),
+                        shared,
+                    }));
+                }
                 Next::Durable(result) => {
                     let f = self.in_flight.take().expect("was in flight");
                     self.durable(f.open, result)?;

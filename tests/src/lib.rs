@@ -361,3 +361,37 @@ pub fn psql_at(url: &str, sql: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Creates `topic` with `partitions` partitions (the admin API).
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .expect("create_topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+/// The sum of the next offsets the file sink's manifest holds: the number
+/// of messages committed when every partition starts at 0.
+pub fn committed_offsets(manifest: &Path) -> u64 {
+    let Ok(text) = fs::read_to_string(manifest) else {
+        return 0;
+    };
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    m["positions"].as_object().map_or(0, |ps| {
+        ps.values().filter_map(|p| p["offset"].as_u64()).sum()
+    })
+}

@@ -37,6 +37,7 @@
 
 mod config;
 mod error;
+mod flush;
 pub mod fs;
 mod record;
 
@@ -45,6 +46,7 @@ pub use config::{
     SourceConfig, SourcePlugin, deserialize,
 };
 pub use error::ConnectorError;
+pub use flush::{Flush, FlushRequest, FlushRequests, Flushed};
 pub use record::{Invalid, Partition, Position, Positions, Record, SourceItem, Value};
 
 use async_trait::async_trait;
@@ -87,6 +89,13 @@ pub trait Source: Send {
     async fn committed(&mut self, _positions: &Positions) -> Result<(), ConnectorError> {
         Ok(())
     }
+
+    /// Called once before [`open`](Source::open) with a handle through
+    /// which the source can have everything it handed over made durable at
+    /// once, and learn the positions a shared sink holds (see [`Flush`]). A
+    /// source whose partitions can move to another process (a Kafka consumer
+    /// group) keeps it; others ignore it.
+    fn attach_flush(&mut self, _flush: Flush) {}
 
     /// Called once when the pipeline stops, after the last commit.
     async fn close(&mut self) {}
@@ -146,6 +155,17 @@ pub trait Sink: Send {
     ) -> Result<PendingCommit, ConnectorError> {
         self.commit(positions).await?;
         Ok(Box::pin(std::future::ready(Ok(()))))
+    }
+
+    /// The positions this sink's storage holds now for the pipeline,
+    /// *including those written by other processes* running the same
+    /// pipeline into the same storage (a file sink: the manifest of every
+    /// member's output in the same directory), one set per writer. Asked when
+    /// a partition moves to this process, so that it resumes where the
+    /// previous owner's sink stopped even if that owner died before telling
+    /// anyone. The default: none besides the runtime's own.
+    async fn shared_positions(&mut self) -> Result<Vec<Positions>, ConnectorError> {
+        Ok(Vec::new())
     }
 
     /// Called once when the pipeline stops or is restarted.

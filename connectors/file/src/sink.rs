@@ -208,6 +208,40 @@ impl Sink for FileSink {
         .await
         .map_err(|e| ConnectorError::Fatal(format!("file sink commit panicked: {e}")))?
     }
+
+    /// Every manifest of this pipeline in the output's directory: when
+    /// several ferry processes share a Kafka group and write their outputs
+    /// side by side (`path: out/orders-${HOSTNAME}.jsonl`), a partition
+    /// moving to this process resumes where the previous owner's output
+    /// ends, even if that owner died before committing to the group.
+    async fn shared_positions(&mut self) -> Result<Vec<Positions>, ConnectorError> {
+        if !self.config.transactional {
+            return Ok(Vec::new());
+        }
+        let dir = ferry_api::fs::parent_dir(&self.config.path).to_path_buf();
+        let pipeline = self.pipeline.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<Positions>, ConnectorError> {
+            let entries = fs::read_dir(&dir)
+                .map_err(|e| ConnectorError::io(format!("listing {}", dir.display()), e))?;
+            let mut found = Vec::new();
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if !path.to_string_lossy().ends_with(".ferry-manifest") {
+                    continue;
+                }
+                // Another pipeline's manifest, or one being replaced right
+                // now: not ours to read.
+                let Ok(bytes) = fs::read(&path) else { continue };
+                match serde_json::from_slice::<Manifest>(&bytes) {
+                    Ok(m) if m.pipeline == pipeline => found.push(m.positions),
+                    _ => {}
+                }
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(|e| ConnectorError::Fatal(format!("reading manifests panicked: {e}")))?
+    }
 }
 
 fn write_manifest(path: &Path, bytes: &[u8]) -> Result<(), ConnectorError> {

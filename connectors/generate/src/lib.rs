@@ -167,6 +167,13 @@ impl Source for GenerateSource {
         self.next += n;
         Ok(items)
     }
+
+    /// Idle only once every record was produced: with a `rate`, an empty
+    /// poll just means the next record is not due yet, and `--once` must
+    /// not stop there.
+    fn idle(&self) -> bool {
+        self.next >= self.end()
+    }
 }
 
 /// The `generate` source, for the runtime's registry.

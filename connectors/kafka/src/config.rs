@@ -181,8 +181,8 @@ impl SourceConfig for KafkaSourceConfig {
 
     fn delivery_caveat(&self) -> Option<&'static str> {
         Some(
-            "at-least-once across a rebalance between daemons of one group: records of a revoked partition \
-             already in the pipeline may also be read by the next owner",
+            "across daemons of one group only when every member's sink keeps its positions where the \
+             others read them (file outputs in one directory, one PostgreSQL database)",
         )
     }
 

@@ -12,9 +12,17 @@
 //!   [`Source::committed`]; the source commits those offsets to the group, for
 //!   the partitions it still owns only. librdkafka's auto-commit and offset
 //!   store are off.
-//! * **Revocation.** Before partitions are revoked, their durable offsets are
-//!   committed synchronously, while this process still owns them; a poll
-//!   interrupted by a rebalance drops what it read of revoked partitions.
+//! * **Revocation.** Before partitions are revoked, the source has the
+//!   runtime write and commit everything it handed over ([`Flush`]), then
+//!   commits the offsets of the revoked partitions to the group
+//!   synchronously, while this process still owns them; a poll interrupted by
+//!   a rebalance drops what it read of revoked partitions but had not handed
+//!   over. So the next owner starts exactly after what this one wrote.
+//! * **A dead owner.** A process killed between its sink's commit and its
+//!   group commit leaves the group behind its sink. On assignment the source
+//!   therefore also asks the sink for the positions of every writer sharing
+//!   its storage ([`ferry_api::Sink::shared_positions`]) and starts after the
+//!   furthest.
 //!
 //! The consumer is polled on a blocking thread (librdkafka calls the
 //! rebalance callback from inside `poll`, and that callback does blocking
@@ -22,13 +30,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use ferry_api::{
-    ConnectorError, Invalid, Partition, Position, Positions, Record, Source, SourceItem, Value,
+    ConnectorError, Flush, Invalid, Partition, Position, Positions, Record, Source, SourceItem,
+    Value,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
@@ -49,6 +58,40 @@ struct Shared {
     assigned: Mutex<HashSet<Tp>>,
     /// Set by the rebalance callback: the poll in progress stops.
     rebalanced: AtomicBool,
+    /// Asks the runtime to make durable what the source handed over.
+    flush: OnceLock<Flush>,
+    /// The group took partitions away without a revocation (this member's
+    /// session expired): what is in the pipeline may already be another
+    /// member's to write.
+    lost: AtomicBool,
+}
+
+/// How long a rebalance waits for the runtime's flush; well within the
+/// group's default rebalance timeout (`max.poll.interval.ms`, 5 minutes).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Shared {
+    /// Has the runtime write and commit all it was handed, and records what
+    /// became durable. `None` when that could not be done (the pipeline is
+    /// stopping or failing): the durable map is then all there is to know.
+    fn flush(&self, why: &str) -> Option<Vec<Positions>> {
+        let flush = self.flush.get()?;
+        match flush.blocking(FLUSH_TIMEOUT) {
+            Ok(flushed) => {
+                let mut durable = self.durable.lock().expect("not poisoned");
+                for p in flushed.committed.iter() {
+                    if let Some((tp, n)) = parse_position(p) {
+                        durable.insert(tp, n);
+                    }
+                }
+                Some(flushed.shared)
+            }
+            Err(e) => {
+                tracing::info!("kafka: no flush {why}: {e}");
+                None
+            }
+        }
+    }
 }
 
 struct Ctx {
@@ -84,7 +127,18 @@ impl ConsumerContext for Ctx {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let durable = self.shared.durable.lock().expect("not poisoned").clone();
+                let shared = self.shared.flush("on assignment").unwrap_or_default();
+                let mut durable = self.shared.durable.lock().expect("not poisoned").clone();
+                // Other writers' positions: a previous owner that died after
+                // its sink's commit but before its group commit.
+                for positions in &shared {
+                    for p in positions.iter() {
+                        if let Some((tp, n)) = parse_position(p) {
+                            let known = durable.entry(tp).or_insert(n);
+                            *known = (*known).max(n);
+                        }
+                    }
+                }
                 let group = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
                     Ok(group) => group,
                     Err(e) => {
@@ -134,7 +188,32 @@ impl ConsumerContext for Ctx {
                         .cloned()
                         .collect()
                 };
-                // Commit what is durable while the partitions are still ours.
+                if consumer.assignment_lost() {
+                    // Not ours any more: writing what the pipeline holds
+                    // could duplicate the new owner's records, and the
+                    // group refuses our commits. The source fails instead
+                    // and the pipeline starts again from what is committed
+                    // (a transactional sink discards the rest).
+                    tracing::warn!(partitions = ?revoked, "kafka: partitions lost (the session expired)");
+                    self.shared.lost.store(true, Ordering::SeqCst);
+                    let mut assigned = self.shared.assigned.lock().expect("not poisoned");
+                    for tp in &revoked {
+                        assigned.remove(tp);
+                    }
+                    drop(assigned);
+                    let result = if cooperative {
+                        consumer.incremental_unassign(tpl)
+                    } else {
+                        consumer.unassign()
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "kafka: giving up lost partitions");
+                    }
+                    return;
+                }
+                // Everything handed over for these partitions becomes
+                // durable, then is committed while they are still ours.
+                self.shared.flush("before revocation");
                 let durable = self.shared.durable.lock().expect("not poisoned").clone();
                 let mut commit = TopicPartitionList::new();
                 for tp in &revoked {
@@ -339,6 +418,13 @@ impl Source for KafkaSource {
         .await
         .map_err(|e| ConnectorError::Fatal(format!("the Kafka poll thread failed: {e}")))?;
         self.converter = Some(converter);
+        if self.shared.lost.load(Ordering::SeqCst) {
+            return Err(ConnectorError::Retriable(
+                "the group took this process's partitions away (its session expired, e.g. after a long pause): \
+                 starting again from the committed positions"
+                    .into(),
+            ));
+        }
         let (items, error) = result;
         self.caught_up = items.is_empty()
             && error.is_none()
@@ -389,6 +475,10 @@ impl Source for KafkaSource {
             })?;
         }
         Ok(())
+    }
+
+    fn attach_flush(&mut self, flush: Flush) {
+        let _ = self.shared.flush.set(flush);
     }
 
     async fn close(&mut self) {

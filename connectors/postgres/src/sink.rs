@@ -19,6 +19,7 @@
 //! then replayed once with a savepoint per chunk, splitting chunks until
 //! the refused rows stand alone, and those are reported as rejected.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex};
@@ -75,6 +76,11 @@ pub(crate) struct PostgresSink {
     adapt: Arc<Adapt>,
     /// Records written since the last commit.
     uncommitted: usize,
+    /// Each partition's position as this sink last read or stored it. Only
+    /// positions that moved are stored: several ferry processes sharing a
+    /// Kafka group write their partitions' rows side by side, and one must
+    /// not put back the stale position of a partition it no longer owns.
+    stored: HashMap<String, String>,
 }
 
 /// A COPY in progress on a task that holds the connection for the stream's
@@ -294,6 +300,7 @@ impl PostgresSink {
             careful: 0,
             created_table: false,
             uncommitted: 0,
+            stored: HashMap::new(),
             in_transaction: false,
         }
     }
@@ -373,6 +380,30 @@ impl PostgresSink {
             false if self.config.create_table => Ok(()),
             false => Err(self.missing_table()),
         }
+    }
+
+    /// The positions the offsets table holds for this pipeline.
+    async fn read_positions(&mut self) -> Result<Positions, ConnectorError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT position::text FROM {} WHERE pipeline = $1",
+            self.offsets
+        )))
+        .bind(&self.pipeline)
+        .fetch_all(self.conn())
+        .await
+        .map_err(|e| db_error("reading committed positions", e))?;
+        let mut positions = Positions::new();
+        for row in rows {
+            let text: String = row.get(0);
+            let p: Position = serde_json::from_str(&text).map_err(|e| {
+                ConnectorError::Fatal(format!(
+                    "a row of {} is not a ferry position: {e}",
+                    self.config.offsets_table
+                ))
+            })?;
+            positions.advance(&p);
+        }
+        Ok(positions)
     }
 
     fn missing_table(&self) -> ConnectorError {
@@ -757,26 +788,24 @@ impl Sink for PostgresSink {
             return Err(self.missing_table());
         }
 
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT position::text FROM {} WHERE pipeline = $1",
-            self.offsets
-        )))
-        .bind(&self.pipeline)
-        .fetch_all(self.conn())
-        .await
-        .map_err(|e| db_error("reading committed positions", e))?;
-        let mut positions = Positions::new();
-        for row in rows {
-            let text: String = row.get(0);
-            let p: Position = serde_json::from_str(&text).map_err(|e| {
-                ConnectorError::Fatal(format!(
-                    "a row of {} is not a ferry position: {e}",
-                    self.config.offsets_table
-                ))
-            })?;
-            positions.advance(&p);
-        }
+        let positions = self.read_positions().await?;
+        // What the rows hold now, as JSON text for comparison with what is
+        // stored next.
+        self.stored = positions
+            .iter()
+            .map(|p| {
+                let text = serde_json::to_string(p).expect("positions serialize");
+                (p.partition.key.clone(), text)
+            })
+            .collect();
         Ok(Some(positions))
+    }
+
+    /// The positions every process running this pipeline stored (they
+    /// share the offsets table; each writes only its own partitions).
+    async fn shared_positions(&mut self) -> Result<Vec<Positions>, ConnectorError> {
+        self.ensure_conn().await?;
+        Ok(vec![self.read_positions().await?])
     }
 
     async fn write(&mut self, batch: &[Record]) -> Result<Vec<Rejected>, ConnectorError> {
@@ -851,15 +880,17 @@ impl Sink for PostgresSink {
         positions: &Positions,
     ) -> Result<PendingCommit, ConnectorError> {
         self.begin().await?;
-        let (keys, values): (Vec<String>, Vec<String>) = positions
-            .iter()
-            .map(|p| {
-                (
-                    p.partition.key.clone(),
-                    serde_json::to_string(p).expect("positions serialize"),
-                )
-            })
-            .unzip();
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        for p in positions.iter() {
+            let text = serde_json::to_string(p).expect("positions serialize");
+            if self.stored.get(&p.partition.key) != Some(&text) {
+                keys.push(p.partition.key.clone());
+                values.push(text.clone());
+                // A commit that fails drops the sink: no need to undo.
+                self.stored.insert(p.partition.key.clone(), text);
+            }
+        }
         let store = format!(
             "INSERT INTO {} (pipeline, partition, position) SELECT $1, p, v::jsonb FROM unnest($2::text[], $3::text[]) AS u(p, v) \
              ON CONFLICT (pipeline, partition) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",

@@ -1,0 +1,150 @@
+//! Benchmark: Kafka → file on N messages of ~100 bytes (default 1,000,000)
+//! already in a topic, beside a minimal raw rdkafka consumer that only counts
+//! messages — the ceiling — in the same run.
+//!
+//! Both are timed from their first message to their last (joining a group
+//! takes seconds on Tansu, and is not what is measured): the raw consumer
+//! counts in this process; ferry (`run --once`, a fresh group each round,
+//! file sink with its manifest) is timed from the first byte of its output
+//! to the manifest saying every message is committed, polled every 5 ms.
+//! Rounds alternate raw, ferry, raw, ferry… and each round prints the ratio.
+//!
+//! Usage: `bench_kafka [--records N] [--rounds R] [--brokers B]` (or
+//! KAFKA_BROKERS), or `scripts/bench-kafka`, which builds in release mode
+//! and starts the broker first.
+
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_tests::{arg, committed_offsets, create_topic, ferry_bin, kafka_brokers, test_line};
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::util::get_rdkafka_version;
+
+const PARTITIONS: i32 = 4;
+
+fn produce(brokers: &str, topic: &str, records: u64) {
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .expect("producer");
+    for seq in 0..records {
+        let line = test_line("bench", seq, 100);
+        let payload = line.trim_end();
+        let key = seq.to_string();
+        let mut record = BaseRecord::to(topic).key(&key).payload(payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    // Queue full: let deliveries drain.
+                    producer.poll(Duration::from_millis(50));
+                    record = r;
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+}
+
+/// Messages per second, first message to last.
+fn raw(brokers: &str, topic: &str, records: u64) -> f64 {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-raw-{}", fastrand::u32(..)))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let (mut n, mut bytes, mut first) = (0u64, 0usize, None);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while n < records {
+        assert!(Instant::now() < deadline, "raw consumer: {n} of {records}");
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                bytes += m.payload().map_or(0, <[u8]>::len);
+                n += 1;
+            }
+            Some(Err(e)) => eprintln!("raw consumer: {e}"),
+            None => {}
+        }
+    }
+    let seconds = first.expect("read something").elapsed().as_secs_f64();
+    assert!(bytes > 0);
+    (records - 1) as f64 / seconds
+}
+
+/// Messages per second, first output byte to everything committed.
+fn ferry(brokers: &str, topic: &str, records: u64) -> f64 {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    fs::write(
+        d.join("bench.yaml"),
+        format!(
+            "name: bench\nsource:\n  type: kafka\n  brokers: {brokers}\n  topics: [{topic}]\n  group_id: bench-ferry-{}\nsink:\n  type: file\n  path: out.jsonl\n",
+            fastrand::u32(..)
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(ferry_bin())
+        .args(["run", "--once", "--data-dir", "data", "bench.yaml"])
+        .current_dir(d)
+        .env("FERRY_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting ferry");
+    let out = d.join("out.jsonl");
+    let manifest = d.join("out.jsonl.ferry-manifest");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first = None;
+    loop {
+        assert!(Instant::now() < deadline, "ferry never finished");
+        if first.is_none() && fs::metadata(&out).is_ok_and(|m| m.len() > 0) {
+            first = Some(Instant::now());
+        }
+        if first.is_some() && committed_offsets(&manifest) >= records {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seconds = first.expect("started").elapsed().as_secs_f64();
+    let status = child.wait().expect("ferry exits");
+    assert!(status.success(), "ferry failed: {status}");
+    let lines = fs::read_to_string(&out).unwrap().lines().count() as u64;
+    assert_eq!(lines, records, "ferry's output holds every message once");
+    records as f64 / seconds
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let records: u64 =
+        arg(&args, "--records").map_or(1_000_000, |s| s.parse().expect("--records N"));
+    let rounds: u32 = arg(&args, "--rounds").map_or(2, |s| s.parse().expect("--rounds R"));
+    let brokers = arg(&args, "--brokers").unwrap_or_else(kafka_brokers);
+    let topic = format!("ferry_bench_{}", fastrand::u32(..));
+    create_topic(&brokers, &topic, PARTITIONS);
+    let start = Instant::now();
+    produce(&brokers, &topic, records);
+    eprintln!(
+        "topic {topic}: {records} messages of ~100 bytes in {PARTITIONS} partitions, produced in {:.1} s; librdkafka {}; ferry: {}",
+        start.elapsed().as_secs_f64(),
+        get_rdkafka_version().1,
+        ferry_bin().display()
+    );
+    println!(
+        "{:<8} {:>16} {:>16} {:>7}",
+        "round", "raw msgs/s", "ferry msgs/s", "ratio"
+    );
+    for round in 1..=rounds {
+        let r = raw(&brokers, &topic, records);
+        let f = ferry(&brokers, &topic, records);
+        println!("{round:<8} {r:>16.0} {f:>16.0} {:>7.2}", f / r);
+    }
+}
