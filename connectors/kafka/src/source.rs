@@ -298,6 +298,7 @@ impl ConsumerContext for Ctx {
 struct Converter {
     format: Format,
     partitions: HashMap<Tp, Arc<Partition>>,
+    last: Option<(i32, Arc<Partition>)>,
 }
 
 fn text_or_base64(bytes: &[u8]) -> Value {
@@ -308,11 +309,19 @@ fn text_or_base64(bytes: &[u8]) -> Value {
 }
 
 impl Converter {
-    fn convert(&mut self, m: &BorrowedMessage<'_>) -> SourceItem {
-        let tp = (m.topic().to_string(), m.partition());
+    /// The partition of a message. Messages come in runs of one partition
+    /// (a fetched batch), so the last one answers most lookups without
+    /// hashing or allocating.
+    fn partition(&mut self, m: &BorrowedMessage<'_>) -> Arc<Partition> {
+        if let Some((p, partition)) = &self.last
+            && *p == m.partition()
+            && partition.info["topic"] == m.topic()
+        {
+            return partition.clone();
+        }
         let partition = self
             .partitions
-            .entry(tp)
+            .entry((m.topic().to_string(), m.partition()))
             .or_insert_with(|| {
                 Arc::new(Partition {
                     key: format!("{}/{}", m.topic(), m.partition()),
@@ -320,6 +329,12 @@ impl Converter {
                 })
             })
             .clone();
+        self.last = Some((m.partition(), partition.clone()));
+        partition
+    }
+
+    fn convert(&mut self, m: &BorrowedMessage<'_>) -> SourceItem {
+        let partition = self.partition(m);
         // The offset to resume after this message.
         let position = Position {
             partition,
@@ -378,6 +393,7 @@ impl KafkaSource {
             converter: Some(Converter {
                 format: config.format,
                 partitions: HashMap::new(),
+                last: None,
             }),
             config,
             shared: Arc::default(),
@@ -469,13 +485,9 @@ impl Source for KafkaSource {
             let mut items = Vec::new();
             let mut timeout = Duration::from_millis(500);
             let mut error = None;
-            let mut read: HashMap<Tp, i64> = HashMap::new();
             while items.len() < max {
                 match consumer.poll(timeout) {
-                    Some(Ok(m)) => {
-                        read.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
-                        items.push(converter.convert(&m));
-                    }
+                    Some(Ok(m)) => items.push(converter.convert(&m)),
                     Some(Err(e)) => {
                         error = Some(e);
                         break;
@@ -496,7 +508,23 @@ impl Source for KafkaSource {
                 });
             }
             let mut next = shared.next.lock().expect("not poisoned");
-            next.extend(read.into_iter().filter(|(tp, _)| assigned.contains(tp)));
+            // Items come in runs of one partition, in offset order: the end
+            // of each run moves that partition's next offset.
+            let mut ends: Vec<&Position> = Vec::new();
+            for item in &items {
+                let p = item.position();
+                match ends.last_mut() {
+                    Some(last) if Arc::ptr_eq(&last.partition, &p.partition) => *last = p,
+                    _ => ends.push(p),
+                }
+            }
+            for p in ends {
+                if let Some((tp, n)) = parse_position(p)
+                    && assigned.contains(&tp)
+                {
+                    next.insert(tp, n);
+                }
+            }
             // Caught up: every owned partition read up to the high
             // watermark of the last fetch (an empty poll alone proves
             // nothing: fetches of many partitions come and go).
