@@ -13,12 +13,10 @@
 //! three in turn and prints ferry's ratio to both.
 //!
 //! The broker is librdkafka's mock cluster, run inside this process and
-//! reached over localhost TCP by both consumers alike: Tansu 0.6, the other
-//! Kafka-protocol broker installable here, stalls consumers for good on
-//! topics of a few hundred thousand messages (a partition stops one message
-//! short of a multiple of 10,000; it also reports high watermarks late), so
-//! it cannot serve a million. `--brokers B` runs against another broker
-//! (a real Kafka, say).
+//! reached over localhost TCP by all three consumers alike: it needs no
+//! service and reports exact watermarks, so the topic is checked to hold
+//! every message. `--brokers B` runs against another broker (Tansu at
+//! 127.0.0.1:19092, which `scripts/services` starts, or a real Kafka).
 //!
 //! Usage: `bench_kafka [--records N] [--rounds R] [--batch-size N[,N…]] [--brokers B]`, or
 //! `scripts/bench-kafka`, which builds in release mode first.
