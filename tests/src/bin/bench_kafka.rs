@@ -151,13 +151,13 @@ fn raw(brokers: &str, topic: &str, records: u64, write: bool) -> f64 {
 }
 
 /// Messages per second, first output byte to everything committed.
-fn ferry(brokers: &str, topic: &str, records: u64) -> f64 {
+fn ferry(brokers: &str, topic: &str, records: u64, batch_size: u64) -> f64 {
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
     fs::write(
         d.join("bench.yaml"),
         format!(
-            "name: bench\nsource:\n  type: kafka\n  brokers: {brokers}\n  topics: [{topic}]\n  group_id: bench-ferry-{}\nsink:\n  type: file\n  path: out.jsonl\n",
+            "name: bench\nsource:\n  type: kafka\n  brokers: {brokers}\n  topics: [{topic}]\n  group_id: bench-ferry-{}\nsink:\n  type: file\n  path: out.jsonl\ndelivery:\n  batch_size: {batch_size}\n",
             fastrand::u32(..)
         ),
     )
@@ -199,6 +199,8 @@ fn main() {
     let records: u64 =
         arg(&args, "--records").map_or(1_000_000, |s| s.parse().expect("--records N"));
     let rounds: u32 = arg(&args, "--rounds").map_or(2, |s| s.parse().expect("--rounds R"));
+    let batch_size: u64 =
+        arg(&args, "--batch-size").map_or(10_000, |s| s.parse().expect("--batch-size N"));
     let topic = format!("ferry_bench_{}", fastrand::u32(..));
     let mock;
     let mock_used = arg(&args, "--brokers").is_none();
@@ -228,7 +230,7 @@ fn main() {
     for round in 1..=rounds {
         let r = raw(&brokers, &topic, records, false);
         let w = raw(&brokers, &topic, records, true);
-        let f = ferry(&brokers, &topic, records);
+        let f = ferry(&brokers, &topic, records, batch_size);
         println!(
             "{round:<6} {r:>12.0} {w:>16.0} {f:>14.0} {:>14.2} {:>14.2}",
             f / r,
