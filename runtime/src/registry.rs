@@ -9,6 +9,7 @@ const ALL_TYPES: &[(&str, &str)] = &[
     ("file", "file"),
     ("postgres", "postgres"),
     ("kafka", "kafka"),
+    ("mongodb", "mongodb"),
     ("generate", "generate"),
 ];
 
@@ -40,6 +41,8 @@ impl Registry {
             r.sources.push(ferry_connector_kafka::source_plugin());
             r.sinks.push(ferry_connector_kafka::sink_plugin());
         }
+        #[cfg(feature = "mongodb")]
+        r.sinks.push(ferry_connector_mongodb::sink_plugin());
         #[cfg(feature = "generate")]
         r.sources.push(ferry_connector_generate::source_plugin());
         r

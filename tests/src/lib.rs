@@ -346,6 +346,28 @@ pub fn kafka_brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".to_string())
 }
 
+/// The MongoDB-wire server the tests use: `MONGODB_URI`, by default the
+/// SecantusDB that `scripts/services` starts.
+pub fn mongodb_uri() -> String {
+    std::env::var("MONGODB_URI")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27217/?directConnection=true".to_string())
+}
+
+/// Runs `f` against a MongoDB client on a private runtime, for tests that
+/// are otherwise synchronous. No server is a failure, not a skip.
+pub fn with_mongodb<T>(f: impl AsyncFnOnce(&mongodb::Client) -> T) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = mongodb::Client::with_uri_str(mongodb_uri())
+            .await
+            .expect("MongoDB client");
+        f(&client).await
+    })
+}
+
 /// Runs SQL through psql against `url` and returns its unaligned output.
 /// A failure (no server, bad SQL) panics: no service is a failure, not a skip.
 pub fn psql_at(url: &str, sql: &str) -> String {

@@ -1,0 +1,260 @@
+//! The MongoDB sink: each write is a few unordered `insert` / `update`
+//! commands with journaled write concern, so a write that returned is
+//! durable and `commit` has nothing left to do.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_api::{ConnectorError, Positions, Record, Rejected, Sink, Value};
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::error::ErrorKind;
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Database};
+
+use crate::config::{IdName, IdSpec, MongoSinkConfig, WriteMode};
+
+/// Documents per command: well under the server's 100,000, and small
+/// enough that a command stays far below the 48 MB message limit for
+/// documents of ordinary size.
+const PER_COMMAND: usize = 500;
+
+/// The duplicate-key error code.
+const DUPLICATE_KEY: i32 = 11000;
+
+pub(crate) async fn connect(config: &MongoSinkConfig) -> Result<Client, ConnectorError> {
+    let mut options = ClientOptions::parse(&config.uri).await.map_err(|e| {
+        ConnectorError::Fatal(format!(
+            "bad MongoDB connection string {}: {e}",
+            config.redacted_uri()
+        ))
+    })?;
+    options.app_name.get_or_insert_with(|| "ferry".to_string());
+    // Fail a connection attempt within seconds (the driver's default is
+    // 30 s): the runtime retries with its own backoff and says so.
+    options
+        .server_selection_timeout
+        .get_or_insert(Duration::from_secs(10));
+    Client::with_options(options).map_err(|e| {
+        ConnectorError::Fatal(format!("MongoDB client for {}: {e}", config.redacted_uri()))
+    })
+}
+
+pub(crate) async fn ping(client: &Client, config: &MongoSinkConfig) -> Result<(), ConnectorError> {
+    client
+        .database("admin")
+        .run_command(doc! {"ping": 1})
+        .await
+        .map(|_| ())
+        .map_err(|e| classify(&format!("reaching MongoDB at {}", config.redacted_uri()), e))
+}
+
+/// Connection trouble and the server stepping down or shutting down are
+/// worth retrying; anything else (authentication, a bad command) is not.
+fn classify(what: &str, e: mongodb::error::Error) -> ConnectorError {
+    let retriable = match e.kind.as_ref() {
+        ErrorKind::Io(_)
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::Shutdown => true,
+        // NotWritablePrimary, InterruptedAtShutdown, ShutdownInProgress,
+        // NetworkTimeout, HostUnreachable, HostNotFound, ExceededTimeLimit,
+        // PrimarySteppedDown, WriteConcernFailed…
+        ErrorKind::Command(c) => matches!(
+            c.code,
+            6 | 7 | 89 | 91 | 189 | 262 | 9001 | 10107 | 11600 | 11602 | 13435 | 13436 | 64
+        ),
+        _ => false,
+    } || e.contains_label("RetryableWriteError");
+    let message = format!("{what}: {e}");
+    if retriable {
+        ConnectorError::Retriable(message)
+    } else {
+        ConnectorError::Fatal(message)
+    }
+}
+
+pub(crate) struct MongoSink {
+    config: MongoSinkConfig,
+    db: Option<Database>,
+}
+
+impl MongoSink {
+    pub(crate) fn new(config: MongoSinkConfig) -> Self {
+        MongoSink { config, db: None }
+    }
+
+    /// The document for a record, with its `_id` (none for `id: none`).
+    fn document(&self, r: &Record) -> Result<(Option<Bson>, Document), String> {
+        let mut doc = match r.value {
+            Value::Object(_) => match Bson::try_from(r.value.clone()) {
+                Ok(Bson::Document(d)) => d,
+                Ok(_) => unreachable!("an object converts to a document"),
+                Err(e) => return Err(format!("cannot be stored as BSON: {e}")),
+            },
+            _ => return Err("not a JSON object: a MongoDB document must be one".into()),
+        };
+        let id = match &self.config.id {
+            // The position a replay of this record has again: its
+            // partition and the offset that resumes after it.
+            IdSpec::Named(IdName::Position) => Some(Bson::String(format!(
+                "{}@{}",
+                r.position.partition.key, r.position.offset
+            ))),
+            IdSpec::Named(IdName::None) => None,
+            IdSpec::Field { field } => match doc.get(field) {
+                Some(v) => Some(v.clone()),
+                None => return Err(format!("no field `{field}` for the document's _id")),
+            },
+        };
+        // Upserts find the document by _id in the query; the $set part
+        // must not touch it.
+        doc.remove("_id");
+        Ok((id, doc))
+    }
+
+    /// One command for `docs` (batch index, _id, document); returns the
+    /// refused ones.
+    async fn command(
+        &self,
+        docs: Vec<(usize, Option<Bson>, Document)>,
+    ) -> Result<Vec<Rejected>, ConnectorError> {
+        let db = self.db.as_ref().expect("write after open");
+        let indexes: Vec<usize> = docs.iter().map(|(i, _, _)| *i).collect();
+        let journaled = doc! {"w": 1, "j": true};
+        let command = match self.config.write {
+            WriteMode::Insert => {
+                let documents: Vec<Document> = docs
+                    .into_iter()
+                    .map(|(_, id, mut d)| {
+                        if let Some(id) = id {
+                            d.insert("_id", id);
+                        }
+                        d
+                    })
+                    .collect();
+                doc! {
+                    "insert": &self.config.collection,
+                    "documents": documents,
+                    "ordered": false,
+                    "writeConcern": journaled,
+                }
+            }
+            mode => {
+                let updates: Vec<Document> = docs
+                    .into_iter()
+                    .map(|(_, id, d)| {
+                        let u = if mode == WriteMode::Upsert {
+                            doc! {"$set": d}
+                        } else {
+                            d
+                        };
+                        doc! {"q": {"_id": id.unwrap_or(Bson::Null)}, "u": u, "upsert": true}
+                    })
+                    .collect();
+                doc! {
+                    "update": &self.config.collection,
+                    "updates": updates,
+                    "ordered": false,
+                    "writeConcern": journaled,
+                }
+            }
+        };
+        let reply = db.run_command(command).await.map_err(|e| {
+            classify(
+                &format!(
+                    "writing to {}.{}",
+                    self.config.database, self.config.collection
+                ),
+                e,
+            )
+        })?;
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            return Err(ConnectorError::Retriable(format!(
+                "MongoDB could not make the write durable: {wce}"
+            )));
+        }
+        let mut rejected = Vec::new();
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            for e in errors {
+                let Some(e) = e.as_document() else { continue };
+                let at = e
+                    .get("index")
+                    .and_then(|i| i.as_i32().map(i64::from).or_else(|| i.as_i64()))
+                    .and_then(|i| usize::try_from(i).ok())
+                    .and_then(|i| indexes.get(i).copied());
+                let code = e.get_i32("code").unwrap_or(0);
+                let message = e.get_str("errmsg").unwrap_or("refused").to_string();
+                // With ids from positions or fields, an insert that finds
+                // its _id taken is a replay of what was written before.
+                if self.config.write == WriteMode::Insert
+                    && code == DUPLICATE_KEY
+                    && self.config.id != IdSpec::Named(IdName::None)
+                    && is_id_index(e, &message)
+                {
+                    continue;
+                }
+                match at {
+                    Some(index) => rejected.push(Rejected {
+                        index,
+                        error: ConnectorError::Fatal(format!(
+                            "MongoDB refused it (code {code}): {message}"
+                        )),
+                    }),
+                    None => {
+                        return Err(ConnectorError::Fatal(format!(
+                            "MongoDB reported an error for no document of the write: {message}"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(rejected)
+    }
+}
+
+/// Whether a duplicate-key error is on `_id` (and not on another unique
+/// index): the server names the key pattern, or at least the index.
+fn is_id_index(error: &Document, message: &str) -> bool {
+    match error.get_document("keyPattern") {
+        Ok(pattern) => pattern.len() == 1 && pattern.contains_key("_id"),
+        Err(_) => message.contains("index: _id_ "),
+    }
+}
+
+#[async_trait]
+impl Sink for MongoSink {
+    /// Positions live in ferry's offset store: ids make replays harmless.
+    async fn open(&mut self) -> Result<Option<Positions>, ConnectorError> {
+        let client = connect(&self.config).await?;
+        ping(&client, &self.config).await?;
+        self.db = Some(client.database(&self.config.database));
+        Ok(None)
+    }
+
+    async fn write(&mut self, batch: &[Record]) -> Result<Vec<Rejected>, ConnectorError> {
+        let mut rejected = Vec::new();
+        let mut docs = Vec::with_capacity(batch.len().min(PER_COMMAND));
+        for (index, r) in batch.iter().enumerate() {
+            match self.document(r) {
+                Ok((id, d)) => docs.push((index, id, d)),
+                Err(message) => rejected.push(Rejected {
+                    index,
+                    error: ConnectorError::Fatal(message),
+                }),
+            }
+            if docs.len() == PER_COMMAND {
+                rejected.extend(self.command(std::mem::take(&mut docs)).await?);
+            }
+        }
+        if !docs.is_empty() {
+            rejected.extend(self.command(docs).await?);
+        }
+        rejected.sort_by_key(|r| r.index);
+        Ok(rejected)
+    }
+
+    /// Every write was acknowledged with `j: true`: already durable.
+    async fn commit(&mut self, _positions: &Positions) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+//! MongoDB sink against a real MongoDB-wire server (SecantusDB, which
+//! `scripts/services` builds and starts on 127.0.0.1:27217; MONGODB_URI
+//! overrides). No server is a failure, not a skip.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_tests::*;
+use mongodb::bson::{Document, doc};
+
+/// A fresh database per test: tests run in any order on one server.
+fn database(what: &str) -> String {
+    format!("ferry_{what}_{}", fastrand::u32(..))
+}
+
+fn count(db: &str, coll: &str) -> u64 {
+    with_mongodb(async |c| {
+        c.database(db)
+            .collection::<Document>(coll)
+            .count_documents(doc! {})
+            .await
+            .expect("count")
+    })
+}
+
+/// `(file, seq)` of every document, sorted.
+fn keys(db: &str, coll: &str) -> Vec<(String, i64)> {
+    with_mongodb(async |c| {
+        let mut cursor = c
+            .database(db)
+            .collection::<Document>(coll)
+            .find(doc! {})
+            .await
+            .expect("find");
+        let mut keys = Vec::new();
+        while cursor.advance().await.expect("cursor") {
+            let d = cursor.deserialize_current().expect("document");
+            let seq = d
+                .get_i64("seq")
+                .or_else(|_| d.get_i32("seq").map(i64::from))
+                .expect("seq");
+            keys.push((d.get_str("file").expect("file").to_string(), seq));
+        }
+        keys.sort();
+        keys
+    })
+}
+
+fn unique_email_index(db: &str, coll: &str) {
+    with_mongodb(async |c| {
+        let unique = mongodb::options::IndexOptions::builder()
+            .unique(true)
+            .build();
+        c.database(db)
+            .collection::<Document>(coll)
+            .create_index(
+                mongodb::IndexModel::builder()
+                    .keys(doc! {"email": 1})
+                    .options(unique)
+                    .build(),
+            )
+            .await
+            .expect("index")
+    });
+}
+
+fn drop_database(db: &str) {
+    with_mongodb(async |c| c.database(db).drop().await.expect("drop"));
+}
+
+fn start(d: &Path, args: &[&str]) -> Ferry {
+    Ferry::start_with_env(d, args, &[("MONGODB_URI", &mongodb_uri())])
+}
+
+/// file → MongoDB, 100,000 records with ids from their positions, ferry
+/// SIGKILLed 8 times at random points: a replay overwrites what the killed
+/// run wrote after its last commit, so the collection ends with exactly
+/// 100,000 documents, each record once.
+#[test]
+fn file_to_mongodb_exactly_once_across_sigkill() {
+    const N: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = database("crash");
+    fs::create_dir_all(d.join("in")).unwrap();
+    write_test_input(&d.join("in/a.jsonl"), "a", N / 2);
+    write_test_input(&d.join("in/b.jsonl"), "b", N / 2);
+    fs::write(
+        d.join("mongo.yaml"),
+        format!(
+            "name: {db}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: mongodb\n  uri: ${{MONGODB_URI}}\n  database: {db}\n  collection: records\ndelivery:\n  batch_size: 2000\n  flush_interval: 100ms\n"
+        ),
+    )
+    .unwrap();
+    let uri = mongodb_uri();
+    let progress = || count(&db, "records");
+    for kill in 0..8 {
+        kill9_mid_run(
+            d,
+            "mongo.yaml",
+            &[("MONGODB_URI", &uri)],
+            progress,
+            N,
+            (kill, 8),
+        );
+        eprintln!("kill {kill}: {} documents", progress());
+    }
+    let mut f = start(d, &["run", "--once", "mongo.yaml"]);
+    let status = f.wait_for_exit(Duration::from_secs(180)).expect("finishes");
+    assert!(status.success(), "{}", f.log_text());
+    let keys = keys(&db, "records");
+    let mut expected: Vec<(String, i64)> = Vec::new();
+    for tag in ["a", "b"] {
+        expected.extend((0..(N / 2) as i64).map(|s| (tag.to_string(), s)));
+    }
+    expected.sort();
+    assert_eq!(keys.len() as u64, N, "documents");
+    assert!(keys == expected, "each record exactly once");
+    drop_database(&db);
+}
+
+/// A unique index on `email` refuses some documents of a batch: with
+/// `tolerance: all` exactly those are dead-lettered with the server's
+/// message and all others arrive; with `tolerance: none` the pipeline stops
+/// naming the record's position, and nothing after it is committed.
+#[test]
+fn refused_documents_with_both_tolerances() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = database("refused");
+    // 300 users; numbers 100, 150 and 200 reuse the email of user 0.
+    let mut input = String::new();
+    for n in 0..300 {
+        let email = if [100, 150, 200].contains(&n) { 0 } else { n };
+        input.push_str(&format!(
+            "{{\"file\": \"u\", \"seq\": {n}, \"email\": \"user{email}@example.org\"}}\n"
+        ));
+    }
+    fs::write(d.join("users.jsonl"), input).unwrap();
+    for tolerance in ["all", "none"] {
+        let _ = fs::remove_dir_all(d.join("data"));
+        let coll = format!("users_{tolerance}");
+        unique_email_index(&db, &coll);
+        let dlq = if tolerance == "all" {
+            "  dead_letter: dlq-all.jsonl\n"
+        } else {
+            ""
+        };
+        fs::write(
+            d.join("users.yaml"),
+            format!(
+                "name: users-{tolerance}\nsource:\n  type: file\n  path: users.jsonl\nsink:\n  type: mongodb\n  uri: ${{MONGODB_URI}}\n  database: {db}\n  collection: {coll}\nerrors:\n  tolerance: {tolerance}\n{dlq}"
+            ),
+        )
+        .unwrap();
+        let mut f = start(d, &["run", "--once", "users.yaml"]);
+        let status = f.wait_for_exit(Duration::from_secs(60)).expect("finishes");
+        if tolerance == "all" {
+            assert!(status.success(), "{}", f.log_text());
+            assert_eq!(count(&db, &coll), 297);
+            let dead = read_jsonl(&d.join("dlq-all.jsonl"));
+            let seqs: Vec<u64> = dead
+                .iter()
+                .map(|e| e["record"]["seq"].as_u64().expect("seq"))
+                .collect();
+            assert_eq!(seqs, vec![100, 150, 200], "{dead:?}");
+            for e in &dead {
+                let text = e.to_string();
+                assert!(
+                    text.contains("E11000") || text.contains("duplicate"),
+                    "{text}"
+                );
+            }
+        } else {
+            assert!(!status.success(), "must stop");
+            let log = f.log_text();
+            assert!(log.contains("bad record at"), "{log}");
+            assert!(log.contains("users.jsonl"), "names the position: {log}");
+        }
+    }
+    drop_database(&db);
+}
