@@ -193,6 +193,51 @@ fn kafka_to_postgres_exactly_once_across_sigkill() {
     );
 }
 
+/// The same into MongoDB with ids from the records' positions
+/// (`topic/partition@offset`): a replay overwrites, so the collection ends
+/// with exactly one document per message.
+#[test]
+fn kafka_to_mongodb_exactly_once_across_sigkill() {
+    use mongodb::bson::{Document, doc};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let topic = topic("mongo");
+    let db = format!("ferry_kafka_{}", fastrand::u32(..));
+    produce(d, &topic, "k", CRASH_RECORDS);
+    let documents = || {
+        with_mongodb(async |c| {
+            c.database(&db)
+                .collection::<Document>("records")
+                .count_documents(doc! {})
+                .await
+                .expect("count")
+        })
+    };
+    consume_across_kills(
+        d,
+        &topic,
+        &format!(
+            "sink:\n  type: mongodb\n  uri: {}\n  database: {db}\n  collection: records\n",
+            mongodb_uri()
+        ),
+        (CRASH_RECORDS, 8),
+        documents,
+        || documents() >= CRASH_RECORDS,
+    );
+    let (count, distinct) = with_mongodb(async |c| {
+        let coll = c.database(&db).collection::<Document>("records");
+        let count = coll.count_documents(doc! {}).await.expect("count");
+        let distinct = coll.distinct("seq", doc! {}).await.expect("distinct").len();
+        c.database(&db).drop().await.expect("drop");
+        (count, distinct as u64)
+    });
+    assert_eq!(
+        (count, distinct),
+        (CRASH_RECORDS, CRASH_RECORDS),
+        "documents, distinct seq"
+    );
+}
+
 /// Messages that are not JSON: with `tolerance: all` they go to the
 /// dead-letter file (with their position) and the others arrive; with
 /// `tolerance: none` the pipeline stops, naming the message's position.
