@@ -10,6 +10,8 @@
 //! once and sets it); otherwise the first test to need it runs
 //! `cargo build -p ferry`, so a test never runs a stale binary.
 
+pub mod demo;
+
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

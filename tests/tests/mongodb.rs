@@ -181,3 +181,19 @@ fn refused_documents_with_both_tolerances() {
     }
     drop_database(&db);
 }
+
+/// The demo of the README (`scripts/demo`): generate → Kafka `testnum` →
+/// MongoDB `testnum.testnum`, ferry SIGKILLed mid-way and restarted: 500
+/// documents, 500 distinct `num` values.
+#[test]
+fn the_demo_runs_out_of_the_box() {
+    let work = tempfile::tempdir().unwrap();
+    let counts = ferry_tests::demo::run(&workspace_root().join("configs/demo"), work.path());
+    assert_eq!(
+        counts,
+        ferry_tests::demo::Counts {
+            documents: 500,
+            distinct_num: 500
+        }
+    );
+}
