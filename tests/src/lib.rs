@@ -358,12 +358,17 @@ pub fn mongodb_uri() -> String {
 /// Runs `f` against a MongoDB client on a private runtime, for tests that
 /// are otherwise synchronous. No server is a failure, not a skip.
 pub fn with_mongodb<T>(f: impl AsyncFnOnce(&mongodb::Client) -> T) -> T {
+    with_mongodb_at(&mongodb_uri(), f)
+}
+
+/// [`with_mongodb`] against the server at `uri`.
+pub fn with_mongodb_at<T>(uri: &str, f: impl AsyncFnOnce(&mongodb::Client) -> T) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let client = mongodb::Client::with_uri_str(mongodb_uri())
+        let client = mongodb::Client::with_uri_str(uri)
             .await
             .expect("MongoDB client");
         f(&client).await

@@ -197,3 +197,127 @@ fn the_demo_runs_out_of_the_box() {
         }
     );
 }
+
+/// A SecantusDB of the test's own (the one `scripts/services` built), on a
+/// free port, so that it can be killed and started again.
+struct PrivateServer {
+    child: std::process::Child,
+    port: u16,
+    storage: std::path::PathBuf,
+}
+
+impl PrivateServer {
+    fn binary() -> std::path::PathBuf {
+        std::env::var_os("FERRY_SECANTUSD").map_or_else(
+            || "/var/tmp/ferry-tools/mongo/bin/secantusd-rs".into(),
+            Into::into,
+        )
+    }
+
+    fn start(port: u16, storage: &Path) -> PrivateServer {
+        let child = std::process::Command::new(Self::binary())
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--storage-path",
+            ])
+            .arg(storage)
+            .args(["--log-file-max", "16MB", "--cache-size", "128M"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", Self::binary().display()));
+        let up = wait_until(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "SecantusDB did not come up on {port}");
+        PrivateServer {
+            child,
+            port,
+            storage: storage.to_path_buf(),
+        }
+    }
+
+    fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// generate → MongoDB while the server is killed with SIGKILL and started
+/// again mid-run: ferry reports the failed writes, retries with backoff, and
+/// carries on by itself when the server is back; every record ends up
+/// exactly once.
+#[test]
+fn mongodb_server_killed_and_restarted_mid_run() {
+    const N: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = loop {
+        let p = fastrand::u16(30_000..40_000);
+        if std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            break p;
+        }
+    };
+    let storage = d.join("mongo-data");
+    let mut server = PrivateServer::start(port, &storage);
+    let uri = server.uri();
+    fs::write(
+        d.join("gen.yaml"),
+        format!(
+            "name: gen\nsource:\n  type: generate\n  count: {N}\n  rate: 2000\n  template: {{\"file\": \"m\", \"seq\": \"{{{{seq}}}}\"}}\nsink:\n  type: mongodb\n  uri: {uri}\n  database: outage\n  collection: records\ndelivery:\n  flush_interval: 100ms\nerrors:\n  retry_backoff: 200ms\n  retry_backoff_max: 2s\n"
+        ),
+    )
+    .unwrap();
+    let documents = |uri: &str| {
+        with_mongodb_at(uri, async |c| {
+            c.database("outage")
+                .collection::<Document>("records")
+                .count_documents(doc! {})
+                .await
+                .unwrap_or(0)
+        })
+    };
+    let mut f = Ferry::start(d, &["run", "gen.yaml"]);
+    let mark = fastrand::u64(N / 4..N / 2);
+    assert!(
+        wait_until(Duration::from_secs(60), || documents(&uri) >= mark),
+        "never reached {mark}: {}",
+        f.log_text()
+    );
+    server.kill9();
+    let reported = wait_until(Duration::from_secs(30), || {
+        f.log_text()
+            .contains("starting again from the committed positions")
+    });
+    assert!(reported, "the outage was not reported:\n{}", f.log_text());
+    let storage = server.storage.clone();
+    drop(server);
+    let server = PrivateServer::start(port, &storage);
+    eprintln!("server restarted after {mark}+ documents");
+    let done = wait_until(Duration::from_secs(120), || documents(&uri) >= N);
+    std::thread::sleep(Duration::from_millis(500));
+    f.signal(libc::SIGTERM);
+    f.wait_for_exit(Duration::from_secs(30)).expect("stops");
+    assert!(done, "{} of {N}:\n{}", documents(&uri), f.log_text());
+    let (count, distinct) = with_mongodb_at(&server.uri(), async |c| {
+        let coll = c.database("outage").collection::<Document>("records");
+        (
+            coll.count_documents(doc! {}).await.expect("count"),
+            coll.distinct("seq", doc! {}).await.expect("distinct").len() as u64,
+        )
+    });
+    assert_eq!((count, distinct), (N, N), "documents, distinct seq");
+}
