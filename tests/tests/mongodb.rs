@@ -73,7 +73,8 @@ fn start(d: &Path, args: &[&str]) -> Ferry {
     Ferry::start_with_env(d, args, &[("MONGODB_URI", &mongodb_uri())])
 }
 
-/// file → MongoDB, 100,000 records with ids from their positions, ferry
+/// file → MongoDB (`write: upsert`; the Kafka test covers the default,
+/// `insert`), 100,000 records with ids from their positions, ferry
 /// SIGKILLed 8 times at random points: a replay overwrites what the killed
 /// run wrote after its last commit, so the collection ends with exactly
 /// 100,000 documents, each record once.
@@ -89,7 +90,7 @@ fn file_to_mongodb_exactly_once_across_sigkill() {
     fs::write(
         d.join("mongo.yaml"),
         format!(
-            "name: {db}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: mongodb\n  uri: ${{MONGODB_URI}}\n  database: {db}\n  collection: records\ndelivery:\n  batch_size: 2000\n  flush_interval: 100ms\n"
+            "name: {db}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: mongodb\n  uri: ${{MONGODB_URI}}\n  database: {db}\n  collection: records\n  write: upsert\ndelivery:\n  batch_size: 2000\n  flush_interval: 100ms\n"
         ),
     )
     .unwrap();
@@ -226,13 +227,17 @@ impl PrivateServer {
             .arg(storage)
             .args(["--log-file-max", "16MB", "--cache-size", "128M"])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(fs::File::create(storage.with_extension("log")).expect("log"))
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", Self::binary().display()));
-        let up = wait_until(Duration::from_secs(20), || {
+        let up = wait_until(Duration::from_secs(60), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        assert!(up, "SecantusDB did not come up on {port}");
+        assert!(
+            up,
+            "SecantusDB did not come up on {port}: {}",
+            fs::read_to_string(storage.with_extension("log")).unwrap_or_default()
+        );
         PrivateServer {
             child,
             port,
@@ -266,7 +271,9 @@ fn mongodb_server_killed_and_restarted_mid_run() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let port = loop {
-        let p = fastrand::u16(30_000..40_000);
+        // Below Linux's ephemeral range (32768–60999): a port some client
+        // connection holds as its local end would refuse the bind.
+        let p = fastrand::u16(20_000..30_000);
         if std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
             break p;
         }

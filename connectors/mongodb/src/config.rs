@@ -5,7 +5,7 @@ use ferry_api::{BuildContext, ConfigProblem, ConnectorError, Delivery, Sink, Sin
 use serde::Deserialize;
 
 /// How documents are written.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(rename_all = "lowercase")]
 pub enum WriteMode {
     /// `insert`; a document whose `_id` exists already (a replay) is left
@@ -13,7 +13,6 @@ pub enum WriteMode {
     Insert,
     /// `update` with `$set` and `upsert: true`: fields not in the record
     /// are kept.
-    #[default]
     Upsert,
     /// `update` with the whole document and `upsert: true`.
     Replace,
@@ -51,13 +50,24 @@ pub struct MongoSinkConfig {
     pub uri: String,
     pub database: String,
     pub collection: String,
+    /// Default: `insert` with ids from positions (a replay is the same
+    /// document: nothing to update, and inserts cost the server a fraction
+    /// of upserts), `upsert` with ids from a field (a later record with the
+    /// same key is newer).
     #[serde(default)]
-    pub write: WriteMode,
+    pub write: Option<WriteMode>,
     #[serde(default)]
     pub id: IdSpec,
 }
 
 impl MongoSinkConfig {
+    pub(crate) fn write_mode(&self) -> WriteMode {
+        self.write.unwrap_or(match self.id {
+            IdSpec::Field { .. } => WriteMode::Upsert,
+            IdSpec::Named(_) => WriteMode::Insert,
+        })
+    }
+
     /// The URI without its password, for messages and logs.
     pub(crate) fn redacted_uri(&self) -> String {
         redact(&self.uri)
@@ -111,7 +121,7 @@ impl SinkConfig for MongoSinkConfig {
             IdSpec::Field { field } if field.is_empty() => {
                 problems.push(ConfigProblem::at("id", "field must not be empty"))
             }
-            IdSpec::Named(IdName::None) if self.write != WriteMode::Insert => {
+            IdSpec::Named(IdName::None) if self.write_mode() != WriteMode::Insert => {
                 problems.push(ConfigProblem::at(
                     "id",
                     "none needs write: insert (upsert and replace find documents by _id)",

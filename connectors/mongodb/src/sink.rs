@@ -121,7 +121,7 @@ impl MongoSink {
         let db = self.db.as_ref().expect("write after open");
         let indexes: Vec<usize> = docs.iter().map(|(i, _, _)| *i).collect();
         let journaled = doc! {"w": 1, "j": true};
-        let command = match self.config.write {
+        let command = match self.config.write_mode() {
             WriteMode::Insert => {
                 let documents: Vec<Document> = docs
                     .into_iter()
@@ -186,7 +186,7 @@ impl MongoSink {
                 let message = e.get_str("errmsg").unwrap_or("refused").to_string();
                 // With ids from positions or fields, an insert that finds
                 // its _id taken is a replay of what was written before.
-                if self.config.write == WriteMode::Insert
+                if self.config.write_mode() == WriteMode::Insert
                     && code == DUPLICATE_KEY
                     && self.config.id != IdSpec::Named(IdName::None)
                     && is_id_index(e, &message)
