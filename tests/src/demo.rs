@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use mongodb::bson::{Document, doc};
 
-use crate::{Ferry, kafka_brokers, mongodb_uri, wait_until, with_mongodb};
+use crate::{
+    Ferry, create_topic, delete_topic, kafka_brokers, mongodb_uri, wait_until, with_mongodb,
+};
 
 /// What the demo counted.
 #[derive(Debug, PartialEq)]
@@ -43,35 +45,8 @@ fn documents() -> u64 {
 /// Deletes and creates the topic again (deletion is asynchronous: retried
 /// until the creation is accepted), and drops the database.
 fn reset(brokers: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    rt.block_on(async {
-        let _ = admin.delete_topics(&[TOPIC], &options).await;
-        for _ in 0..50 {
-            let created = admin
-                .create_topics(
-                    &[NewTopic::new(TOPIC, 3, TopicReplication::Fixed(1))],
-                    &options,
-                )
-                .await
-                .expect("create_topics");
-            match &created[0] {
-                Ok(_) => return,
-                Err((_, e)) => eprintln!("demo: creating {TOPIC}: {e}, again"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!("could not create topic {TOPIC}");
-    });
+    delete_topic(brokers, TOPIC);
+    create_topic(brokers, TOPIC, 3);
     with_mongodb(async |c| {
         c.database("testnum")
             .drop()

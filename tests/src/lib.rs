@@ -375,6 +375,17 @@ pub fn with_mongodb_at<T>(uri: &str, f: impl AsyncFnOnce(&mongodb::Client) -> T)
     })
 }
 
+/// Documents in `db.coll` on the tests' server.
+pub fn mongodb_count(db: &str, coll: &str) -> u64 {
+    with_mongodb(async |c| {
+        c.database(db)
+            .collection::<mongodb::bson::Document>(coll)
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .expect("counting documents")
+    })
+}
+
 /// Runs SQL through psql against `url` and returns its unaligned output.
 /// A failure (no server, bad SQL) panics: no service is a failure, not a skip.
 pub fn psql_at(url: &str, sql: &str) -> String {
@@ -391,26 +402,53 @@ pub fn psql_at(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Creates `topic` with `partitions` partitions (the admin API).
-pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+/// Runs `f` with a Kafka admin client on a private runtime.
+fn with_kafka_admin<T>(
+    brokers: &str,
+    f: impl AsyncFnOnce(
+        &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+        &rdkafka::admin::AdminOptions,
+    ) -> T,
+) -> T {
+    let admin = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .expect("admin client");
+    let options =
+        rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
-        .unwrap();
-    let results = rt
-        .block_on(admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        ))
-        .expect("create_topics");
-    for r in results {
-        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
-    }
+        .expect("runtime");
+    rt.block_on(f(&admin, &options))
+}
+
+/// Creates `topic` with `partitions` partitions (the admin API). Retried
+/// for a while: a topic just deleted goes away asynchronously.
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{NewTopic, TopicReplication};
+    with_kafka_admin(brokers, async |admin, options| {
+        let new = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1))];
+        for _ in 0..50 {
+            let created = admin
+                .create_topics(&new, options)
+                .await
+                .expect("create_topics");
+            match &created[0] {
+                Ok(_) => return,
+                Err((_, e)) => eprintln!("creating topic {topic}: {e}; again"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("could not create topic {topic}");
+    })
+}
+
+/// Deletes `topic` if it exists.
+pub fn delete_topic(brokers: &str, topic: &str) {
+    with_kafka_admin(brokers, async |admin, options| {
+        let _ = admin.delete_topics(&[topic], options).await;
+    })
 }
 
 /// The sum of the next offsets the file sink's manifest holds: the number

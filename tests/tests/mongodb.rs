@@ -14,16 +14,6 @@ fn database(what: &str) -> String {
     format!("ferry_{what}_{}", fastrand::u32(..))
 }
 
-fn count(db: &str, coll: &str) -> u64 {
-    with_mongodb(async |c| {
-        c.database(db)
-            .collection::<Document>(coll)
-            .count_documents(doc! {})
-            .await
-            .expect("count")
-    })
-}
-
 /// `(file, seq)` of every document, sorted.
 fn keys(db: &str, coll: &str) -> Vec<(String, i64)> {
     with_mongodb(async |c| {
@@ -95,7 +85,7 @@ fn file_to_mongodb_exactly_once_across_sigkill() {
     )
     .unwrap();
     let uri = mongodb_uri();
-    let progress = || count(&db, "records");
+    let progress = || mongodb_count(&db, "records");
     for kill in 0..8 {
         kill9_mid_run(
             d,
@@ -159,7 +149,7 @@ fn refused_documents_with_both_tolerances() {
         let status = f.wait_for_exit(Duration::from_secs(60)).expect("finishes");
         if tolerance == "all" {
             assert!(status.success(), "{}", f.log_text());
-            assert_eq!(count(&db, &coll), 297);
+            assert_eq!(mongodb_count(&db, &coll), 297);
             let dead = read_jsonl(&d.join("dlq-all.jsonl"));
             let seqs: Vec<u64> = dead
                 .iter()

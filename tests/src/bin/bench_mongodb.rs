@@ -12,19 +12,9 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use ferry_tests::{arg, ferry_bin, measure, mongodb_uri, test_line, with_mongodb};
-use mongodb::bson::{Document, doc};
+use ferry_tests::{arg, ferry_bin, measure, mongodb_count, mongodb_uri, test_line, with_mongodb};
+use mongodb::bson::Document;
 use mongodb::options::WriteConcern;
-
-fn count(db: &str, coll: &str) -> u64 {
-    with_mongodb(async |c| {
-        c.database(db)
-            .collection::<Document>(coll)
-            .count_documents(doc! {})
-            .await
-            .expect("count")
-    })
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -67,7 +57,7 @@ fn main() {
         }
         start.elapsed().as_secs_f64()
     });
-    assert_eq!(count(&db, "raw"), records);
+    assert_eq!(mongodb_count(&db, "raw"), records);
 
     let mut rows = vec![(
         "raw insert_many (batches of 1,000)".to_string(),
@@ -91,7 +81,11 @@ fn main() {
                 .env("FERRY_LOG", "warn")
                 .stdout(Stdio::null()),
         );
-        assert_eq!(count(&db, write), records, "{write}: every record once");
+        assert_eq!(
+            mongodb_count(&db, write),
+            records,
+            "{write}: every record once"
+        );
         rows.push((m.name, m.seconds));
     }
     with_mongodb(async |c| c.database(&db).drop().await.expect("drop"));
