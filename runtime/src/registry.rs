@@ -42,7 +42,10 @@ impl Registry {
             r.sinks.push(ferry_connector_kafka::sink_plugin());
         }
         #[cfg(feature = "mongodb")]
-        r.sinks.push(ferry_connector_mongodb::sink_plugin());
+        {
+            r.sources.push(ferry_connector_mongodb::source_plugin());
+            r.sinks.push(ferry_connector_mongodb::sink_plugin());
+        }
         #[cfg(feature = "generate")]
         r.sources.push(ferry_connector_generate::source_plugin());
         r

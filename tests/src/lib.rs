@@ -451,6 +451,80 @@ pub fn delete_topic(brokers: &str, topic: &str) {
     })
 }
 
+/// Counts refused deliveries and keeps the first error.
+#[derive(Default)]
+struct Deliveries {
+    failed: std::sync::atomic::AtomicU64,
+    first: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl rdkafka::producer::ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.first
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// Produces `records` test lines (`test_line("bench", seq, 100)`, keyed by
+/// `seq`) to `topic` and checks every delivery. With `partitions`, also
+/// checks that the topic's watermarks add up to `records` (brokers that
+/// report exact watermarks; Tansu does not).
+pub fn produce_test_lines(brokers: &str, topic: &str, records: u64, partitions: Option<i32>) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer<Deliveries> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        // Batches of librdkafka's default size (1 MB) exceed what the
+        // broker takes in one message set, and are refused whole.
+        .set("batch.size", "262144")
+        .set("queue.buffering.max.messages", "200000")
+        .create_with_context(Deliveries::default())
+        .expect("producer");
+    for seq in 0..records {
+        let line = test_line("bench", seq, 100);
+        let payload = line.trim_end();
+        let key = seq.to_string();
+        let mut record = BaseRecord::to(topic).key(&key).payload(payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    // Queue full: let deliveries drain.
+                    producer.poll(Duration::from_millis(50));
+                    record = r;
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+    let ctx = producer.context();
+    let failed = ctx.failed.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(failed, 0, "refused: {:?}", ctx.first.lock().unwrap());
+    let Some(partitions) = partitions else {
+        return;
+    };
+    let stored: i64 = (0..partitions)
+        .map(|p| {
+            let (lo, hi) = producer
+                .client()
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            hi - lo
+        })
+        .sum();
+    assert_eq!(stored, records as i64, "the topic holds every message");
+}
+
 /// The sum of the next offsets the file sink's manifest holds: the number
 /// of messages committed when every partition starts at 0.
 pub fn committed_offsets(manifest: &Path) -> u64 {

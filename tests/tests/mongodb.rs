@@ -259,6 +259,18 @@ impl Drop for PrivateServer {
     }
 }
 
+/// A port for a private server. Below Linux's ephemeral range
+/// (32768–60999): a port some client connection holds as its local end
+/// would refuse the bind.
+fn free_port() -> u16 {
+    loop {
+        let p = fastrand::u16(20_000..30_000);
+        if std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            break p;
+        }
+    }
+}
+
 /// generate → MongoDB while the server is killed with SIGKILL and started
 /// again mid-run: ferry reports the failed writes, retries with backoff, and
 /// carries on by itself when the server is back; every record ends up
@@ -268,14 +280,7 @@ fn mongodb_server_killed_and_restarted_mid_run() {
     const N: u64 = 20_000;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let port = loop {
-        // Below Linux's ephemeral range (32768–60999): a port some client
-        // connection holds as its local end would refuse the bind.
-        let p = fastrand::u16(20_000..30_000);
-        if std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-            break p;
-        }
-    };
+    let port = free_port();
     let storage = d.join("mongo-data");
     let mut server = PrivateServer::start(port, &storage);
     let uri = server.uri();
@@ -325,4 +330,243 @@ fn mongodb_server_killed_and_restarted_mid_run() {
         )
     });
     assert_eq!((count, distinct), (N, N), "documents, distinct seq");
+}
+
+/// One change the writer below made, as the source must report it:
+/// `(operation, _id, v)` with `v` the value the change set (none for a
+/// delete).
+type Change = (String, i64, Option<i64>);
+
+/// Makes `ops` changes to `db.items`, one at a time, and returns them in the
+/// order the server applied them: op `j` inserts `{_id: 100000 + j, v: j}`
+/// (j % 3 == 0), updates the document the previous op inserted (j % 3 ==
+/// 1), and then either deletes that document or updates one of the
+/// snapshot's documents (j % 3 == 2, alternately).
+fn make_changes(uri: &str, db: &str, ops: i64, per_second: u64) -> Vec<Change> {
+    with_mongodb_at(uri, async |c| {
+        let items = c.database(db).collection::<Document>("items");
+        let mut log = Vec::new();
+        let pause = Duration::from_micros(1_000_000 / per_second);
+        for j in 0..ops {
+            let change = match j % 3 {
+                0 => {
+                    let id = 100_000 + j;
+                    items
+                        .insert_one(doc! {"_id": id, "v": j})
+                        .await
+                        .expect("insert");
+                    ("insert".to_string(), id, Some(j))
+                }
+                1 => {
+                    let id = 100_000 + j - 1;
+                    items
+                        .update_one(doc! {"_id": id}, doc! {"$set": {"v": j}})
+                        .await
+                        .expect("update");
+                    ("update".to_string(), id, Some(j))
+                }
+                _ if j % 6 == 2 => {
+                    let id = 100_000 + j - 2;
+                    items.delete_one(doc! {"_id": id}).await.expect("delete");
+                    ("delete".to_string(), id, None)
+                }
+                _ => {
+                    let id = j % 1000;
+                    items
+                        .update_one(doc! {"_id": id}, doc! {"$set": {"v": j}})
+                        .await
+                        .expect("update");
+                    ("update".to_string(), id, Some(j))
+                }
+            };
+            log.push(change);
+            tokio::time::sleep(pause).await;
+        }
+        log
+    })
+}
+
+fn change_stream_config(d: &Path, db: &str, snapshot: &str) {
+    fs::write(
+        d.join("cdc.yaml"),
+        format!(
+            "name: cdc\nsource:\n  type: mongodb\n  uri: ${{MONGODB_URI}}\n  database: {db}\n  collection: items\n  snapshot: {snapshot}\n  batch_size: 500\nsink:\n  type: file\n  path: out/changes.jsonl\ndelivery:\n  batch_size: 500\n  flush_interval: 50ms\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// MongoDB (snapshot, then change stream) → file, ferry SIGKILLed twice
+/// while it reads the snapshot and four times while another client inserts,
+/// updates and deletes: the
+/// snapshot holds each document that was there before exactly once, and the
+/// changes arrive exactly once each, in the order the server applied them.
+/// The file sink stores the resume tokens in its manifest, so a restart
+/// resumes exactly after the last change written.
+#[test]
+fn change_stream_to_file_exactly_once_in_order_across_sigkill() {
+    const BEFORE: i64 = 20_000;
+    const OPS: i64 = 6_000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = database("cdc");
+    let uri = mongodb_uri();
+    with_mongodb(async |c| {
+        let docs: Vec<Document> = (0..BEFORE).map(|i| doc! {"_id": i, "v": -1}).collect();
+        c.database(&db)
+            .collection::<Document>("items")
+            .insert_many(docs)
+            .await
+            .expect("insert the snapshot's documents");
+    });
+    change_stream_config(d, &db, "initial");
+    let out = d.join("out/changes.jsonl");
+    let progress = || count_lines(&out) as u64;
+    // The writer starts once a snapshot position is committed: the
+    // stream's start point is stored with it. Before that, a restart begins
+    // a new snapshot from a new start point, and changes made earlier are
+    // in that snapshot instead of the stream.
+    let writer = {
+        let (uri, db) = (uri.clone(), db.clone());
+        let manifest = d.join("out/changes.jsonl.ferry-manifest");
+        std::thread::spawn(move || {
+            let started = wait_until(Duration::from_secs(120), || {
+                fs::read_to_string(&manifest).is_ok_and(|m| m.contains("\"snapshot\""))
+            });
+            assert!(started, "no snapshot position was ever committed");
+            make_changes(&uri, &db, OPS, 1_000)
+        })
+    };
+    let env = [("MONGODB_URI", uri.as_str())];
+    // Two kills while the snapshot is read, four while the changes stream.
+    for kill in 0..2 {
+        kill9_mid_run(d, "cdc.yaml", &env, progress, BEFORE as u64, (kill, 2));
+        eprintln!("kill {kill} (snapshot): {} lines", progress());
+    }
+    let changes_read = || progress().saturating_sub(BEFORE as u64);
+    for kill in 0..4 {
+        kill9_mid_run(d, "cdc.yaml", &env, changes_read, OPS as u64, (kill, 4));
+        eprintln!("kill {} (stream): {} lines", kill + 2, progress());
+    }
+    let log = writer.join().expect("writer");
+    let mut f = start(d, &["run", "--once", "cdc.yaml"]);
+    let status = f.wait_for_exit(Duration::from_secs(120)).expect("finishes");
+    assert!(status.success(), "{}", f.log_text());
+
+    let records = read_jsonl(&out);
+    let id = |r: &serde_json::Value| r["key"]["_id"].as_i64().expect("an integer _id");
+    // The snapshot: every document that was there before, once.
+    let mut snapshot: Vec<i64> = records
+        .iter()
+        .filter(|r| r["operation"] == "snapshot")
+        .map(id)
+        .collect();
+    snapshot.sort();
+    let before_ids: Vec<i64> = snapshot.iter().copied().filter(|&i| i < BEFORE).collect();
+    assert_eq!(before_ids, (0..BEFORE).collect::<Vec<_>>(), "snapshot");
+    // Documents the writer inserted while the snapshot ran may be in it
+    // too (the documented overlap), but once at most.
+    let mut later = snapshot
+        .iter()
+        .filter(|&&i| i >= BEFORE)
+        .collect::<Vec<_>>();
+    let n = later.len();
+    later.dedup();
+    assert_eq!(later.len(), n, "a document twice in the snapshot");
+    // The changes: exactly the writer's, in its order.
+    let changes: Vec<Change> = records
+        .iter()
+        .filter(|r| r["operation"] != "snapshot")
+        .map(|r| {
+            let op = r["operation"].as_str().expect("operation").to_string();
+            let v = match op.as_str() {
+                "insert" => r["document"]["v"].as_i64(),
+                "update" => r["update"]["updated"]["v"].as_i64(),
+                _ => None,
+            };
+            (op, id(r), v)
+        })
+        .collect();
+    if changes != log {
+        let first = changes.iter().zip(&log).position(|(a, b)| a != b);
+        panic!(
+            "{} changes read, {} made; first difference at {first:?}: {:?} vs {:?}",
+            changes.len(),
+            log.len(),
+            first.map(|i| &changes[i]),
+            first.map(|i| &log[i]),
+        );
+    }
+    drop_database(&db);
+}
+
+/// The change stream's committed resume token points into history the
+/// server no longer has (here: the server started again on empty storage,
+/// as after a restore or an oplog that rolled over): ferry stops with an
+/// error that names the stream and says how to start from a fresh
+/// snapshot, instead of silently skipping the changes in between.
+#[test]
+fn stale_resume_token_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let server = PrivateServer::start(port, &d.join("mongo-a"));
+    let uri = server.uri();
+    fs::write(
+        d.join("cdc.yaml"),
+        format!(
+            "name: cdc\nsource:\n  type: mongodb\n  uri: {uri}\n  database: stale\n  collection: items\n  snapshot: never\nsink:\n  type: file\n  path: out/changes.jsonl\ndelivery:\n  flush_interval: 50ms\n"
+        ),
+    )
+    .unwrap();
+    let mut f = Ferry::start(d, &["run", "cdc.yaml"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || f
+            .log_text()
+            .contains("pipeline started")),
+        "{}",
+        f.log_text()
+    );
+    with_mongodb_at(&uri, async |c| {
+        let items = c.database("stale").collection::<Document>("items");
+        for i in 0..100 {
+            items.insert_one(doc! {"_id": i}).await.expect("insert");
+        }
+    });
+    let manifest = d.join("out/changes.jsonl.ferry-manifest");
+    assert!(
+        wait_until(Duration::from_secs(30), || count_lines(
+            &d.join("out/changes.jsonl")
+        ) == 100
+            && fs::read_to_string(&manifest).is_ok_and(|m| m.contains("token"))),
+        "{}",
+        f.log_text()
+    );
+    f.signal(libc::SIGTERM);
+    assert!(
+        f.wait_for_exit(Duration::from_secs(30))
+            .expect("stops")
+            .success()
+    );
+    drop(server);
+    // The same address, none of the history.
+    let server = PrivateServer::start(port, &d.join("mongo-b"));
+    with_mongodb_at(&server.uri(), async |c| {
+        let items = c.database("stale").collection::<Document>("items");
+        items.insert_one(doc! {"_id": 1000}).await.expect("insert");
+    });
+    let mut f = Ferry::start(d, &["run", "--once", "cdc.yaml"]);
+    let status = f.wait_for_exit(Duration::from_secs(60)).expect("stops");
+    let log = f.log_text();
+    assert!(!status.success(), "must stop:\n{log}");
+    assert!(log.contains("no longer accepts its resume token"), "{log}");
+    assert!(
+        log.contains("ferry offsets reset"),
+        "says how to start over: {log}"
+    );
+    assert_eq!(
+        count_lines(&d.join("out/changes.jsonl")),
+        100,
+        "nothing more written"
+    );
 }

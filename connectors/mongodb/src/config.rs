@@ -1,7 +1,9 @@
 //! `sink: {type: mongodb}`: parsed and validated without I/O.
 
 use async_trait::async_trait;
-use ferry_api::{BuildContext, ConfigProblem, ConnectorError, Delivery, Sink, SinkConfig};
+use ferry_api::{
+    BuildContext, ConfigProblem, ConnectorError, Delivery, Sink, SinkConfig, Source, SourceConfig,
+};
 use serde::Deserialize;
 
 /// How documents are written.
@@ -75,7 +77,7 @@ impl MongoSinkConfig {
 }
 
 /// `mongodb://user:secret@host/` → `mongodb://user:***@host/`.
-fn redact(uri: &str) -> String {
+pub(crate) fn redact(uri: &str) -> String {
     let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
         return uri.to_string();
     };
@@ -95,27 +97,13 @@ fn redact(uri: &str) -> String {
 impl SinkConfig for MongoSinkConfig {
     fn validate(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
-        if !(self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://")) {
-            problems.push(ConfigProblem::at(
-                "uri",
-                "must be a MongoDB connection string (mongodb://… or mongodb+srv://…)",
-            ));
-        }
+        check_uri(&self.uri, &mut problems);
         // Names MongoDB refuses, caught before anything connects.
-        if self.database.is_empty() || self.database.contains(['/', '\\', '.', ' ', '"', '$']) {
-            problems.push(ConfigProblem::at(
-                "database",
-                "must be a non-empty name without / \\ . space \" $",
-            ));
+        if bad_database(&self.database) {
+            problems.push(ConfigProblem::at("database", DATABASE_NAME));
         }
-        if self.collection.is_empty()
-            || self.collection.contains('$')
-            || self.collection.starts_with("system.")
-        {
-            problems.push(ConfigProblem::at(
-                "collection",
-                "must be a non-empty name without $, not in system.*",
-            ));
+        if bad_collection(&self.collection) {
+            problems.push(ConfigProblem::at("collection", COLLECTION_NAME));
         }
         match &self.id {
             IdSpec::Field { field } if field.is_empty() => {
@@ -155,8 +143,156 @@ impl SinkConfig for MongoSinkConfig {
     }
 
     async fn check(&self, _ctx: &BuildContext) -> Result<(), ConnectorError> {
-        let client = crate::sink::connect(self).await?;
-        crate::sink::ping(&client, self).await
+        let shown = self.redacted_uri();
+        let client = crate::client::connect(&self.uri, &shown).await?;
+        crate::client::ping(&client, &shown).await
+    }
+}
+
+/// Whether a change-stream source first reads the documents already there.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// Read every existing document (in `_id` order, resumably), then
+    /// stream the changes made since the snapshot began.
+    #[default]
+    Initial,
+    /// Stream only the changes made from the pipeline's first start on.
+    Never,
+}
+
+/// What an `update` event carries besides its delta.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum FullDocument {
+    /// The document as it is when the event is read (`updateLookup`).
+    #[default]
+    UpdateLookup,
+    /// Only the change (`updateDescription`); `document` is null.
+    Delta,
+}
+
+/// `source: {type: mongodb}`: a change stream on a collection, a database
+/// or the whole server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoSourceConfig {
+    pub uri: String,
+    /// Without it: every database of the server.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// Without it: every collection of `database`.
+    #[serde(default)]
+    pub collection: Option<String>,
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    #[serde(default)]
+    pub full_document: FullDocument,
+    /// Documents or events per server round trip.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+}
+
+fn default_batch_size() -> u32 {
+    1000
+}
+
+impl MongoSourceConfig {
+    pub(crate) fn redacted_uri(&self) -> String {
+        redact(&self.uri)
+    }
+
+    /// What is watched, for keys and messages: `db.coll`, `db` or `*`.
+    pub(crate) fn scope(&self) -> String {
+        match (&self.database, &self.collection) {
+            (Some(d), Some(c)) => format!("{d}.{c}"),
+            (Some(d), None) => d.clone(),
+            _ => "*".to_string(),
+        }
+    }
+}
+
+fn check_uri(uri: &str, problems: &mut Vec<ConfigProblem>) {
+    if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
+        problems.push(ConfigProblem::at(
+            "uri",
+            "must be a MongoDB connection string (mongodb://… or mongodb+srv://…)",
+        ));
+    }
+}
+
+fn bad_database(name: &str) -> bool {
+    name.is_empty() || name.contains(['/', '\\', '.', ' ', '"', '$'])
+}
+
+fn bad_collection(name: &str) -> bool {
+    name.is_empty() || name.contains('$') || name.starts_with("system.")
+}
+
+const DATABASE_NAME: &str = "must be a non-empty name without / \\ . space \" $";
+const COLLECTION_NAME: &str = "must be a non-empty name without $, not in system.*";
+
+#[async_trait]
+impl SourceConfig for MongoSourceConfig {
+    fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        check_uri(&self.uri, &mut problems);
+        if let Some(d) = &self.database
+            && bad_database(d)
+        {
+            problems.push(ConfigProblem::at("database", DATABASE_NAME));
+        }
+        match (&self.database, &self.collection) {
+            (None, Some(_)) => problems.push(ConfigProblem::at(
+                "collection",
+                "needs `database` (without both, the whole server is watched)",
+            )),
+            (_, Some(c)) if bad_collection(c) => {
+                problems.push(ConfigProblem::at("collection", COLLECTION_NAME))
+            }
+            _ => {}
+        }
+        if self.batch_size == 0 {
+            problems.push(ConfigProblem::at("batch_size", "must be at least 1"));
+        }
+        problems
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "mongodb change stream on {} at {} (snapshot: {})",
+            self.scope(),
+            self.redacted_uri(),
+            match self.snapshot {
+                SnapshotMode::Initial => "initial",
+                SnapshotMode::Never => "never",
+            }
+        )
+    }
+
+    /// Changes are exactly-once by resume token; the snapshot is read
+    /// while writes go on, so a document changed during it shows in it (in
+    /// its state at the moment it was read) and again as the change.
+    fn delivery_caveat(&self) -> Option<&'static str> {
+        match self.snapshot {
+            SnapshotMode::Initial => Some(
+                "a document changed while the initial snapshot is read arrives in the snapshot \
+                 and again as that change event",
+            ),
+            SnapshotMode::Never => None,
+        }
+    }
+
+    async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
+        Ok(Box::new(crate::source::ChangeStreamSource::new(
+            self.clone(),
+        )))
+    }
+
+    async fn check(&self, _ctx: &BuildContext) -> Result<(), ConnectorError> {
+        let shown = self.redacted_uri();
+        let client = crate::client::connect(&self.uri, &shown).await?;
+        crate::client::ping(&client, &shown).await
     }
 }
 

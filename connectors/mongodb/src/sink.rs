@@ -2,15 +2,12 @@
 //! commands with journaled write concern, so a write that returned is
 //! durable and `commit` has nothing left to do.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use ferry_api::{ConnectorError, Positions, Record, Rejected, Sink, Value};
+use mongodb::Database;
 use mongodb::bson::{Bson, Document, doc};
-use mongodb::error::ErrorKind;
-use mongodb::options::ClientOptions;
-use mongodb::{Client, Database};
 
+use crate::client::{classify, connect, ping};
 use crate::config::{IdName, IdSpec, MongoSinkConfig, WriteMode};
 
 /// Documents per command: well under the server's 100,000, and small
@@ -20,58 +17,6 @@ const PER_COMMAND: usize = 500;
 
 /// The duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
-
-pub(crate) async fn connect(config: &MongoSinkConfig) -> Result<Client, ConnectorError> {
-    let mut options = ClientOptions::parse(&config.uri).await.map_err(|e| {
-        ConnectorError::Fatal(format!(
-            "bad MongoDB connection string {}: {e}",
-            config.redacted_uri()
-        ))
-    })?;
-    options.app_name.get_or_insert_with(|| "ferry".to_string());
-    // Fail a connection attempt within seconds (the driver's default is
-    // 30 s): the runtime retries with its own backoff and says so.
-    options
-        .server_selection_timeout
-        .get_or_insert(Duration::from_secs(10));
-    Client::with_options(options).map_err(|e| {
-        ConnectorError::Fatal(format!("MongoDB client for {}: {e}", config.redacted_uri()))
-    })
-}
-
-pub(crate) async fn ping(client: &Client, config: &MongoSinkConfig) -> Result<(), ConnectorError> {
-    client
-        .database("admin")
-        .run_command(doc! {"ping": 1})
-        .await
-        .map(|_| ())
-        .map_err(|e| classify(&format!("reaching MongoDB at {}", config.redacted_uri()), e))
-}
-
-/// Connection trouble and the server stepping down or shutting down are
-/// worth retrying; anything else (authentication, a bad command) is not.
-fn classify(what: &str, e: mongodb::error::Error) -> ConnectorError {
-    let retriable = match e.kind.as_ref() {
-        ErrorKind::Io(_)
-        | ErrorKind::ServerSelection { .. }
-        | ErrorKind::ConnectionPoolCleared { .. }
-        | ErrorKind::Shutdown => true,
-        // NotWritablePrimary, InterruptedAtShutdown, ShutdownInProgress,
-        // NetworkTimeout, HostUnreachable, HostNotFound, ExceededTimeLimit,
-        // PrimarySteppedDown, WriteConcernFailed…
-        ErrorKind::Command(c) => matches!(
-            c.code,
-            6 | 7 | 89 | 91 | 189 | 262 | 9001 | 10107 | 11600 | 11602 | 13435 | 13436 | 64
-        ),
-        _ => false,
-    } || e.contains_label("RetryableWriteError");
-    let message = format!("{what}: {e}");
-    if retriable {
-        ConnectorError::Retriable(message)
-    } else {
-        ConnectorError::Fatal(message)
-    }
-}
 
 pub(crate) struct MongoSink {
     config: MongoSinkConfig,
@@ -225,8 +170,9 @@ fn is_id_index(error: &Document, message: &str) -> bool {
 impl Sink for MongoSink {
     /// Positions live in ferry's offset store: ids make replays harmless.
     async fn open(&mut self) -> Result<Option<Positions>, ConnectorError> {
-        let client = connect(&self.config).await?;
-        ping(&client, &self.config).await?;
+        let shown = self.config.redacted_uri();
+        let client = connect(&self.config.uri, &shown).await?;
+        ping(&client, &shown).await?;
         self.db = Some(client.database(&self.config.database));
         Ok(None)
     }

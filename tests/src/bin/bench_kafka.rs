@@ -26,85 +26,14 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_tests::{arg, committed_offsets, create_topic, ferry_bin, test_line};
+use ferry_tests::{arg, committed_offsets, create_topic, ferry_bin, produce_test_lines};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::util::get_rdkafka_version;
 
 /// The mock cluster keeps at most 5 MB of each partition (older message
 /// sets are dropped), so a million messages need this many.
 const PARTITIONS: i32 = 32;
-
-/// Counts refused deliveries and keeps the first error.
-#[derive(Default)]
-struct Deliveries {
-    failed: std::sync::atomic::AtomicU64,
-    first: std::sync::Mutex<Option<String>>,
-}
-
-impl rdkafka::ClientContext for Deliveries {}
-
-impl rdkafka::producer::ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            self.failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.first
-                .lock()
-                .unwrap()
-                .get_or_insert_with(|| e.to_string());
-        }
-    }
-}
-
-fn produce(brokers: &str, topic: &str, records: u64, exact_watermarks: bool) {
-    let producer: BaseProducer<Deliveries> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20")
-        // Batches of librdkafka's default size (1 MB) exceed what the
-        // broker takes in one message set, and are refused whole.
-        .set("batch.size", "262144")
-        .set("queue.buffering.max.messages", "200000")
-        .create_with_context(Deliveries::default())
-        .expect("producer");
-    for seq in 0..records {
-        let line = test_line("bench", seq, 100);
-        let payload = line.trim_end();
-        let key = seq.to_string();
-        let mut record = BaseRecord::to(topic).key(&key).payload(payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    // Queue full: let deliveries drain.
-                    producer.poll(Duration::from_millis(50));
-                    record = r;
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
-    }
-    producer.flush(Duration::from_secs(120)).expect("flush");
-    let ctx = producer.context();
-    let failed = ctx.failed.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(failed, 0, "refused: {:?}", ctx.first.lock().unwrap());
-    if !exact_watermarks {
-        // Tansu reports high watermarks late; the deliveries were checked.
-        return;
-    }
-    let stored: i64 = (0..PARTITIONS)
-        .map(|p| {
-            let (lo, hi) = producer
-                .client()
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks");
-            hi - lo
-        })
-        .sum();
-    assert_eq!(stored, records as i64, "the topic holds every message");
-}
 
 /// Messages per second, first message to last.
 /// With `write`, each message is also parsed as JSON and written back as a
@@ -216,7 +145,7 @@ fn main() {
         }
     };
     let start = Instant::now();
-    produce(&brokers, &topic, records, mock_used);
+    produce_test_lines(&brokers, &topic, records, mock_used.then_some(PARTITIONS));
     eprintln!(
         "topic {topic} at {brokers}: {records} messages of ~100 bytes in {PARTITIONS} partitions, produced in {:.1} s; librdkafka {}; ferry: {}",
         start.elapsed().as_secs_f64(),
