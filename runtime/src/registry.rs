@@ -10,6 +10,7 @@ const ALL_TYPES: &[(&str, &str)] = &[
     ("postgres", "postgres"),
     ("kafka", "kafka"),
     ("mongodb", "mongodb"),
+    ("elasticsearch", "elasticsearch"),
     ("generate", "generate"),
 ];
 
@@ -46,6 +47,8 @@ impl Registry {
             r.sources.push(ferry_connector_mongodb::source_plugin());
             r.sinks.push(ferry_connector_mongodb::sink_plugin());
         }
+        #[cfg(feature = "elasticsearch")]
+        r.sinks.push(ferry_connector_elasticsearch::sink_plugin());
         #[cfg(feature = "generate")]
         r.sources.push(ferry_connector_generate::source_plugin());
         r

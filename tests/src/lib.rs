@@ -536,3 +536,130 @@ pub fn committed_offsets(manifest: &Path) -> u64 {
         ps.values().filter_map(|p| p["offset"].as_u64()).sum()
     })
 }
+
+/// The ES-API servers the tests run against, by name: noida-db
+/// (`ES_URL`, default http://127.0.0.1:19200) and osmem-server
+/// (`OSMEM_URL`, default http://127.0.0.1:19201), both started by
+/// `scripts/services`. Neither is a real Elasticsearch; running every test
+/// on both catches what one of them lets through.
+pub fn es_servers() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "noida",
+            std::env::var("ES_URL").unwrap_or_else(|_| "http://127.0.0.1:19200".to_string()),
+        ),
+        (
+            "osmem",
+            std::env::var("OSMEM_URL").unwrap_or_else(|_| "http://127.0.0.1:19201".to_string()),
+        ),
+    ]
+}
+
+/// Splits an HTTP/1.x message into its status (or request) line, lower-cased
+/// headers and body, undoing chunked encoding.
+pub fn parse_http(raw: &[u8]) -> Option<(String, Vec<(String, String)>, Vec<u8>)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let first = lines.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
+    {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&rest[..line_end])
+                    .ok()?
+                    .split(';')
+                    .next()?
+                    .trim(),
+                16,
+            )
+            .ok()?;
+            if size == 0 {
+                break;
+            }
+            let start = line_end + 2;
+            out.extend_from_slice(rest.get(start..start + size)?);
+            rest = rest.get(start + size + 2..)?;
+        }
+        body = out;
+    }
+    Some((first, headers, body))
+}
+
+/// One HTTP request to `base` (`http://host:port`), answered in full:
+/// `(status, body)`. Plain HTTP/1.0 over a socket: no client library, and a
+/// server that cannot be reached fails the test.
+pub fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("no ES-API server at {base}: {e}"));
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("response");
+    let (status, _, body) = parse_http(&raw).unwrap_or_else(|| panic!("not HTTP from {base}"));
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Documents in `index` after a refresh.
+pub fn es_count(base: &str, index: &str) -> u64 {
+    http(base, "POST", &format!("/{index}/_refresh"), None);
+    let (status, body) = http(base, "GET", &format!("/{index}/_count"), None);
+    if status == 404 {
+        return 0;
+    }
+    let v: Value = serde_json::from_str(&body).unwrap_or_default();
+    v["count"].as_u64().unwrap_or(0)
+}
+
+/// The `seq` field of every document of `index`, in order (pages of
+/// 10,000 by `search_after`).
+pub fn es_seqs(base: &str, index: &str) -> Vec<u64> {
+    http(base, "POST", &format!("/{index}/_refresh"), None);
+    let mut seqs = Vec::new();
+    let mut after: Option<u64> = None;
+    loop {
+        let mut query =
+            serde_json::json!({"size": 10000, "sort": [{"seq": "asc"}], "_source": ["seq"]});
+        if let Some(a) = after {
+            query["search_after"] = serde_json::json!([a]);
+        }
+        let (status, body) = http(
+            base,
+            "POST",
+            &format!("/{index}/_search"),
+            Some(&query.to_string()),
+        );
+        assert_eq!(status, 200, "search of {index} at {base}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("search answer");
+        let hits = v["hits"]["hits"].as_array().cloned().unwrap_or_default();
+        if hits.is_empty() {
+            return seqs;
+        }
+        for h in &hits {
+            seqs.push(h["_source"]["seq"].as_u64().expect("seq"));
+        }
+        after = seqs.last().copied();
+    }
+}

@@ -467,6 +467,12 @@ impl Loader<'_> {
             }
         }
         let ((source_type, source), (sink_type, sink)) = (source?, sink?);
+        let mut delivery = delivery?;
+        // A sink's own batching setting (Elasticsearch's
+        // `bulk.flush_interval`) shortens the pipeline's.
+        if let Some(interval) = sink.flush_interval() {
+            delivery.flush_interval = delivery.flush_interval.min(interval);
+        }
         Some(PipelineConfig {
             name: name?,
             file: self.file.to_path_buf(),
@@ -474,7 +480,7 @@ impl Loader<'_> {
             source,
             sink_type,
             sink,
-            delivery: delivery?,
+            delivery,
             errors: errors?,
         })
     }

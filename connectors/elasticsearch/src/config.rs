@@ -1,0 +1,332 @@
+//! `sink: {type: elasticsearch}`: parsed and validated without I/O.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_api::{BuildContext, ConfigProblem, ConnectorError, Delivery, Sink, SinkConfig};
+use serde::Deserialize;
+
+use crate::index::IndexTemplate;
+
+/// The bulk action each record becomes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// `index`: create or overwrite the document with that `_id`.
+    #[default]
+    Index,
+    /// `create`: only if no document has that `_id` (409 otherwise).
+    Create,
+    /// `update` with `doc_as_upsert`: merge the record into the document.
+    Update,
+}
+
+/// Where each document's `_id` comes from.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum IdSpec {
+    /// `position` (the default) or `none` (server ids: at-least-once).
+    Named(IdName),
+    /// `{field: name}`: the value of a record field (a string or a number).
+    Field { field: String },
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum IdName {
+    Position,
+    None,
+}
+
+impl Default for IdSpec {
+    fn default() -> Self {
+        IdSpec::Named(IdName::Position)
+    }
+}
+
+/// `5MB`, `512KB`, `1000000` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ByteSize(pub usize);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(usize),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => parse_size(&s).map(ByteSize).ok_or_else(|| {
+                serde::de::Error::custom(format!("`{s}` is not a size (e.g. 5MB, 512KB, 1000000)"))
+            }),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: usize = n.parse().ok()?;
+    let factor = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" | "K" | "KIB" => 1 << 10,
+        "MB" | "M" | "MIB" => 1 << 20,
+        "GB" | "G" | "GIB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+/// How records are grouped into `_bulk` requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkConfig {
+    /// Actions per request.
+    #[serde(default = "default_max_actions")]
+    pub max_actions: usize,
+    /// Bytes of request body per request (a single larger document is
+    /// sent alone).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Longest a record waits before its batch is sent: the pipeline's
+    /// `delivery.flush_interval` for this sink, when shorter.
+    #[serde(default, with = "humantime_serde")]
+    pub flush_interval: Option<Duration>,
+}
+
+fn default_max_actions() -> usize {
+    1000
+}
+
+fn default_max_bytes() -> ByteSize {
+    ByteSize(5 << 20)
+}
+
+impl Default for BulkConfig {
+    fn default() -> Self {
+        BulkConfig {
+            max_actions: default_max_actions(),
+            max_bytes: default_max_bytes(),
+            flush_interval: None,
+        }
+    }
+}
+
+/// Retries of a request the cluster answered with 429 or 5xx, or could not
+/// be reached for: exponential backoff with full jitter. After the last one
+/// the pipeline stops writing, reports it, and the runtime starts it again
+/// from its committed positions after its own backoff.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+fn default_max_retries() -> u32 {
+    8
+}
+
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_retries: default_max_retries(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+/// `{username, password}` or `{api_key}` (the base64 `id:key` Elasticsearch
+/// hands out, or `{id, key}`); secrets through `${ENV}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// A PEM file with the CA that signed the cluster's certificate.
+    pub ca_file: std::path::PathBuf,
+}
+
+/// `sink: {type: elasticsearch}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticsearchSinkConfig {
+    /// One or more nodes, tried in turn.
+    pub urls: Vec<String>,
+    /// A name, or a template: `orders-{yyyy.MM.dd}` (the record's
+    /// timestamp, UTC; now when it has none), `events-{tenant}` (a field).
+    pub index: String,
+    #[serde(default)]
+    pub id: IdSpec,
+    #[serde(default)]
+    pub action: Action,
+    #[serde(default)]
+    pub bulk: BulkConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub auth: Option<Auth>,
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// Per request.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl ElasticsearchSinkConfig {
+    pub(crate) fn shown_urls(&self) -> String {
+        self.urls
+            .iter()
+            .map(|u| redact(u))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `https://user:secret@host` → `https://user:***@host`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+#[async_trait]
+impl SinkConfig for ElasticsearchSinkConfig {
+    fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        if self.urls.is_empty() {
+            problems.push(ConfigProblem::at("urls", "needs at least one node URL"));
+        }
+        for (i, u) in self.urls.iter().enumerate() {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                problems.push(ConfigProblem {
+                    path: vec![
+                        ferry_api::PathSegment::Key("urls".into()),
+                        ferry_api::PathSegment::Index(i),
+                    ],
+                    message: format!("`{}` is not an http:// or https:// URL", redact(u)),
+                });
+            }
+        }
+        if let Err(e) = IndexTemplate::parse(&self.index) {
+            problems.push(ConfigProblem::at("index", e));
+        }
+        match (&self.id, self.action) {
+            (IdSpec::Field { field }, _) if field.is_empty() => {
+                problems.push(ConfigProblem::at("id", "field must not be empty"))
+            }
+            (IdSpec::Named(IdName::None), Action::Update) => problems.push(ConfigProblem::at(
+                "id",
+                "none cannot be used with action: update (an update finds its document by _id)",
+            )),
+            _ => {}
+        }
+        if self.bulk.max_actions == 0 {
+            problems.push(ConfigProblem::at("bulk", "max_actions must be at least 1"));
+        }
+        if self.bulk.max_bytes.0 < 1024 {
+            problems.push(ConfigProblem::at("bulk", "max_bytes must be at least 1KB"));
+        }
+        if self.retry.initial_backoff > self.retry.max_backoff {
+            problems.push(ConfigProblem::at(
+                "retry",
+                "initial_backoff must not exceed max_backoff",
+            ));
+        }
+        if let Some(auth) = &self.auth {
+            match (&auth.username, &auth.password, &auth.api_key) {
+                (Some(_), Some(_), None) | (None, None, Some(_)) => {}
+                _ => problems.push(ConfigProblem::at(
+                    "auth",
+                    "give either username and password, or api_key",
+                )),
+            }
+        }
+        problems
+    }
+
+    fn describe(&self) -> String {
+        format!("elasticsearch {} index {}", self.shown_urls(), self.index)
+    }
+
+    /// Ids derived from the record or its position make a replay overwrite
+    /// the same documents; server ids make it add new ones.
+    fn delivery(&self) -> Delivery {
+        match self.id {
+            IdSpec::Named(IdName::None) => Delivery::AtLeastOnce,
+            _ => Delivery::Idempotent,
+        }
+    }
+
+    fn flush_interval(&self) -> Option<Duration> {
+        self.bulk.flush_interval
+    }
+
+    async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
+        Ok(Box::new(crate::sink::ElasticsearchSink::new(self.clone())?))
+    }
+
+    async fn check(&self, _ctx: &BuildContext) -> Result<(), ConnectorError> {
+        crate::sink::check(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("5MB"), Some(5 << 20));
+        assert_eq!(parse_size("512 KB"), Some(512 << 10));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("5 parsecs"), None);
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact("https://elastic:s3cret@es.example:9200/"),
+            "https://elastic:***@es.example:9200/"
+        );
+        assert_eq!(redact("http://127.0.0.1:19200"), "http://127.0.0.1:19200");
+    }
+}

@@ -1,0 +1,468 @@
+//! The Elasticsearch sink: `_bulk` requests with explicit `_id`s, every item
+//! of every answer read, retries with exponential backoff and jitter.
+//!
+//! ## What happens to each document
+//!
+//! * 2xx: written. Elasticsearch acknowledges an item once it is in the
+//!   shard's translog, which is fsynced per request by default
+//!   (`index.translog.durability: request`): a written item is durable, so
+//!   `commit` has nothing left to do and positions are saved right after.
+//! * 409 on `create` with ids from positions: the document of a replay is
+//!   already there — done, not an error. With ids from a field it is a real
+//!   conflict and goes to the error-tolerance path.
+//! * 429 or 5xx (one item, or the whole request), or no answer at all: sent
+//!   again, only what failed, after a backoff; after `retry.max_retries` the
+//!   write fails retriably and the runtime restarts the pipeline from its
+//!   committed positions after its own backoff — the pipeline pauses,
+//!   reports, and carries on when the cluster is back. Meanwhile nothing is
+//!   read beyond the engine's bounded queue: a slow cluster slows the source.
+//! * Any other 4xx item (a mapping or parsing error): refused, with the
+//!   server's reason; the runtime dead-letters it or stops, by `tolerance`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use elasticsearch::auth::Credentials;
+use elasticsearch::cert::{Certificate, CertificateValidation};
+use elasticsearch::http::headers::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use elasticsearch::http::transport::{MultiNodeConnectionPool, Transport, TransportBuilder};
+use elasticsearch::http::{Method, Url};
+use ferry_api::{ConnectorError, Positions, Record, Rejected, Sink, Value};
+use serde::Deserialize;
+
+use crate::config::{Action, ElasticsearchSinkConfig, IdName, IdSpec};
+use crate::index::IndexTemplate;
+
+/// Elasticsearch refuses longer `_id`s.
+const MAX_ID_BYTES: usize = 512;
+
+pub(crate) fn transport(config: &ElasticsearchSinkConfig) -> Result<Transport, ConnectorError> {
+    let urls = config
+        .urls
+        .iter()
+        .map(|u| {
+            Url::parse(u).map_err(|e| {
+                ConnectorError::Fatal(format!(
+                    "bad Elasticsearch URL {}: {e}",
+                    crate::config::redact(u)
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut builder = TransportBuilder::new(MultiNodeConnectionPool::round_robin(urls, None))
+        .disable_proxy()
+        .timeout(config.timeout);
+    if let Some(auth) = &config.auth {
+        match (&auth.username, &auth.password, &auth.api_key) {
+            (Some(user), Some(password), _) => {
+                builder = builder.auth(Credentials::Basic(user.clone(), password.clone()))
+            }
+            (_, _, Some(key)) => {
+                // The encoded form (base64 of `id:key`) that Elasticsearch
+                // hands out goes into the header as it is.
+                let value = HeaderValue::from_str(&format!("ApiKey {key}")).map_err(|_| {
+                    ConnectorError::Fatal("auth.api_key has characters a header cannot hold".into())
+                })?;
+                builder = builder.header(AUTHORIZATION, value);
+            }
+            _ => {}
+        }
+    }
+    if let Some(tls) = &config.tls {
+        let pem = std::fs::read(&tls.ca_file).map_err(|e| {
+            ConnectorError::Fatal(format!(
+                "reading tls.ca_file {}: {e}",
+                tls.ca_file.display()
+            ))
+        })?;
+        let ca = Certificate::from_pem(&pem).map_err(|e| {
+            ConnectorError::Fatal(format!("tls.ca_file {}: {e}", tls.ca_file.display()))
+        })?;
+        builder = builder.cert_validation(CertificateValidation::Full(ca));
+    }
+    builder
+        .build()
+        .map_err(|e| ConnectorError::Fatal(format!("Elasticsearch client: {e}")))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One item's answer in a bulk response.
+#[derive(Deserialize)]
+struct ItemResult {
+    status: u16,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct BulkResponse {
+    /// One single-key map (`{"index": {…}}`) per action, in order.
+    items: Vec<std::collections::HashMap<String, ItemResult>>,
+}
+
+/// `status type: reason (caused by type: reason)` of an item's error.
+fn describe_error(status: u16, error: &Option<Value>) -> String {
+    let Some(e) = error else {
+        return format!("status {status}");
+    };
+    let part = |e: &Value| {
+        format!(
+            "{}: {}",
+            e["type"].as_str().unwrap_or("error"),
+            e["reason"].as_str().unwrap_or("")
+        )
+    };
+    match e.get("caused_by") {
+        Some(c) => format!("{status} {} (caused by {})", part(e), part(c)),
+        None if e.is_object() => format!("{status} {}", part(e)),
+        None => format!("{status} {e}"),
+    }
+}
+
+/// Why a whole request failed.
+enum Failure {
+    /// Worth sending again (429, 5xx, no answer).
+    Again(String),
+    /// Not (a refused request, credentials, a malformed answer).
+    Fatal(String),
+}
+
+pub(crate) struct ElasticsearchSink {
+    config: ElasticsearchSinkConfig,
+    template: IndexTemplate,
+    transport: Transport,
+    shown: String,
+}
+
+impl ElasticsearchSink {
+    pub(crate) fn new(config: ElasticsearchSinkConfig) -> Result<Self, ConnectorError> {
+        let template = IndexTemplate::parse(&config.index).map_err(ConnectorError::Fatal)?;
+        Ok(ElasticsearchSink {
+            transport: transport(&config)?,
+            shown: config.shown_urls(),
+            template,
+            config,
+        })
+    }
+
+    /// The action and source lines of a record.
+    fn item(&self, r: &Record, now: i64) -> Result<Vec<u8>, String> {
+        if !r.value.is_object() {
+            return Err("not a JSON object: an Elasticsearch document must be one".into());
+        }
+        let index = self.template.render(r, now)?;
+        let id = match &self.config.id {
+            // The position a replay of this record has again.
+            IdSpec::Named(IdName::Position) => Some(format!(
+                "{}@{}",
+                r.position.partition.key, r.position.offset
+            )),
+            IdSpec::Named(IdName::None) => None,
+            IdSpec::Field { field } => match r.value.get(field) {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                Some(_) => {
+                    return Err(format!(
+                        "field `{field}` is not a string or number, so it cannot be an _id"
+                    ));
+                }
+                None => return Err(format!("no field `{field}` for the document's _id")),
+            },
+        };
+        if let Some(id) = &id
+            && id.len() > MAX_ID_BYTES
+        {
+            return Err(format!(
+                "its _id is {} bytes; Elasticsearch takes at most {MAX_ID_BYTES}",
+                id.len()
+            ));
+        }
+        let action = match self.config.action {
+            Action::Index => "index",
+            Action::Create => "create",
+            Action::Update => "update",
+        };
+        let meta = match id {
+            Some(id) => serde_json::json!({ action: {"_index": index, "_id": id} }),
+            None => serde_json::json!({ action: {"_index": index} }),
+        };
+        let mut line = serde_json::to_vec(&meta).expect("JSON");
+        line.push(b'\n');
+        match self.config.action {
+            Action::Update => serde_json::to_writer(
+                &mut line,
+                &serde_json::json!({"doc": &r.value, "doc_as_upsert": true}),
+            ),
+            _ => serde_json::to_writer(&mut line, &r.value),
+        }
+        .expect("JSON");
+        line.push(b'\n');
+        Ok(line)
+    }
+
+    /// Sends one `_bulk` request; returns each item's answer.
+    async fn send(&self, body: Vec<u8>, expected: usize) -> Result<Vec<ItemResult>, Failure> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        let response = self
+            .transport
+            .send(
+                Method::Post,
+                "/_bulk",
+                headers,
+                None::<&()>,
+                Some(body),
+                None,
+            )
+            .await
+            .map_err(|e| {
+                Failure::Again(format!(
+                    "no answer from Elasticsearch at {}: {e}",
+                    self.shown
+                ))
+            })?;
+        let status = response.status_code().as_u16();
+        if status == 429 || status >= 500 {
+            let text = response.text().await.unwrap_or_default();
+            return Err(Failure::Again(format!(
+                "Elasticsearch answered the bulk request with {status}: {}",
+                text.chars().take(300).collect::<String>()
+            )));
+        }
+        if !(200..300).contains(&status) {
+            let text = response.text().await.unwrap_or_default();
+            let hint = match status {
+                401 | 403 => " (check `auth`)",
+                413 => " (lower `bulk.max_bytes`)",
+                _ => "",
+            };
+            return Err(Failure::Fatal(format!(
+                "Elasticsearch at {} refused the bulk request with {status}{hint}: {}",
+                self.shown,
+                text.chars().take(500).collect::<String>()
+            )));
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Failure::Again(format!("reading Elasticsearch's answer: {e}")))?;
+        // Garbled or cut short on the way: which documents were written is
+        // unknown, and sending them again is harmless.
+        let parsed: BulkResponse = serde_json::from_slice(&bytes).map_err(|e| {
+            Failure::Again(format!(
+                "Elasticsearch's answer to a bulk request is not one: {e}"
+            ))
+        })?;
+        if parsed.items.len() != expected {
+            return Err(Failure::Fatal(format!(
+                "Elasticsearch answered {} items for {expected} actions",
+                parsed.items.len()
+            )));
+        }
+        Ok(parsed
+            .items
+            .into_iter()
+            .map(|m| {
+                m.into_values().next().unwrap_or(ItemResult {
+                    status: 0,
+                    error: None,
+                })
+            })
+            .collect())
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let r = &self.config.retry;
+        let max = r
+            .initial_backoff
+            .saturating_mul(1 << attempt.min(20))
+            .min(r.max_backoff);
+        // Half fixed, half random: retries of many writers spread out, and
+        // none comes back at once.
+        max / 2 + max.mul_f64(fastrand::f64() / 2.0)
+    }
+
+    /// Writes `items` (batch index, lines), sending again what the cluster
+    /// could not take; returns the documents it refused.
+    async fn write_request(
+        &self,
+        items: &[(usize, Vec<u8>)],
+        batch: &[Record],
+    ) -> Result<Vec<Rejected>, ConnectorError> {
+        let replay_conflicts_are_done = self.config.action == Action::Create
+            && self.config.id == IdSpec::Named(IdName::Position);
+        let mut rejected = Vec::new();
+        let mut pending: Vec<&(usize, Vec<u8>)> = items.iter().collect();
+        let mut attempt = 0;
+        loop {
+            let body: Vec<u8> = pending
+                .iter()
+                .flat_map(|(_, b)| b.iter().copied())
+                .collect();
+            let why = match self.send(body, pending.len()).await {
+                Ok(results) => {
+                    let mut again = Vec::new();
+                    let mut again_status = Vec::new();
+                    for (item, result) in pending.iter().zip(results) {
+                        match result.status {
+                            200..=299 => {}
+                            409 if replay_conflicts_are_done => {}
+                            429 | 500..=599 => {
+                                again_status.push(describe_error(result.status, &result.error));
+                                again.push(*item);
+                            }
+                            status => rejected.push(Rejected {
+                                index: item.0,
+                                error: ConnectorError::Fatal(format!(
+                                    "Elasticsearch refused the document at {}: {}",
+                                    batch[item.0].position.describe(),
+                                    describe_error(status, &result.error)
+                                )),
+                            }),
+                        }
+                    }
+                    if again.is_empty() {
+                        return Ok(rejected);
+                    }
+                    let why = format!(
+                        "{} of {} documents not taken ({})",
+                        again.len(),
+                        pending.len(),
+                        again_status[0]
+                    );
+                    pending = again;
+                    why
+                }
+                Err(Failure::Again(why)) => why,
+                Err(Failure::Fatal(why)) => return Err(ConnectorError::Fatal(why)),
+            };
+            attempt += 1;
+            if attempt > self.config.retry.max_retries {
+                return Err(ConnectorError::Retriable(format!(
+                    "Elasticsearch at {}: still failing after {} retries: {why}",
+                    self.shown, self.config.retry.max_retries
+                )));
+            }
+            let wait = self.backoff(attempt - 1);
+            tracing::warn!(
+                "elasticsearch: {why}; retry {attempt} of {} in {} ms",
+                self.config.retry.max_retries,
+                wait.as_millis()
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// `ferry validate --check-connections`: the cluster answers, and an
+/// existing index's mapping can hold the configured id field.
+pub(crate) async fn check(config: &ElasticsearchSinkConfig) -> Result<(), ConnectorError> {
+    let transport = transport(config)?;
+    let shown = config.shown_urls();
+    let get = |path: String| {
+        let (transport, shown) = (&transport, &shown);
+        async move {
+            transport
+                .send(
+                    Method::Get,
+                    &path,
+                    HeaderMap::new(),
+                    None::<&()>,
+                    None::<Vec<u8>>,
+                    None,
+                )
+                .await
+                .map_err(|e| {
+                    ConnectorError::Retriable(format!(
+                        "no answer from Elasticsearch at {shown}: {e}"
+                    ))
+                })
+        }
+    };
+    let root = get("/".to_string()).await?;
+    if !root.status_code().is_success() {
+        return Err(ConnectorError::Fatal(format!(
+            "Elasticsearch at {} answered GET / with {}",
+            config.shown_urls(),
+            root.status_code()
+        )));
+    }
+    let template = IndexTemplate::parse(&config.index).map_err(ConnectorError::Fatal)?;
+    if !template.is_static() {
+        return Ok(());
+    }
+    let mapping = get(format!("/{}/_mapping", config.index)).await?;
+    if mapping.status_code().as_u16() == 404 {
+        return Ok(());
+    }
+    let mapping: Value = mapping.json().await.map_err(|e| {
+        ConnectorError::Fatal(format!("reading the mapping of {}: {e}", config.index))
+    })?;
+    if let IdSpec::Field { field } = &config.id {
+        let ty = mapping
+            .as_object()
+            .and_then(|m| m.values().next())
+            .and_then(|m| m["mappings"]["properties"][field.as_str()]["type"].as_str());
+        if let Some(ty) = ty
+            && matches!(ty, "object" | "nested" | "boolean" | "binary")
+        {
+            return Err(ConnectorError::Fatal(format!(
+                "index {} maps `{field}` (the id field) as {ty}: ids come from strings or numbers",
+                config.index
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Sink for ElasticsearchSink {
+    async fn open(&mut self) -> Result<Option<Positions>, ConnectorError> {
+        Ok(None)
+    }
+
+    async fn write(&mut self, batch: &[Record]) -> Result<Vec<Rejected>, ConnectorError> {
+        let now = now_ms();
+        let mut rejected = Vec::new();
+        let mut items = Vec::with_capacity(batch.len());
+        for (i, r) in batch.iter().enumerate() {
+            match self.item(r, now) {
+                Ok(lines) => items.push((i, lines)),
+                Err(why) => rejected.push(Rejected {
+                    index: i,
+                    error: ConnectorError::Fatal(why),
+                }),
+            }
+        }
+        let (max_actions, max_bytes) = (self.config.bulk.max_actions, self.config.bulk.max_bytes.0);
+        let mut start = 0;
+        while start < items.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < items.len()
+                && end - start < max_actions
+                && (end == start || bytes + items[end].1.len() <= max_bytes)
+            {
+                bytes += items[end].1.len();
+                end += 1;
+            }
+            rejected.extend(self.write_request(&items[start..end], batch).await?);
+            start = end;
+        }
+        rejected.sort_by_key(|r| r.index);
+        Ok(rejected)
+    }
+
+    /// Every item that was answered 2xx is in the translog already.
+    async fn commit(&mut self, _positions: &Positions) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}

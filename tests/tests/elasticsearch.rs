@@ -1,0 +1,333 @@
+//! Elasticsearch sink against both ES-API servers `scripts/services`
+//! installs and starts (noida-db on 127.0.0.1:19200 and osmem-server on
+//! 127.0.0.1:19201; ES_URL and OSMEM_URL override): no real Elasticsearch
+//! can be had here, and running each test on both catches what one lets
+//! through. No server is a failure, not a skip.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ferry_tests::*;
+
+/// A fresh index per test and server: tests run in any order.
+fn index(what: &str) -> String {
+    format!("ferry-{what}-{}", fastrand::u32(..))
+}
+
+fn drop_index(base: &str, index: &str) {
+    http(base, "DELETE", &format!("/{index}"), None);
+}
+
+fn es_config(d: &Path, name: &str, url: &str, index: &str, extra: &str) {
+    fs::write(
+        d.join(format!("{name}.yaml")),
+        format!(
+            "name: {name}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: elasticsearch\n  urls: [{url}]\n  index: {index}\n{extra}delivery:\n  batch_size: 2000\n  flush_interval: 100ms\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// file → Elasticsearch, 100,000 records with ids from their positions,
+/// ferry SIGKILLed 8 times at random points: `_count` is 100,000 after
+/// `_refresh` and every record is there once — on both servers.
+#[test]
+fn file_to_elasticsearch_exactly_once_across_sigkill() {
+    const N: u64 = 100_000;
+    for (server, url) in es_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let idx = index("crash");
+        fs::create_dir_all(d.join("in")).unwrap();
+        write_test_input(&d.join("in/a.jsonl"), "a", N);
+        es_config(d, "es", &url, &idx, "");
+        let progress = || es_count(&url, &idx);
+        for kill in 0..8 {
+            kill9_mid_run(d, "es.yaml", &[], progress, N, (kill, 8));
+            eprintln!("{server}: kill {kill}: {} documents", progress());
+        }
+        let (status, log) = run_to_end(d, &["run", "--once", "es.yaml"], Duration::from_secs(600));
+        assert!(status.success(), "{server}: {log}");
+        assert_eq!(es_count(&url, &idx), N, "{server}: _count");
+        let seqs = es_seqs(&url, &idx);
+        assert!(
+            seqs == (0..N).collect::<Vec<_>>(),
+            "{server}: {} documents, first gap or repeat near {:?}",
+            seqs.len(),
+            seqs.windows(2).find(|w| w[1] != w[0] + 1)
+        );
+        drop_index(&url, &idx);
+    }
+}
+
+/// Documents that break the index's mapping (`amount` is an integer; some
+/// records carry a word), with both tolerance settings: with `all` the
+/// dead-letter file holds exactly those, each with the server's reason, and
+/// every other document arrives; with `none` the pipeline stops naming the
+/// record's position.
+#[test]
+fn documents_that_break_the_mapping_with_both_tolerances() {
+    let bad: [u64; 3] = [7, 250, 611];
+    for (server, url) in es_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir_all(d.join("in")).unwrap();
+        let mut input = String::new();
+        for seq in 0..1000u64 {
+            let amount = if bad.contains(&seq) {
+                "\"lots\"".to_string()
+            } else {
+                seq.to_string()
+            };
+            input.push_str(&format!(
+                "{{\"file\": \"m\", \"seq\": {seq}, \"amount\": {amount}}}\n"
+            ));
+        }
+        fs::write(d.join("in/m.jsonl"), input).unwrap();
+        for tolerance in ["all", "none"] {
+            let idx = index(&format!("mapping-{tolerance}"));
+            let (status, body) = http(
+                &url,
+                "PUT",
+                &format!("/{idx}"),
+                Some(
+                    r#"{"mappings": {"properties": {"seq": {"type": "long"}, "amount": {"type": "integer"}, "file": {"type": "keyword"}}}}"#,
+                ),
+            );
+            assert_eq!(status, 200, "{server}: creating {idx}: {body}");
+            let errors = if tolerance == "all" {
+                "errors:\n  tolerance: all\n  dead_letter: dlq.jsonl\n"
+            } else {
+                "errors:\n  tolerance: none\n"
+            };
+            es_config(d, "m", &url, &idx, "");
+            let yaml = fs::read_to_string(d.join("m.yaml")).unwrap() + errors;
+            fs::write(d.join("m.yaml"), yaml).unwrap();
+            let _ = fs::remove_dir_all(d.join("data"));
+            let (status, log) =
+                run_to_end(d, &["run", "--once", "m.yaml"], Duration::from_secs(120));
+            if tolerance == "all" {
+                assert!(status.success(), "{server}: {log}");
+                assert_eq!(es_count(&url, &idx), 997, "{server}");
+                let dead = read_jsonl(&d.join("dlq.jsonl"));
+                let seqs: Vec<u64> = dead
+                    .iter()
+                    .map(|e| e["record"]["seq"].as_u64().expect("seq"))
+                    .collect();
+                assert_eq!(seqs, bad, "{server}: {dead:?}");
+                for e in &dead {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains("400") && text.contains("amount"),
+                        "{server}: the server's reason: {text}"
+                    );
+                    assert!(
+                        text.contains("m.jsonl@"),
+                        "{server}: the record's position: {text}"
+                    );
+                }
+            } else {
+                assert!(!status.success(), "{server}: must stop: {log}");
+                assert!(
+                    log.contains("bad record at") && log.contains("m.jsonl"),
+                    "{server}: {log}"
+                );
+            }
+            drop_index(&url, &idx);
+        }
+    }
+}
+
+/// What the fault proxy did.
+#[derive(Default)]
+struct Faults {
+    requests: AtomicU64,
+    too_many: AtomicU64,
+    unavailable: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Reads one HTTP request (head and `Content-Length` body) from `s`.
+fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let (_, headers, _) = parse_http(&raw[..end + 4])?;
+            let length: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            if raw.len() >= end + 4 + length {
+                return Some(raw);
+            }
+        }
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn respond(s: &mut TcpStream, status: &str, body: &[u8]) -> std::io::Result<()> {
+    write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)
+}
+
+/// Forwards one request to `upstream` (as HTTP/1.0, so the answer is
+/// plain and the connection closes) and returns the answer's status line
+/// and body.
+fn forward(upstream: &str, request: &[u8]) -> Option<(String, Vec<u8>)> {
+    let (line, headers, body) = parse_http(request)?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?, parts.next()?);
+    let mut up = TcpStream::connect(upstream).ok()?;
+    let mut head = format!("{method} {path} HTTP/1.0\r\n");
+    for (k, v) in &headers {
+        // Without accept-encoding the answer comes back uncompressed, as
+        // the proxy passes it on without its content-encoding.
+        if ![
+            "connection",
+            "transfer-encoding",
+            "content-length",
+            "accept-encoding",
+        ]
+        .contains(&k.as_str())
+        {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    head.push_str(&format!(
+        "connection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    ));
+    up.write_all(head.as_bytes()).ok()?;
+    up.write_all(&body).ok()?;
+    let mut raw = Vec::new();
+    up.read_to_end(&mut raw).ok()?;
+    let (status, _, body) = parse_http(&raw)?;
+    Some((status.splitn(2, ' ').nth(1)?.to_string(), body))
+}
+
+/// An HTTP proxy in front of a server that misbehaves on a schedule: of its
+/// first `faulty` requests it answers every fourth with 429, the next with
+/// 503, drops the connection of the next without answering, and forwards
+/// the fourth; then it answers 503 to the next `outage` requests in a row
+/// (longer than the sink retries by itself); then it forwards everything.
+fn fault_proxy(upstream: String, faulty: u64, outage: u64) -> (String, Arc<Faults>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let faults = Arc::new(Faults::default());
+    let stats = faults.clone();
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let (faults, upstream) = (faults.clone(), upstream.clone());
+            std::thread::spawn(move || {
+                while let Some(request) = read_request(&mut s) {
+                    let n = faults.requests.fetch_add(1, Ordering::SeqCst);
+                    let bulk = request.starts_with(b"POST /_bulk");
+                    let fault = if !bulk {
+                        None
+                    } else if n < faulty {
+                        Some(n % 4)
+                    } else if n < faulty + outage {
+                        Some(1)
+                    } else {
+                        None
+                    };
+                    let answered = match fault {
+                        Some(0) => {
+                            faults.too_many.fetch_add(1, Ordering::SeqCst);
+                            respond(&mut s, "429 Too Many Requests", br#"{"error":{"type":"es_rejected_execution_exception","reason":"rejected by the fault proxy"},"status":429}"#)
+                        }
+                        Some(1) => {
+                            faults.unavailable.fetch_add(1, Ordering::SeqCst);
+                            respond(&mut s, "503 Service Unavailable", br#"{"error":{"type":"unavailable_shards_exception","reason":"unavailable by the fault proxy"},"status":503}"#)
+                        }
+                        Some(2) => {
+                            faults.dropped.fetch_add(1, Ordering::SeqCst);
+                            let _ = s.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                        _ => match forward(&upstream, &request) {
+                            Some((status, body)) => respond(&mut s, &status, &body),
+                            None => return,
+                        },
+                    };
+                    if answered.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), stats)
+}
+
+/// file → fault proxy → Elasticsearch: 429s, 503s and dropped connections
+/// for a while, then an outage longer than the sink's own retries: nothing
+/// lost, nothing duplicated, and the log reports the retries and the
+/// pipeline starting again — on both servers.
+#[test]
+fn retries_through_429_503_and_dropped_connections() {
+    const N: u64 = 20_000;
+    for (server, url) in es_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let idx = index("faults");
+        fs::create_dir_all(d.join("in")).unwrap();
+        write_test_input(&d.join("in/a.jsonl"), "a", N);
+        let (proxy, faults) = fault_proxy(url.clone(), 24, 12);
+        es_config(
+            d,
+            "f",
+            &proxy,
+            &idx,
+            "  bulk: {max_actions: 500}\n  retry: {max_retries: 4, initial_backoff: 20ms, max_backoff: 200ms}\n",
+        );
+        let yaml = fs::read_to_string(d.join("f.yaml")).unwrap()
+            + "errors:\n  retry_backoff: 100ms\n  retry_backoff_max: 500ms\n";
+        fs::write(d.join("f.yaml"), yaml).unwrap();
+        let (status, log) = run_to_end(d, &["run", "--once", "f.yaml"], Duration::from_secs(300));
+        assert!(status.success(), "{server}: {log}");
+        let (t, u, x) = (
+            faults.too_many.load(Ordering::SeqCst),
+            faults.unavailable.load(Ordering::SeqCst),
+            faults.dropped.load(Ordering::SeqCst),
+        );
+        eprintln!(
+            "{server}: the proxy answered 429 {t} times, 503 {u} times, dropped {x} connections"
+        );
+        assert!(t >= 6 && u >= 12 && x >= 6, "{server}: the faults happened");
+        assert!(
+            log.contains("retry 1 of 4"),
+            "{server}: retries reported: {log}"
+        );
+        assert!(
+            log.contains("starting again from the committed positions"),
+            "{server}: {log}"
+        );
+        assert_eq!(es_count(&url, &idx), N, "{server}: _count");
+        assert!(
+            es_seqs(&url, &idx) == (0..N).collect::<Vec<_>>(),
+            "{server}: each record once"
+        );
+        drop_index(&url, &idx);
+    }
+}
