@@ -570,3 +570,107 @@ fn stale_resume_token_is_a_clear_error() {
         "nothing more written"
     );
 }
+
+/// A change stream on a whole database (`database`, no `collection`) or
+/// the whole server (neither): the snapshot reads every collection (in
+/// namespace order), then changes to any of them stream, each naming its
+/// collection; a collection created after the start is followed too.
+fn change_stream_covers_every_collection(uri: &str, db: &str, whole_server: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    with_mongodb_at(uri, async |c| {
+        for coll in ["alpha", "beta"] {
+            let docs: Vec<Document> = (0..100).map(|i| doc! {"_id": i, "c": coll}).collect();
+            c.database(db)
+                .collection::<Document>(coll)
+                .insert_many(docs)
+                .await
+                .expect("insert");
+        }
+    });
+    let scope = if whole_server {
+        String::new()
+    } else {
+        format!("  database: {db}\n")
+    };
+    fs::write(
+        d.join("db.yaml"),
+        format!(
+            "name: cdcdb\nsource:\n  type: mongodb\n  uri: {uri}\n{scope}sink:\n  type: file\n  path: out/changes.jsonl\ndelivery:\n  flush_interval: 50ms\n"
+        ),
+    )
+    .unwrap();
+    let out = d.join("out/changes.jsonl");
+    let mut f = Ferry::start(d, &["run", "db.yaml"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || count_lines(&out) >= 200),
+        "the snapshot: {}",
+        f.log_text()
+    );
+    with_mongodb_at(uri, async |c| {
+        let database = c.database(db);
+        for coll in ["beta", "alpha", "gamma"] {
+            database
+                .collection::<Document>(coll)
+                .insert_one(doc! {"_id": 1000, "c": coll})
+                .await
+                .expect("insert");
+        }
+    });
+    assert!(
+        wait_until(Duration::from_secs(30), || count_lines(&out) >= 203),
+        "the changes: {}",
+        f.log_text()
+    );
+    f.signal(libc::SIGTERM);
+    f.wait_for_exit(Duration::from_secs(30)).expect("stops");
+    let records = read_jsonl(&out);
+    let snapshot: Vec<(String, i64)> = records[..200]
+        .iter()
+        .map(|r| {
+            assert_eq!(r["operation"], "snapshot", "{r}");
+            assert_eq!(r["database"], db, "{r}");
+            (
+                r["collection"].as_str().unwrap().to_string(),
+                r["key"]["_id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, i64)> = ["alpha", "beta"]
+        .iter()
+        .flat_map(|c| (0..100).map(move |i| (c.to_string(), i)))
+        .collect();
+    assert_eq!(
+        snapshot, expected,
+        "every collection, in name and _id order"
+    );
+    let changes: Vec<(&str, &str)> = records[200..]
+        .iter()
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap(),
+                r["collection"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [("insert", "beta"), ("insert", "alpha"), ("insert", "gamma")]
+    );
+}
+
+#[test]
+fn change_stream_on_a_database_covers_every_collection() {
+    let db = database("cdcdb");
+    change_stream_covers_every_collection(&mongodb_uri(), &db, false);
+    drop_database(&db);
+}
+
+/// The whole server, on a private one: the shared server holds every
+/// other test's databases.
+#[test]
+fn change_stream_on_the_server_covers_every_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = PrivateServer::start(free_port(), &dir.path().join("mongo"));
+    change_stream_covers_every_collection(&server.uri(), "shop", true);
+}

@@ -13,7 +13,7 @@ use crate::config::{IdName, IdSpec, MongoSinkConfig, WriteMode};
 /// Documents per command: well under the server's 100,000, and small
 /// enough that a command stays far below the 48 MB message limit for
 /// documents of ordinary size.
-const PER_COMMAND: usize = 500;
+const PER_COMMAND: usize = 1000;
 
 /// The duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
@@ -179,7 +179,7 @@ impl Sink for MongoSink {
 
     async fn write(&mut self, batch: &[Record]) -> Result<Vec<Rejected>, ConnectorError> {
         let mut rejected = Vec::new();
-        let mut docs = Vec::with_capacity(batch.len().min(PER_COMMAND));
+        let mut docs = Vec::with_capacity(batch.len());
         for (index, r) in batch.iter().enumerate() {
             match self.document(r) {
                 Ok((id, d)) => docs.push((index, id, d)),
@@ -188,12 +188,27 @@ impl Sink for MongoSink {
                     error: ConnectorError::Fatal(message),
                 }),
             }
-            if docs.len() == PER_COMMAND {
-                rejected.extend(self.command(std::mem::take(&mut docs)).await?);
-            }
         }
-        if !docs.is_empty() {
-            rejected.extend(self.command(docs).await?);
+        // Two commands in flight when no two documents of the batch can
+        // touch the same _id (ids from positions, or the server's): each
+        // journaled command waits for a journal flush, and the server
+        // flushes for both at once. With ids from a field, a later record
+        // must land after an earlier one with the same id: one at a time.
+        let parallel = !matches!(self.config.id, IdSpec::Field { .. });
+        let mut chunks = Vec::new();
+        while !docs.is_empty() {
+            let rest = docs.split_off(docs.len().min(PER_COMMAND));
+            chunks.push(std::mem::replace(&mut docs, rest));
+        }
+        let mut chunks = chunks.into_iter();
+        while let Some(first) = chunks.next() {
+            if parallel && let Some(second) = chunks.next() {
+                let (a, b) = tokio::join!(self.command(first), self.command(second));
+                rejected.extend(a?);
+                rejected.extend(b?);
+            } else {
+                rejected.extend(self.command(first).await?);
+            }
         }
         rejected.sort_by_key(|r| r.index);
         Ok(rejected)

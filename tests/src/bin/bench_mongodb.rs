@@ -66,6 +66,16 @@ fn time_by_count(child: &mut std::process::Child, db: &str, coll: &str, records:
     first.expect("started").elapsed().as_secs_f64()
 }
 
+fn drop_collection(db: &str, coll: &str) {
+    with_mongodb(async |c| {
+        c.database(db)
+            .collection::<Document>(coll)
+            .drop()
+            .await
+            .expect("drop")
+    });
+}
+
 fn python() -> String {
     std::env::var("FERRY_BENCH_PYTHON")
         .unwrap_or_else(|_| "/var/tmp/ferry-tools/pybench/bin/python".to_string())
@@ -150,6 +160,9 @@ fn main() {
     });
     drop(docs);
     assert_eq!(mongodb_count(&db, "raw"), records);
+    // Each run starts from the same server state: a million documents
+    // left behind would crowd the next run out of the server's cache.
+    drop_collection(&db, "raw");
 
     // (name, records, seconds)
     let mut rows = vec![(
@@ -180,6 +193,7 @@ fn main() {
                 .stdout(Stdio::null()),
         );
         assert_eq!(mongodb_count(&db, &format!("file_{write}")), records);
+        drop_collection(&db, &format!("file_{write}"));
         rows.push((m.name, records, m.seconds));
     }
 
@@ -206,10 +220,12 @@ fn main() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().expect("ferry").success(), "ferry failed");
     assert_eq!(mongodb_count(&db, "kafka"), records);
+    drop_collection(&db, "kafka");
     rows.push(("ferry kafka→mongodb (insert)".to_string(), records, seconds));
 
     let seconds = python_consumer("batched", &brokers, &topic, &db, records);
     assert_eq!(mongodb_count(&db, "batched"), records);
+    drop_collection(&db, "batched");
     rows.push((
         "python confluent-kafka + insert_many".to_string(),
         records,
