@@ -555,9 +555,13 @@ pub fn es_servers() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// An HTTP message: its first line, its headers (names lower-cased) and
+/// its body.
+pub type HttpMessage = (String, Vec<(String, String)>, Vec<u8>);
+
 /// Splits an HTTP/1.x message into its status (or request) line, lower-cased
 /// headers and body, undoing chunked encoding.
-pub fn parse_http(raw: &[u8]) -> Option<(String, Vec<(String, String)>, Vec<u8>)> {
+pub fn parse_http(raw: &[u8]) -> Option<HttpMessage> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..end]).ok()?;
     let mut lines = head.split("\r\n");

@@ -228,7 +228,7 @@ fn forward(upstream: &str, request: &[u8]) -> Option<(String, Vec<u8>)> {
     let mut raw = Vec::new();
     up.read_to_end(&mut raw).ok()?;
     let (status, _, body) = parse_http(&raw)?;
-    Some((status.splitn(2, ' ').nth(1)?.to_string(), body))
+    Some((status.split_once(' ')?.1.to_string(), body))
 }
 
 /// An HTTP proxy in front of a server that misbehaves on a schedule: of its

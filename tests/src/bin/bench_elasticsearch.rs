@@ -63,9 +63,12 @@ fn main() {
             }
             let path = d.join(format!("body-{chunk}.ndjson"));
             fs::write(&path, body).unwrap();
+            if chunk > 0 {
+                config.push_str("next\n");
+            }
             writeln!(
                 config,
-                "url = \"{url}/_bulk\"\ndata-binary = \"@{}\"\nheader = \"Content-Type: application/x-ndjson\"\noutput = \"/dev/null\"\nnext",
+                "url = \"{url}/_bulk\"\ndata-binary = \"@{}\"\nheader = \"Content-Type: application/x-ndjson\"\noutput = \"/dev/null\"",
                 path.display()
             )
             .unwrap();
@@ -85,23 +88,29 @@ fn main() {
             "{server}: curl's index"
         );
 
+        // elasticsearch-py 8 sends Elasticsearch's compatibility media
+        // types, which an OpenSearch-API server refuses (406), as real
+        // OpenSearch does: no Python row there.
         let py_index = format!("bench-python-{run}");
-        let out = Command::new(python())
-            .arg(workspace_root().join("scripts/bench/es_loader.py"))
-            .args([url.as_str(), py_index.as_str()])
-            .arg(d.join("in/input.jsonl"))
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", python()));
-        assert!(out.status.success(), "{server}: the Python loader failed");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("its JSON line");
-        let py_seconds = v["seconds"].as_f64().expect("seconds");
-        assert_eq!(
-            es_count(&url, &py_index),
-            records,
-            "{server}: Python's index"
-        );
-
+        let py_seconds = if server == "osmem" {
+            None
+        } else {
+            let out = Command::new(python())
+                .arg(workspace_root().join("scripts/bench/es_loader.py"))
+                .args([url.as_str(), py_index.as_str()])
+                .arg(d.join("in/input.jsonl"))
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap_or_else(|e| panic!("running {}: {e}", python()));
+            assert!(out.status.success(), "{server}: the Python loader failed");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("its JSON line");
+            assert_eq!(
+                es_count(&url, &py_index),
+                records,
+                "{server}: Python's index"
+            );
+            Some(v["seconds"].as_f64().expect("seconds"))
+        };
         let ferry_index = format!("bench-ferry-{run}");
         fs::write(
             d.join("es.yaml"),
@@ -134,13 +143,15 @@ fn main() {
     );
     let rate = |s: f64| records as f64 / s;
     for (server, c, p, f) in table {
+        let (py, ratio) = match p {
+            Some(p) => (format!("{:.0}", rate(p)), format!("{:.2}", p / f)),
+            None => ("n/a".to_string(), "n/a".to_string()),
+        };
         println!(
-            "{server:<8} {:>14.0} {:>14.0} {:>14.0} {:>12.2} {:>12.2}",
+            "{server:<8} {:>14.0} {py:>14} {:>14.0} {:>12.2} {ratio:>12}",
             rate(c),
-            rate(p),
             rate(f),
             c / f,
-            p / f
         );
     }
 }
