@@ -342,3 +342,55 @@ fn retries_through_429_503_and_dropped_connections() {
         drop_index(&url, &idx);
     }
 }
+
+/// `validate --check-connections`: a cluster that answers passes; one that
+/// does not is named; an existing index whose mapping makes the id field an
+/// object is refused — on both servers.
+#[test]
+fn validate_checks_the_cluster_and_the_mapping() {
+    for (server, url) in es_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let idx = index("check");
+        let (status, body) = http(
+            &url,
+            "PUT",
+            &format!("/{idx}"),
+            Some(r#"{"mappings": {"properties": {"customer": {"type": "object"}}}}"#),
+        );
+        assert_eq!(status, 200, "{server}: {body}");
+        let write = |name: &str, url: &str, index: &str, id: &str| {
+            fs::write(
+                d.join(format!("{name}.yaml")),
+                format!(
+                    "name: {name}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: elasticsearch\n  urls: [{url}]\n  index: {index}\n  id: {id}\n"
+                ),
+            )
+            .unwrap();
+        };
+        write("good", &url, &idx, "position");
+        write("fresh", &url, "not-there-yet", "position");
+        write("down", "http://127.0.0.1:9", &idx, "position");
+        write("objectid", &url, &idx, "{field: customer}");
+        let out = ferry_output(d, &["validate", "--check-connections", "."]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{server}: {stderr}");
+        assert!(
+            stderr.contains("error: ./down.yaml: pipeline down: sink (elasticsearch): no answer from Elasticsearch at http://127.0.0.1:9"),
+            "{server}: {stderr}"
+        );
+        assert!(
+            stderr.contains("maps `customer` (the id field) as object"),
+            "{server}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("good.yaml") && !stderr.contains("fresh.yaml"),
+            "{server}: {stderr}"
+        );
+        assert!(
+            stderr.contains("2 connection problem(s)"),
+            "{server}: {stderr}"
+        );
+        drop_index(&url, &idx);
+    }
+}
