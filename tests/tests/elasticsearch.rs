@@ -161,6 +161,10 @@ struct Faults {
     too_many: AtomicU64,
     unavailable: AtomicU64,
     dropped: AtomicU64,
+    /// Bulk requests of which only the first half was forwarded, the rest
+    /// answered as 429 items.
+    split: AtomicU64,
+    unauthorized: AtomicU64,
 }
 
 /// Reads one HTTP request (head and `Content-Length` body) from `s`.
@@ -231,12 +235,82 @@ fn forward(upstream: &str, request: &[u8]) -> Option<(String, Vec<u8>)> {
     Some((status.split_once(' ')?.1.to_string(), body))
 }
 
+/// [`forward`], a bulk request only after `delay`.
+fn forward_after(
+    upstream: &str,
+    request: &[u8],
+    bulk: bool,
+    delay: Duration,
+) -> Option<(String, Vec<u8>)> {
+    if bulk {
+        std::thread::sleep(delay);
+    }
+    forward(upstream, request)
+}
+
+/// Forwards the first half of a bulk request's documents and answers the
+/// others as 429 items, as a cluster whose write queues are full does.
+fn forward_half(upstream: &str, request: &[u8]) -> Option<(String, Vec<u8>)> {
+    let (line, headers, body) = parse_http(request)?;
+    let text = String::from_utf8(body).ok()?;
+    // index, create and update actions: an action line and a source line.
+    let lines: Vec<&str> = text.lines().collect();
+    let pairs: Vec<&[&str]> = lines.chunks(2).collect();
+    let keep = pairs.len().div_ceil(2);
+    let mut half = String::new();
+    for pair in &pairs[..keep] {
+        half.push_str(&pair.join("\n"));
+        half.push('\n');
+    }
+    let mut raw = format!("{line}\r\n");
+    for (k, v) in &headers {
+        if k != "content-length" {
+            raw.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    raw.push_str(&format!("content-length: {}\r\n\r\n{half}", half.len()));
+    let (status, answer) = forward(upstream, raw.as_bytes())?;
+    let mut answer: serde_json::Value = serde_json::from_slice(&answer).ok()?;
+    let items = answer["items"].as_array_mut()?;
+    for pair in &pairs[keep..] {
+        let action: serde_json::Value = serde_json::from_str(pair[0]).ok()?;
+        let (name, meta) = action.as_object()?.iter().next()?;
+        items.push(serde_json::json!({ name: {
+            "_index": meta["_index"], "_id": meta["_id"], "status": 429,
+            "error": {"type": "es_rejected_execution_exception", "reason": "split by the fault proxy"}
+        }}));
+    }
+    answer["errors"] = serde_json::Value::Bool(true);
+    Some((status, answer.to_string().into_bytes()))
+}
+
 /// An HTTP proxy in front of a server that misbehaves on a schedule: of its
 /// first `faulty` requests it answers every fourth with 429, the next with
 /// 503, drops the connection of the next without answering, and forwards
 /// the fourth; then it answers 503 to the next `outage` requests in a row
-/// (longer than the sink retries by itself); then it forwards everything.
-fn fault_proxy(upstream: String, faulty: u64, outage: u64) -> (String, Arc<Faults>) {
+/// (longer than the sink retries by itself); then it forwards only half of
+/// the documents of the next `split` requests and answers the others as 429
+/// items; then it forwards everything, each bulk request after `delay`.
+/// With `auth`, a request without that `Authorization` header gets 401.
+/// What the proxy does; see [`fault_proxy`].
+#[derive(Default, Clone, Copy)]
+struct Schedule {
+    faulty: u64,
+    outage: u64,
+    split: u64,
+    /// Held before forwarding each bulk request: a slow cluster.
+    delay: Duration,
+    auth: Option<&'static str>,
+}
+
+fn fault_proxy(upstream: String, schedule: Schedule) -> (String, Arc<Faults>) {
+    let Schedule {
+        faulty,
+        outage,
+        split,
+        delay,
+        auth,
+    } = schedule;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let faults = Arc::new(Faults::default());
@@ -251,6 +325,20 @@ fn fault_proxy(upstream: String, faulty: u64, outage: u64) -> (String, Arc<Fault
             let (faults, upstream) = (faults.clone(), upstream.clone());
             std::thread::spawn(move || {
                 while let Some(request) = read_request(&mut s) {
+                    if let Some(expected) = auth {
+                        let (_, headers, _) = parse_http(&request).unwrap_or_default();
+                        if !headers
+                            .iter()
+                            .any(|(k, v)| k == "authorization" && v == expected)
+                        {
+                            faults.unauthorized.fetch_add(1, Ordering::SeqCst);
+                            let body = br#"{"error":{"type":"security_exception","reason":"unable to authenticate user"},"status":401}"#;
+                            if respond(&mut s, "401 Unauthorized", body).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
                     let n = faults.requests.fetch_add(1, Ordering::SeqCst);
                     let bulk = request.starts_with(b"POST /_bulk");
                     let fault = if !bulk {
@@ -259,6 +347,8 @@ fn fault_proxy(upstream: String, faulty: u64, outage: u64) -> (String, Arc<Fault
                         Some(n % 4)
                     } else if n < faulty + outage {
                         Some(1)
+                    } else if n < faulty + outage + split {
+                        Some(5)
                     } else {
                         None
                     };
@@ -276,7 +366,14 @@ fn fault_proxy(upstream: String, faulty: u64, outage: u64) -> (String, Arc<Fault
                             let _ = s.shutdown(std::net::Shutdown::Both);
                             return;
                         }
-                        _ => match forward(&upstream, &request) {
+                        Some(5) => {
+                            faults.split.fetch_add(1, Ordering::SeqCst);
+                            match forward_half(&upstream, &request) {
+                                Some((status, body)) => respond(&mut s, &status, &body),
+                                None => return,
+                            }
+                        }
+                        _ => match forward_after(&upstream, &request, bulk, delay) {
                             Some((status, body)) => respond(&mut s, &status, &body),
                             None => return,
                         },
@@ -292,7 +389,8 @@ fn fault_proxy(upstream: String, faulty: u64, outage: u64) -> (String, Arc<Fault
 }
 
 /// file → fault proxy → Elasticsearch: 429s, 503s and dropped connections
-/// for a while, then an outage longer than the sink's own retries: nothing
+/// for a while, then an outage longer than the sink's own retries, then
+/// answers where half of the documents come back as 429 items: nothing
 /// lost, nothing duplicated, and the log reports the retries and the
 /// pipeline starting again — on both servers.
 #[test]
@@ -304,7 +402,15 @@ fn retries_through_429_503_and_dropped_connections() {
         let idx = index("faults");
         fs::create_dir_all(d.join("in")).unwrap();
         write_test_input(&d.join("in/a.jsonl"), "a", N);
-        let (proxy, faults) = fault_proxy(url.clone(), 24, 12);
+        let (proxy, faults) = fault_proxy(
+            url.clone(),
+            Schedule {
+                faulty: 24,
+                outage: 12,
+                split: 6,
+                ..Schedule::default()
+            },
+        );
         es_config(
             d,
             "f",
@@ -325,7 +431,16 @@ fn retries_through_429_503_and_dropped_connections() {
         eprintln!(
             "{server}: the proxy answered 429 {t} times, 503 {u} times, dropped {x} connections"
         );
-        assert!(t >= 6 && u >= 12 && x >= 6, "{server}: the faults happened");
+        let halves = faults.split.load(Ordering::SeqCst);
+        eprintln!("{server}: and forwarded only half of {halves} bulk requests");
+        assert!(
+            t >= 6 && u >= 12 && x >= 6 && halves >= 6,
+            "{server}: the faults happened"
+        );
+        assert!(
+            log.contains("documents not taken (429 es_rejected_execution_exception"),
+            "{server}: item retries reported: {log}"
+        );
         assert!(
             log.contains("retry 1 of 4"),
             "{server}: retries reported: {log}"
@@ -393,4 +508,105 @@ fn validate_checks_the_cluster_and_the_mapping() {
         );
         drop_index(&url, &idx);
     }
+}
+
+/// `auth: {username, password: ${ENV}}` reaches the cluster as Basic
+/// credentials (a proxy in front of each server checks them) and the
+/// password never shows in the log; a wrong one stops the pipeline with a
+/// 401 that points at `auth`.
+#[test]
+fn credentials_reach_the_cluster_and_are_never_logged() {
+    for (server, url) in es_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let idx = index("auth");
+        fs::create_dir_all(d.join("in")).unwrap();
+        write_test_input(&d.join("in/a.jsonl"), "a", 1000);
+        // base64("elastic:s3cret-test")
+        let (proxy, faults) = fault_proxy(
+            url.clone(),
+            Schedule {
+                auth: Some("Basic ZWxhc3RpYzpzM2NyZXQtdGVzdA=="),
+                ..Schedule::default()
+            },
+        );
+        es_config(
+            d,
+            "a",
+            &proxy,
+            &idx,
+            "  auth:\n    username: elastic\n    password: ${ES_TEST_PASSWORD}\n",
+        );
+        for (password, works) in [("wrong-password", false), ("s3cret-test", true)] {
+            let mut f = Ferry::start_with_env(
+                d,
+                &["run", "--once", "a.yaml"],
+                &[("ES_TEST_PASSWORD", password)],
+            );
+            let status = f.wait_for_exit(Duration::from_secs(60)).expect("finishes");
+            let log = f.log_text();
+            assert!(
+                !log.contains(password),
+                "{server}: the password leaked: {log}"
+            );
+            if works {
+                assert!(status.success(), "{server}: {log}");
+            } else {
+                assert!(!status.success(), "{server}: must stop: {log}");
+                assert!(log.contains("401 (check `auth`)"), "{server}: {log}");
+            }
+        }
+        assert!(faults.unauthorized.load(Ordering::SeqCst) >= 1, "{server}");
+        assert_eq!(es_count(&url, &idx), 1000, "{server}");
+        drop_index(&url, &idx);
+    }
+}
+
+/// A slow cluster (every bulk request held 100 ms by the proxy) slows the
+/// source down instead of filling memory: while 60,000 records of a file
+/// wait, the records read but not yet committed never exceed the engine's
+/// bound: 4 chunks of 1,000 queued, 4,000 being written, 1 chunk being
+/// handed over, and two batches of 2,000 written but not yet committed
+/// (one committing, one filling) — 13,000, whatever the backlog.
+#[test]
+fn a_slow_cluster_slows_the_source_down() {
+    let (server, url) = es_servers().remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let idx = index("slow");
+    fs::create_dir_all(d.join("in")).unwrap();
+    write_test_input(&d.join("in/a.jsonl"), "a", 60_000);
+    let (proxy, _) = fault_proxy(
+        url.clone(),
+        Schedule {
+            delay: Duration::from_millis(100),
+            ..Schedule::default()
+        },
+    );
+    es_config(d, "s", &proxy, &idx, "  bulk: {max_actions: 500}\n");
+    let (status, log) = run_to_end(
+        d,
+        &["run", "--once", "--progress-interval", "100ms", "s.yaml"],
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{server}: {log}");
+    // "s: in 12000 out 6000 (…"
+    let gaps: Vec<u64> = log
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once("s: in ")?.1;
+            let (inn, rest) = rest.split_once(" out ")?;
+            let out = rest.split_whitespace().next()?;
+            Some(inn.parse::<u64>().ok()? - out.parse::<u64>().ok()?)
+        })
+        .collect();
+    assert!(gaps.len() >= 10, "{server}: progress lines: {log}");
+    let most = gaps.iter().max().copied().unwrap_or(0);
+    eprintln!(
+        "{server}: {} progress lines, at most {most} records read ahead of the sink",
+        gaps.len()
+    );
+    assert!(most <= 13_000, "{server}: {most} records read ahead: {log}");
+    assert_eq!(es_count(&url, &idx), 60_000, "{server}");
+    drop_index(&url, &idx);
 }
