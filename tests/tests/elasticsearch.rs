@@ -559,15 +559,195 @@ fn credentials_reach_the_cluster_and_are_never_logged() {
         assert!(faults.unauthorized.load(Ordering::SeqCst) >= 1, "{server}");
         assert_eq!(es_count(&url, &idx), 1000, "{server}");
         drop_index(&url, &idx);
+
+        // An API key (the encoded `id:key` Elasticsearch hands out) goes
+        // into the header as it is.
+        let (proxy, _) = fault_proxy(
+            url.clone(),
+            Schedule {
+                auth: Some("ApiKey Zm9vOmJhcg=="),
+                ..Schedule::default()
+            },
+        );
+        es_config(
+            d,
+            "k",
+            &proxy,
+            &idx,
+            "  auth:\n    api_key: ${ES_TEST_KEY}\n",
+        );
+        let mut f = Ferry::start_with_env(
+            d,
+            &["run", "--once", "k.yaml"],
+            &[("ES_TEST_KEY", "Zm9vOmJhcg==")],
+        );
+        let status = f.wait_for_exit(Duration::from_secs(60)).expect("finishes");
+        assert!(status.success(), "{server}: {}", f.log_text());
+        assert!(
+            !f.log_text().contains("Zm9vOmJhcg=="),
+            "{server}: the key leaked"
+        );
+        assert_eq!(es_count(&url, &idx), 1000, "{server}");
+        drop_index(&url, &idx);
+    }
+}
+
+/// Runs `openssl` with `args` in `dir`; a failure fails the test.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (scripts/services installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `https://` with `tls: {ca_file}`: a TLS endpoint (socat, with a server
+/// certificate signed by a CA made here) in front of each server; ferry
+/// trusts it through the CA file and loads every record. Without the CA
+/// file it refuses the certificate and says so.
+#[test]
+fn tls_with_a_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ferry-test-ca",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    fs::write(d.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.cnf",
+        ],
+    );
+    let bundle = fs::read_to_string(d.join("server.pem")).unwrap()
+        + &fs::read_to_string(d.join("server.key")).unwrap();
+    fs::write(d.join("bundle.pem"), bundle).unwrap();
+    fs::create_dir_all(d.join("in")).unwrap();
+    write_test_input(&d.join("in/a.jsonl"), "a", 1000);
+    for (server, url) in es_servers() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let upstream = url.trim_start_matches("http://").trim_end_matches('/');
+        let tls = std::process::Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},verify=0",
+                d.join("bundle.pem").display()
+            ))
+            .arg(format!("TCP:{upstream}"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("socat (scripts/services installs it)");
+        // Killed however the test ends.
+        struct Stop(std::process::Child);
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _tls = Stop(tls);
+        assert!(
+            wait_until(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "socat did not listen on {port}"
+        );
+        let idx = index("tls");
+        let https = format!("https://127.0.0.1:{port}");
+        let ca = d.join("ca.pem");
+        es_config(
+            d,
+            "t",
+            &https,
+            &idx,
+            &format!("  tls: {{ca_file: {}}}\n", ca.display()),
+        );
+        let (status, log) = run_to_end(d, &["run", "--once", "t.yaml"], Duration::from_secs(60));
+        assert!(status.success(), "{server}: {log}");
+        assert_eq!(es_count(&url, &idx), 1000, "{server}");
+
+        // Without the CA the certificate is not trusted: reported, retried.
+        let _ = fs::remove_dir_all(d.join("data"));
+        es_config(
+            d,
+            "u",
+            &https,
+            &idx,
+            "  retry: {max_retries: 1, initial_backoff: 10ms}\n",
+        );
+        let mut f = Ferry::start(d, &["run", "u.yaml"]);
+        let reported = wait_until(Duration::from_secs(30), || {
+            f.log_text().to_lowercase().contains("certificate")
+        });
+        f.signal(libc::SIGTERM);
+        f.wait_for_exit(Duration::from_secs(30));
+        assert!(reported, "{server}: {}", f.log_text());
+        drop_index(&url, &idx);
     }
 }
 
 /// A slow cluster (every bulk request held 100 ms by the proxy) slows the
 /// source down instead of filling memory: while 60,000 records of a file
 /// wait, the records read but not yet committed never exceed the engine's
-/// bound: 4 chunks of 1,000 queued, 4,000 being written, 1 chunk being
-/// handed over, and two batches of 2,000 written but not yet committed
-/// (one committing, one filling) — 13,000, whatever the backlog.
+/// bound: 4 chunks of 1,000 queued, 1 being handed over, 4,000 being
+/// written, and two batches written but not yet committed (one
+/// committing, one filling; a batch of 2,000 filled by chunks of 1,000
+/// holds at most 2,999) — 15,000 at most, whatever the backlog (seen:
+/// 13,000 and 14,000).
 #[test]
 fn a_slow_cluster_slows_the_source_down() {
     let (server, url) = es_servers().remove(0);
@@ -606,7 +786,7 @@ fn a_slow_cluster_slows_the_source_down() {
         "{server}: {} progress lines, at most {most} records read ahead of the sink",
         gaps.len()
     );
-    assert!(most <= 13_000, "{server}: {most} records read ahead: {log}");
+    assert!(most <= 15_000, "{server}: {most} records read ahead: {log}");
     assert_eq!(es_count(&url, &idx), 60_000, "{server}");
     drop_index(&url, &idx);
 }

@@ -85,6 +85,23 @@ pub(crate) fn transport(config: &ElasticsearchSinkConfig) -> Result<Transport, C
         .map_err(|e| ConnectorError::Fatal(format!("Elasticsearch client: {e}")))
 }
 
+/// An error with its causes: the client's own message ("error sending
+/// request") hides the one that says why (a refused connection, an
+/// untrusted certificate).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -225,8 +242,9 @@ impl ElasticsearchSink {
             .await
             .map_err(|e| {
                 Failure::Again(format!(
-                    "no answer from Elasticsearch at {}: {e}",
-                    self.shown
+                    "no answer from Elasticsearch at {}: {}",
+                    self.shown,
+                    chain(&e)
                 ))
             })?;
         let status = response.status_code().as_u16();
@@ -382,7 +400,8 @@ pub(crate) async fn check(config: &ElasticsearchSinkConfig) -> Result<(), Connec
                 .await
                 .map_err(|e| {
                     ConnectorError::Retriable(format!(
-                        "no answer from Elasticsearch at {shown}: {e}"
+                        "no answer from Elasticsearch at {shown}: {}",
+                        chain(&e)
                     ))
                 })
         }
