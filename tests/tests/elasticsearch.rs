@@ -790,3 +790,70 @@ fn a_slow_cluster_slows_the_source_down() {
     assert_eq!(es_count(&url, &idx), 60_000, "{server}");
     drop_index(&url, &idx);
 }
+
+/// The other actions and ids, into an index named by a field: `create`
+/// with ids from a field refuses a second document with the same id (409,
+/// dead-lettered with the server's reason); `update` (doc_as_upsert) with
+/// the same ids merges, the later record winning; `id: none` lets the
+/// server choose ids — on both servers.
+#[test]
+fn create_update_and_field_ids_into_templated_indexes() {
+    for (server, url) in es_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir_all(d.join("in")).unwrap();
+        // Users u0…u4, each twice (seq n and n + 5); tenant by user.
+        let mut input = String::new();
+        for seq in 0..10u64 {
+            let user = seq % 5;
+            input.push_str(&format!(
+                "{{\"file\": \"x\", \"seq\": {seq}, \"user\": \"u{user}\", \"tenant\": \"t{}\", \"v\": {seq}}}\n",
+                user % 2
+            ));
+        }
+        fs::write(d.join("in/x.jsonl"), input).unwrap();
+        let base = index("act");
+        let template = format!("{base}-{{tenant}}");
+        let run = |name: &str, extra: &str| {
+            es_config(d, name, &url, &template, extra);
+            let yaml = fs::read_to_string(d.join(format!("{name}.yaml"))).unwrap()
+                + &format!("errors:\n  tolerance: all\n  dead_letter: {name}-dlq.jsonl\n");
+            fs::write(d.join(format!("{name}.yaml")), yaml).unwrap();
+            let (status, log) = run_to_end(
+                d,
+                &["run", "--once", &format!("{name}.yaml")],
+                Duration::from_secs(60),
+            );
+            assert!(status.success(), "{server} {name}: {log}");
+            read_jsonl(&d.join(format!("{name}-dlq.jsonl")))
+        };
+        let count = |tenant: &str| es_count(&url, &format!("{base}-{tenant}"));
+
+        let dead = run("create", "  action: create\n  id: {field: user}\n");
+        let seqs: Vec<u64> = dead
+            .iter()
+            .map(|e| e["record"]["seq"].as_u64().expect("seq"))
+            .collect();
+        assert_eq!(seqs, [5, 6, 7, 8, 9], "{server}: {dead:?}");
+        assert!(dead[0].to_string().contains("409"), "{server}: {}", dead[0]);
+        // u0, u2, u4 → t0; u1, u3 → t1.
+        assert_eq!((count("t0"), count("t1")), (3, 2), "{server}");
+
+        let dead = run("update", "  action: update\n  id: {field: user}\n");
+        assert!(dead.is_empty(), "{server}: {dead:?}");
+        assert_eq!((count("t0"), count("t1")), (3, 2), "{server}");
+        let (_, body) = http(&url, "GET", &format!("/{base}-t1/_doc/u3"), None);
+        let doc: serde_json::Value = serde_json::from_str(&body).expect("a document");
+        assert_eq!(
+            doc["_source"]["v"], 8,
+            "{server}: the later record wins: {body}"
+        );
+
+        let dead = run("none", "  id: none\n");
+        assert!(dead.is_empty(), "{server}: {dead:?}");
+        assert_eq!((count("t0"), count("t1")), (3 + 6, 2 + 4), "{server}");
+        for tenant in ["t0", "t1"] {
+            drop_index(&url, &format!("{base}-{tenant}"));
+        }
+    }
+}
