@@ -537,6 +537,13 @@ pub fn committed_offsets(manifest: &Path) -> u64 {
     })
 }
 
+/// The Python the benchmarks run their Python peers with
+/// (`FERRY_BENCH_PYTHON`; the scripts install a pinned venv there).
+pub fn bench_python() -> String {
+    std::env::var("FERRY_BENCH_PYTHON")
+        .unwrap_or_else(|_| "/var/tmp/ferry-tools/pybench/bin/python".to_string())
+}
+
 /// The ES-API servers the tests run against, by name: noida-db
 /// (`ES_URL`, default http://127.0.0.1:19200) and osmem-server
 /// (`OSMEM_URL`, default http://127.0.0.1:19201), both started by

@@ -159,3 +159,71 @@ pub struct SinkPlugin {
     pub kind: &'static str,
     pub parse: fn(&Value) -> Result<Box<dyn SinkConfig>, FieldError>,
 }
+
+/// Where a sink that writes documents takes each document's id from
+/// (`id:` in a MongoDB or Elasticsearch sink).
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum IdSpec {
+    /// `position` (the default: [`crate::Position::id`], so a replay
+    /// writes the same ids) or `none` (the server chooses: at-least-once).
+    Named(IdName),
+    /// `{field: name}`: the value of a record field.
+    Field { field: String },
+}
+
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum IdName {
+    Position,
+    None,
+}
+
+impl Default for IdSpec {
+    fn default() -> Self {
+        IdSpec::Named(IdName::Position)
+    }
+}
+
+/// A connection URL without its password, for messages and logs:
+/// `scheme://user:secret@host/…` → `scheme://user:***@host/…`. Only the
+/// authority is looked at, so an `@` in a path or query stays.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end], &rest[at..]),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact_url("mongodb://app:s3cret@db.example:27017/?tls=true"),
+            "mongodb://app:***@db.example:27017/?tls=true"
+        );
+        assert_eq!(
+            redact_url("https://elastic:s3cret@es.example:9200/"),
+            "https://elastic:***@es.example:9200/"
+        );
+        assert_eq!(
+            redact_url("postgres://root@127.0.0.1/test"),
+            "postgres://root@127.0.0.1/test"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:19200"),
+            "http://127.0.0.1:19200"
+        );
+    }
+}

@@ -42,8 +42,8 @@ pub mod fs;
 mod record;
 
 pub use config::{
-    BuildContext, ConfigProblem, Delivery, FieldError, PathSegment, SinkConfig, SinkPlugin,
-    SourceConfig, SourcePlugin, deserialize,
+    BuildContext, ConfigProblem, Delivery, FieldError, IdName, IdSpec, PathSegment, SinkConfig,
+    SinkPlugin, SourceConfig, SourcePlugin, deserialize, redact_url,
 };
 pub use error::ConnectorError;
 pub use flush::{Flush, FlushRequest, FlushRequests, Flushed};

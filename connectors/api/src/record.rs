@@ -35,6 +35,13 @@ impl Position {
         };
         format!("{name}@{}", self.offset)
     }
+
+    /// A stable id for the record at this position, `<partition
+    /// key>@<offset>`: a replay of the record has the same one, so a sink
+    /// that writes with it overwrites instead of duplicating.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.partition.key, self.offset)
+    }
 }
 
 /// The latest position of every partition: what a pipeline has committed.

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_api::{BuildContext, ConfigProblem, ConnectorError, Delivery, Sink, SinkConfig};
+use ferry_api::{
+    BuildContext, ConfigProblem, ConnectorError, Delivery, IdName, IdSpec, Sink, SinkConfig,
+    redact_url,
+};
 use serde::Deserialize;
 
 use crate::index::IndexTemplate;
@@ -19,29 +22,6 @@ pub enum Action {
     Create,
     /// `update` with `doc_as_upsert`: merge the record into the document.
     Update,
-}
-
-/// Where each document's `_id` comes from.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum IdSpec {
-    /// `position` (the default) or `none` (server ids: at-least-once).
-    Named(IdName),
-    /// `{field: name}`: the value of a record field (a string or a number).
-    Field { field: String },
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(rename_all = "lowercase")]
-pub enum IdName {
-    Position,
-    None,
-}
-
-impl Default for IdSpec {
-    fn default() -> Self {
-        IdSpec::Named(IdName::Position)
-    }
 }
 
 /// `5MB`, `512KB`, `1000000` or a plain number of bytes.
@@ -206,25 +186,9 @@ impl ElasticsearchSinkConfig {
     pub(crate) fn shown_urls(&self) -> String {
         self.urls
             .iter()
-            .map(|u| redact(u))
+            .map(|u| redact_url(u))
             .collect::<Vec<_>>()
             .join(", ")
-    }
-}
-
-/// `https://user:secret@host` → `https://user:***@host`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end..];
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
-        }
-        None => url.to_string(),
     }
 }
 
@@ -242,7 +206,7 @@ impl SinkConfig for ElasticsearchSinkConfig {
                         ferry_api::PathSegment::Key("urls".into()),
                         ferry_api::PathSegment::Index(i),
                     ],
-                    message: format!("`{}` is not an http:// or https:// URL", redact(u)),
+                    message: format!("`{}` is not an http:// or https:// URL", redact_url(u)),
                 });
             }
         }
@@ -319,14 +283,5 @@ mod tests {
         assert_eq!(parse_size("512 KB"), Some(512 << 10));
         assert_eq!(parse_size("1000"), Some(1000));
         assert_eq!(parse_size("5 parsecs"), None);
-    }
-
-    #[test]
-    fn passwords_never_show() {
-        assert_eq!(
-            redact("https://elastic:s3cret@es.example:9200/"),
-            "https://elastic:***@es.example:9200/"
-        );
-        assert_eq!(redact("http://127.0.0.1:19200"), "http://127.0.0.1:19200");
     }
 }

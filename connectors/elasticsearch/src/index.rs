@@ -128,6 +128,10 @@ impl IndexTemplate {
 
     /// The index of `record`, or why it has none.
     pub(crate) fn render(&self, record: &Record, now_ms: i64) -> Result<String, String> {
+        // A fixed name was checked when the template was parsed.
+        if let [Part::Literal(name)] = self.parts.as_slice() {
+            return Ok(name.clone());
+        }
         let mut name = String::new();
         for p in &self.parts {
             match p {

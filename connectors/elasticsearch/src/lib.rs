@@ -19,7 +19,7 @@ mod config;
 mod index;
 mod sink;
 
-pub use config::{Action, ElasticsearchSinkConfig, IdSpec};
+pub use config::{Action, ElasticsearchSinkConfig};
 
 use ferry_api::{SinkPlugin, deserialize};
 

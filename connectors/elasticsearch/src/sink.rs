@@ -27,10 +27,12 @@ use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::headers::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use elasticsearch::http::transport::{MultiNodeConnectionPool, Transport, TransportBuilder};
 use elasticsearch::http::{Method, Url};
-use ferry_api::{ConnectorError, Positions, Record, Rejected, Sink, Value};
+use ferry_api::{
+    ConnectorError, IdName, IdSpec, Positions, Record, Rejected, Sink, Value, redact_url,
+};
 use serde::Deserialize;
 
-use crate::config::{Action, ElasticsearchSinkConfig, IdName, IdSpec};
+use crate::config::{Action, ElasticsearchSinkConfig};
 use crate::index::IndexTemplate;
 
 /// Elasticsearch refuses longer `_id`s.
@@ -42,10 +44,7 @@ pub(crate) fn transport(config: &ElasticsearchSinkConfig) -> Result<Transport, C
         .iter()
         .map(|u| {
             Url::parse(u).map_err(|e| {
-                ConnectorError::Fatal(format!(
-                    "bad Elasticsearch URL {}: {e}",
-                    crate::config::redact(u)
-                ))
+                ConnectorError::Fatal(format!("bad Elasticsearch URL {}: {e}", redact_url(u)))
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -175,10 +174,7 @@ impl ElasticsearchSink {
         let index = self.template.render(r, now)?;
         let id = match &self.config.id {
             // The position a replay of this record has again.
-            IdSpec::Named(IdName::Position) => Some(format!(
-                "{}@{}",
-                r.position.partition.key, r.position.offset
-            )),
+            IdSpec::Named(IdName::Position) => Some(r.position.id()),
             IdSpec::Named(IdName::None) => None,
             IdSpec::Field { field } => match r.value.get(field) {
                 Some(Value::String(s)) => Some(s.clone()),
@@ -321,10 +317,10 @@ impl ElasticsearchSink {
         let mut pending: Vec<&(usize, Vec<u8>)> = items.iter().collect();
         let mut attempt = 0;
         loop {
-            let body: Vec<u8> = pending
-                .iter()
-                .flat_map(|(_, b)| b.iter().copied())
-                .collect();
+            let mut body = Vec::with_capacity(pending.iter().map(|(_, b)| b.len()).sum());
+            for (_, lines) in &pending {
+                body.extend_from_slice(lines);
+            }
             let why = match self.send(body, pending.len()).await {
                 Ok(results) => {
                     let mut again = Vec::new();

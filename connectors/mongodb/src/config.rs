@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use ferry_api::{
-    BuildContext, ConfigProblem, ConnectorError, Delivery, Sink, SinkConfig, Source, SourceConfig,
+    BuildContext, ConfigProblem, ConnectorError, Delivery, IdName, IdSpec, Sink, SinkConfig,
+    Source, SourceConfig, redact_url,
 };
 use serde::Deserialize;
 
@@ -18,30 +19,6 @@ pub enum WriteMode {
     Upsert,
     /// `update` with the whole document and `upsert: true`.
     Replace,
-}
-
-/// Where each document's `_id` comes from.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum IdSpec {
-    /// `position` (derived from the record's source position, the default)
-    /// or `none` (the server chooses: at-least-once).
-    Named(IdName),
-    /// `{field: name}`: the value of a record field.
-    Field { field: String },
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(rename_all = "lowercase")]
-pub enum IdName {
-    Position,
-    None,
-}
-
-impl Default for IdSpec {
-    fn default() -> Self {
-        IdSpec::Named(IdName::Position)
-    }
 }
 
 /// `sink: {type: mongodb}`.
@@ -72,24 +49,7 @@ impl MongoSinkConfig {
 
     /// The URI without its password, for messages and logs.
     pub(crate) fn redacted_uri(&self) -> String {
-        redact(&self.uri)
-    }
-}
-
-/// `mongodb://user:secret@host/` → `mongodb://user:***@host/`.
-pub(crate) fn redact(uri: &str) -> String {
-    let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
-        return uri.to_string();
-    };
-    let rest = &uri[scheme_end..];
-    let host_start = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_start].rfind('@') {
-        Some(at) => {
-            let creds = &rest[..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &uri[..scheme_end], &rest[at..])
-        }
-        None => uri.to_string(),
+        redact_url(&self.uri)
     }
 }
 
@@ -199,7 +159,7 @@ fn default_batch_size() -> u32 {
 
 impl MongoSourceConfig {
     pub(crate) fn redacted_uri(&self) -> String {
-        redact(&self.uri)
+        redact_url(&self.uri)
     }
 
     /// What is watched, for keys and messages: `db.coll`, `db` or `*`.
@@ -293,22 +253,5 @@ impl SourceConfig for MongoSourceConfig {
         let shown = self.redacted_uri();
         let client = crate::client::connect(&self.uri, &shown).await?;
         crate::client::ping(&client, &shown).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_show() {
-        assert_eq!(
-            redact("mongodb://app:s3cret@db.example:27017/?tls=true"),
-            "mongodb://app:***@db.example:27017/?tls=true"
-        );
-        assert_eq!(
-            redact("mongodb://127.0.0.1:27217/?directConnection=true"),
-            "mongodb://127.0.0.1:27217/?directConnection=true"
-        );
     }
 }

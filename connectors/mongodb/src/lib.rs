@@ -24,9 +24,7 @@ mod config;
 mod sink;
 mod source;
 
-pub use config::{
-    FullDocument, IdSpec, MongoSinkConfig, MongoSourceConfig, SnapshotMode, WriteMode,
-};
+pub use config::{FullDocument, MongoSinkConfig, MongoSourceConfig, SnapshotMode, WriteMode};
 
 use ferry_api::{SinkPlugin, SourcePlugin, deserialize};
 

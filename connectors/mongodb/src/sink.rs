@@ -3,12 +3,12 @@
 //! durable and `commit` has nothing left to do.
 
 use async_trait::async_trait;
-use ferry_api::{ConnectorError, Positions, Record, Rejected, Sink, Value};
+use ferry_api::{ConnectorError, IdName, IdSpec, Positions, Record, Rejected, Sink, Value};
 use mongodb::Database;
 use mongodb::bson::{Bson, Document, doc};
 
 use crate::client::{classify, connect, ping};
-use crate::config::{IdName, IdSpec, MongoSinkConfig, WriteMode};
+use crate::config::{MongoSinkConfig, WriteMode};
 
 /// Documents per command: well under the server's 100,000, and small
 /// enough that a command stays far below the 48 MB message limit for
@@ -41,10 +41,7 @@ impl MongoSink {
         let id = match &self.config.id {
             // The position a replay of this record has again: its
             // partition and the offset that resumes after it.
-            IdSpec::Named(IdName::Position) => Some(Bson::String(format!(
-                "{}@{}",
-                r.position.partition.key, r.position.offset
-            ))),
+            IdSpec::Named(IdName::Position) => Some(Bson::String(r.position.id())),
             IdSpec::Named(IdName::None) => None,
             IdSpec::Field { field } => match doc.get(field) {
                 Some(v) => Some(v.clone()),

@@ -87,7 +87,7 @@ struct Snapshot {
 /// The connection and what the server calls need, apart from the cursor
 /// state: cursors are `Send` but not `Sync`, so an `async fn` may hold a
 /// reference to this across an `.await` but not one to the whole source.
-#[derive(Clone)]
+/// Shared (`Arc`): each poll takes a handle without copying the config.
 struct Conn {
     client: Client,
     config: MongoSourceConfig,
@@ -98,7 +98,7 @@ pub(crate) struct ChangeStreamSource {
     config: MongoSourceConfig,
     shown: String,
     partition: Arc<Partition>,
-    conn: Option<Conn>,
+    conn: Option<Arc<Conn>>,
     phase: Phase,
     /// The last poll of the stream found nothing new.
     caught_up: bool,
@@ -309,9 +309,9 @@ impl ChangeStreamSource {
         }
     }
 
-    /// The connection, cloned (cheap: the client is shared) so that the
+    /// The connection, a shared handle, so that the
     /// caller may hold it across `.await`s while it changes `self`.
-    fn conn(&self) -> Conn {
+    fn conn(&self) -> Arc<Conn> {
         self.conn.clone().expect("used after open")
     }
 
@@ -571,11 +571,11 @@ impl Source for ChangeStreamSource {
     async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError> {
         let client = connect(&self.config.uri, &self.shown).await?;
         ping(&client, &self.shown).await?;
-        let conn = Conn {
+        let conn = Arc::new(Conn {
             client,
             config: self.config.clone(),
             shown: self.shown.clone(),
-        };
+        });
         self.conn = Some(conn.clone());
         let offset = committed.get(&self.partition.key).map(|p| p.offset.clone());
         match offset {

@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use ferry_api::{
     BuildContext, ConfigProblem, ConnectorError, Delivery, PathSegment, Sink, SinkConfig, Source,
-    SourceConfig,
+    SourceConfig, redact_url,
 };
 use serde::Deserialize;
 
@@ -106,20 +106,6 @@ pub(crate) fn is_identifier(s: &str) -> bool {
         && !s.starts_with(|c: char| c.is_ascii_digit())
 }
 
-/// The URL without its password, for logs and `validate`.
-pub(crate) fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[async_trait]
 impl SinkConfig for PostgresSinkConfig {
     fn validate(&self) -> Vec<ConfigProblem> {
@@ -183,7 +169,7 @@ impl SinkConfig for PostgresSinkConfig {
         };
         format!(
             "postgres {} table {} ({mode})",
-            redacted(&self.url),
+            redact_url(&self.url),
             self.table
         )
     }
@@ -213,10 +199,10 @@ mod tests {
     #[test]
     fn passwords_never_show() {
         assert_eq!(
-            redacted("postgres://u:secret@h:5432/db"),
+            redact_url("postgres://u:secret@h:5432/db"),
             "postgres://u:***@h:5432/db"
         );
-        assert_eq!(redacted("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     #[test]
@@ -363,7 +349,7 @@ impl SourceConfig for PostgresSourceConfig {
         let cursor = self.cursor_columns().join(", ");
         format!(
             "postgres {} {} (cursor {cursor})",
-            redacted(&self.url),
+            redact_url(&self.url),
             self.origin()
         )
     }

@@ -19,12 +19,9 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use ferry_tests::{arg, es_count, es_servers, ferry_bin, http, measure, test_line, workspace_root};
-
-fn python() -> String {
-    std::env::var("FERRY_BENCH_PYTHON")
-        .unwrap_or_else(|_| "/var/tmp/ferry-tools/pybench/bin/python".to_string())
-}
+use ferry_tests::{
+    arg, bench_python, es_count, es_servers, ferry_bin, http, measure, test_line, workspace_root,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -95,13 +92,13 @@ fn main() {
         let py_seconds = if server == "osmem" {
             None
         } else {
-            let out = Command::new(python())
+            let out = Command::new(bench_python())
                 .arg(workspace_root().join("scripts/bench/es_loader.py"))
                 .args([url.as_str(), py_index.as_str()])
                 .arg(d.join("in/input.jsonl"))
                 .stderr(Stdio::inherit())
                 .output()
-                .unwrap_or_else(|e| panic!("running {}: {e}", python()));
+                .unwrap_or_else(|e| panic!("running {}: {e}", bench_python()));
             assert!(out.status.success(), "{server}: the Python loader failed");
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("its JSON line");
             assert_eq!(

@@ -25,8 +25,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_tests::{
-    arg, create_topic, delete_topic, ferry_bin, kafka_brokers, measure, mongodb_count, mongodb_uri,
-    produce_test_lines, test_line, with_mongodb, workspace_root,
+    arg, bench_python, create_topic, delete_topic, ferry_bin, kafka_brokers, measure,
+    mongodb_count, mongodb_uri, produce_test_lines, test_line, with_mongodb, workspace_root,
 };
 use mongodb::bson::Document;
 use mongodb::options::WriteConcern;
@@ -76,14 +76,9 @@ fn drop_collection(db: &str, coll: &str) {
     });
 }
 
-fn python() -> String {
-    std::env::var("FERRY_BENCH_PYTHON")
-        .unwrap_or_else(|_| "/var/tmp/ferry-tools/pybench/bin/python".to_string())
-}
-
 /// Runs a Python consumer; returns its own clock's seconds.
 fn python_consumer(mode: &str, brokers: &str, topic: &str, db: &str, records: u64) -> f64 {
-    let out = Command::new(python())
+    let out = Command::new(bench_python())
         .arg(workspace_root().join("scripts/bench/mongo_consumers.py"))
         .args([
             mode,
@@ -97,7 +92,7 @@ fn python_consumer(mode: &str, brokers: &str, topic: &str, db: &str, records: u6
         ])
         .stderr(Stdio::inherit())
         .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", python()));
+        .unwrap_or_else(|e| panic!("running {}: {e}", bench_python()));
     assert!(out.status.success(), "the {mode} consumer failed");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("its JSON line");
     assert!(v["messages"].as_u64().expect("messages") >= records);
