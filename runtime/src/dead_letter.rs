@@ -45,7 +45,7 @@ impl DeadLetters {
             &error.to_string(),
             &r.position,
             "record",
-            r.value.clone(),
+            r.value.clone().into_value(),
         )
     }
 

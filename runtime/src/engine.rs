@@ -279,6 +279,7 @@ async fn run_attempt(
         backoff,
         commits: commits_tx,
         in_flight: None,
+        received: 0,
     };
     // The flush requests go with the writer: a source asking for a flush
     // once it is gone (leaving its group in `close`) learns so at once.
@@ -374,6 +375,9 @@ struct Writer<'a> {
     /// A commit the sink has started but not yet made durable (at most
     /// one), with what becomes committed when it resolves.
     in_flight: Option<InFlight>,
+    /// Items received from the source in this attempt, to know when a flush
+    /// has everything the source handed over ([`FlushRequest::handed`]).
+    received: u64,
 }
 
 struct InFlight {
@@ -437,12 +441,27 @@ impl Writer<'_> {
                 Next::FlushDue => self.commit().await?,
                 Next::Flush(None) => flushes_open = false,
                 Next::Flush(Some(request)) => {
-                    // The source waits, blocked inside its poll, so what is
-                    // queued now is everything it handed over. An error drops
-                    // the request: the source learns nothing was promised.
+                    // Everything the source handed over: what is queued,
+                    // and what its polls returned that is still on its way
+                    // (the read task sends it: it does not wait on the
+                    // source for that). An error drops the request: the
+                    // source learns nothing was promised.
                     let mut items = Vec::new();
                     while let Ok(more) = rx.try_recv() {
+                        self.received += more.len() as u64;
                         items.extend(more);
+                    }
+                    while self.received < request.handed {
+                        match rx.recv().await {
+                            Some(more) => {
+                                self.received += more.len() as u64;
+                                items.extend(more);
+                            }
+                            None => {
+                                request.reply(Err("the source stopped".into()));
+                                return self.commit().await;
+                            }
+                        }
                     }
                     if !items.is_empty() {
                         self.write(items).await?;
@@ -465,13 +484,17 @@ impl Writer<'_> {
                 // The source stopped: commit what was written, then end.
                 Next::Items(None) => return self.commit().await,
                 Next::Items(Some(mut items)) => {
+                    self.received += items.len() as u64;
                     // A backlog is written in fewer, larger writes: every
                     // write costs the sink round trips (a savepoint, a COPY),
                     // whatever its size. Only chunks already waiting are
                     // taken, so a quiet stream is not delayed.
                     while items.len() < WRITE_MAX {
                         match rx.try_recv() {
-                            Ok(more) => items.extend(more),
+                            Ok(more) => {
+                                self.received += more.len() as u64;
+                                items.extend(more)
+                            }
                             Err(_) => break,
                         }
                     }

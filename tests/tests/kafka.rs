@@ -44,8 +44,20 @@ fn produce(d: &Path, topic: &str, tag: &str, count: u64) {
 /// summed.
 fn group_committed(dir: &Path) -> u64 {
     let mut furthest: HashMap<String, u64> = HashMap::new();
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
+    let entries = |dir: &Path| {
+        fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect::<Vec<_>>()
+    };
+    // Manifests in `dir` and in its subdirectories.
+    let mut paths = entries(dir);
+    for sub in paths.clone().iter().filter(|p| p.is_dir()) {
+        paths.extend(entries(sub));
+    }
+    for path in paths {
         if !path.to_string_lossy().ends_with(".ferry-manifest") {
             continue;
         }
@@ -60,6 +72,23 @@ fn group_committed(dir: &Path) -> u64 {
         }
     }
     furthest.values().sum()
+}
+
+/// Writes `consume` as the pipeline of members `a` and `b` (each in its
+/// own folder of `d`, `${MEMBER}` set to its name); the result starts one.
+fn group_members(d: &Path, consume: &str) -> impl Fn(&str) -> Ferry {
+    for member in ["a", "b"] {
+        fs::create_dir_all(d.join(member)).unwrap();
+        fs::write(d.join(member).join("consume.yaml"), consume).unwrap();
+    }
+    let (d, brokers) = (d.to_path_buf(), kafka_brokers());
+    move |m: &str| {
+        Ferry::start_with_env(
+            &d.join(m),
+            &["run", "consume.yaml"],
+            &[("KAFKA_BROKERS", &brokers), ("MEMBER", m)],
+        )
+    }
 }
 
 /// How many times each of `0..count` appears as `seq` in a JSON-lines
@@ -351,17 +380,7 @@ fn two_daemons_in_one_group_share_a_topic_exactly_once() {
         "name: consume-{topic}\nsource:\n  type: kafka\n  brokers: ${{KAFKA_BROKERS}}\n  topics: [{topic}]\n{FAST_GROUP}sink:\n  type: file\n  path: {}/out-${{MEMBER}}.jsonl\ndelivery:\n  batch_size: 2000\n  flush_interval: 100ms\n",
         out.display()
     );
-    for member in ["a", "b"] {
-        fs::create_dir_all(d.join(member)).unwrap();
-        fs::write(d.join(member).join("consume.yaml"), &consume).unwrap();
-    }
-    let member = |m: &str| {
-        Ferry::start_with_env(
-            &d.join(m),
-            &["run", "consume.yaml"],
-            &[("KAFKA_BROKERS", &brokers), ("MEMBER", m)],
-        )
-    };
+    let member = group_members(d, &consume);
     let mut producer = start(d, &["run", "--once", "produce.yaml"]);
     let mut a = member("a");
     let mut b = member("b");
@@ -422,6 +441,89 @@ fn two_daemons_in_one_group_share_a_topic_exactly_once() {
     );
     let all: Vec<_> = from_a.into_iter().chain(from_b).collect();
     let problems = check_each_once(&all, &[("g", N)]);
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// Partitions move while a member is behind: its polling thread holds
+/// chunks read ahead of the runtime when a second member joins (some
+/// partitions are revoked from the first) and when the first leaves (all go
+/// to the second). What was read ahead of a revoked partition is dropped
+/// and read again by its new owner; what was handed over is flushed and
+/// committed before the partition goes: every record exactly once.
+#[test]
+fn partitions_move_while_a_backlog_is_read_ahead() {
+    const N: u64 = 300_000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let topic = topic("backlog");
+    let brokers = kafka_brokers();
+    create_topic(&brokers, &topic, 6);
+    produce_test_lines(&brokers, &topic, N, None);
+    let out = d.join("out");
+    // Small batches, each made durable by an fsync: the sink is the slow
+    // side, so the source is always ahead of it. Each member writes in a
+    // directory of its own, so neither sees the other's manifest: the
+    // group's committed offsets alone hand partitions over, and a record
+    // the old owner writes after the handover would be there twice.
+    let consume = format!(
+        "name: consume-{topic}\nsource:\n  type: kafka\n  brokers: ${{KAFKA_BROKERS}}\n  topics: [{topic}]\n{FAST_GROUP}sink:\n  type: file\n  path: {}/${{MEMBER}}/out.jsonl\ndelivery:\n  batch_size: 200\n  flush_interval: 50ms\n",
+        out.display()
+    );
+    for member in ["a", "b"] {
+        fs::create_dir_all(out.join(member)).unwrap();
+    }
+    let member = group_members(d, &consume);
+    let progress = || group_committed(&out);
+    let mut a = member("a");
+    // b asks to join as soon as a reads: joining takes seconds, in which a
+    // reads on at full speed, far ahead of its sink.
+    assert!(
+        wait_until(Duration::from_secs(60), || a
+            .log_text()
+            .contains("partition assigned")),
+        "a never got a partition: {}",
+        a.log_text()
+    );
+    let mut b = member("b");
+    let joined = wait_until(Duration::from_secs(60), || {
+        b.log_text().contains("partition assigned")
+    });
+    assert!(joined, "b never got a partition: {}", b.log_text());
+    let at_join = progress();
+    let mark = (at_join + N / 10).min(N * 3 / 4);
+    assert!(
+        wait_until(Duration::from_secs(120), || progress() >= mark),
+        "never reached {mark}"
+    );
+    let at_leave = progress();
+    a.signal(libc::SIGTERM);
+    a.wait_for_exit(Duration::from_secs(60)).expect("a stops");
+    let finished = wait_until(Duration::from_secs(180), || progress() >= N);
+    std::thread::sleep(Duration::from_millis(500));
+    b.signal(libc::SIGTERM);
+    b.wait_for_exit(Duration::from_secs(60)).expect("b stops");
+    eprintln!("b joined at {at_join}, a was told to leave at {at_leave} of {N}");
+    assert!(
+        finished,
+        "committed {} of {N}:\n{}\n{}",
+        progress(),
+        a.log_text(),
+        b.log_text()
+    );
+    assert!(
+        at_join < N && at_leave < N,
+        "the partitions moved only after everything was read"
+    );
+    assert!(
+        a.log_text().contains("partitions revoked"),
+        "{}",
+        a.log_text()
+    );
+    let all: Vec<_> = read_jsonl(&out.join("a/out.jsonl"))
+        .into_iter()
+        .chain(read_jsonl(&out.join("b/out.jsonl")))
+        .collect();
+    let problems = check_each_once(&all, &[("bench", N)]);
     assert!(problems.is_empty(), "{problems:?}");
 }
 

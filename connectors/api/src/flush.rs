@@ -4,10 +4,12 @@
 //! read of them either durable in the sink (and committed to the group) or
 //! forgotten; otherwise the next owner reads again what this process is about
 //! to write, and the record arrives twice. The revocation happens inside the
-//! consumer's poll, on the source's blocking thread, while the records read
-//! before it wait in the runtime's queue. So the source asks, and blocks
-//! until the runtime has written what was queued, committed it, and answered
-//! with the committed positions.
+//! consumer's poll, on the source's polling thread, while the records read
+//! before it wait in the runtime's queue — or are still on their way there,
+//! when the source polls ahead on a thread of its own. So the source asks,
+//! saying how many items its polls have returned so far, and blocks until
+//! the runtime has received that many, written them, committed them, and
+//! answered with the committed positions.
 
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
@@ -41,6 +43,8 @@ pub struct FlushRequests {
 /// One request; answer it with [`FlushRequest::reply`].
 #[derive(Debug)]
 pub struct FlushRequest {
+    /// Items the source's polls had returned since `open` when it asked.
+    pub handed: u64,
     reply: std_mpsc::SyncSender<Result<Flushed, String>>,
 }
 
@@ -55,13 +59,19 @@ impl Flush {
     /// Asks for a flush and blocks this thread until it is done. For use on a
     /// blocking thread only (a consumer callback): on an async task it would
     /// stall the very writer that answers, and tokio panics.
+    ///
+    /// `handed` is the number of items the source's polls have returned since
+    /// [`crate::Source::open`]: the runtime waits until it has received that
+    /// many, so items a poll returned a moment ago, still on their way to the
+    /// writer, are covered too.
+    ///
     /// `Err` says why nothing can be promised: the pipeline is stopping or
     /// failed, or `timeout` passed; the caller then relies on what it already
     /// knows to be durable.
-    pub fn blocking(&self, timeout: Duration) -> Result<Flushed, String> {
+    pub fn blocking(&self, handed: u64, timeout: Duration) -> Result<Flushed, String> {
         let (reply, answer) = std_mpsc::sync_channel(1);
         self.tx
-            .blocking_send(FlushRequest { reply })
+            .blocking_send(FlushRequest { handed, reply })
             .map_err(|_| "the pipeline is not writing any more".to_string())?;
         match answer.recv_timeout(timeout) {
             Ok(result) => result,

@@ -107,10 +107,148 @@ impl Positions {
     }
 }
 
+/// A record's value: a JSON value that a source may hand over as the JSON
+/// text it read, checked but not yet parsed.
+///
+/// Building a [`Value`] costs allocations for every field, and a sink that
+/// writes JSON text (a JSON-lines file, a Kafka topic, an Elasticsearch bulk
+/// body) would only turn it back into the same text. So a source reading
+/// JSON text (a Kafka message) keeps the text ([`Payload::json`]); a sink
+/// that writes JSON writes it as it came ([`Payload::json_text`]), and any
+/// other use parses it once, on first access, through `Deref` — on the sink's
+/// side of the pipeline, not on the source's.
+#[derive(Clone)]
+pub struct Payload(Inner);
+
+#[derive(Clone)]
+enum Inner {
+    Value(Value),
+    /// One line of JSON text, exactly as read, checked to be JSON; parsed on
+    /// first access.
+    Text {
+        text: Box<str>,
+        parsed: std::sync::OnceLock<Value>,
+    },
+}
+
+impl Payload {
+    /// A payload from JSON text, checked to be exactly one JSON value (and
+    /// not parsed). Text spanning several lines (pretty-printed JSON) is
+    /// parsed at once instead, so that [`Payload::json_text`] is always one
+    /// line, fit for a JSON-lines file.
+    pub fn json(text: &str) -> Result<Payload, serde_json::Error> {
+        Payload::from_json(text.to_string()).map_err(|(e, _)| e)
+    }
+
+    /// [`Payload::json`] of text the caller owns; when it is not JSON, the
+    /// text comes back beside the error.
+    pub fn from_json(text: String) -> Result<Payload, (serde_json::Error, String)> {
+        // A newline in JSON text can only be whitespace (inside strings it
+        // is escaped).
+        if text.as_bytes().contains(&b'\n') {
+            return match serde_json::from_str::<Value>(&text) {
+                Ok(value) => Ok(Payload::from(value)),
+                Err(e) => Err((e, text)),
+            };
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+            return Err((e, text));
+        }
+        Ok(Payload(Inner::Text {
+            text: text.into_boxed_str(),
+            parsed: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// The value as one line of JSON text as the source read it, when it
+    /// was handed over that way and has not been changed since.
+    pub fn json_text(&self) -> Option<&str> {
+        match &self.0 {
+            Inner::Text { text, .. } => Some(text),
+            Inner::Value(_) => None,
+        }
+    }
+
+    /// Writes the value as one line of JSON text (no newline at the end):
+    /// the source's text when there is one, else the value serialized.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match &self.0 {
+            Inner::Text { text, .. } => out.extend_from_slice(text.as_bytes()),
+            Inner::Value(value) => {
+                serde_json::to_writer(out, value).expect("a JSON value always serializes")
+            }
+        }
+    }
+
+    /// The value, parsed from the text if it was not yet.
+    pub fn into_value(self) -> Value {
+        match self.0 {
+            Inner::Value(value) => value,
+            Inner::Text { text, parsed } => parsed.into_inner().unwrap_or_else(|| parse(&text)),
+        }
+    }
+}
+
+fn parse(checked: &str) -> Value {
+    serde_json::from_str(checked).expect("checked to be JSON when made")
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Payload {
+        Payload(Inner::Value(value))
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        match &self.0 {
+            Inner::Value(value) => value,
+            Inner::Text { text, parsed } => parsed.get_or_init(|| parse(text)),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Payload {
+    /// A changed value no longer matches the source's text, which is dropped.
+    fn deref_mut(&mut self) -> &mut Value {
+        if let Inner::Text { .. } = self.0 {
+            let value = std::mem::replace(self, Payload::from(Value::Null)).into_value();
+            self.0 = Inner::Value(value);
+        }
+        match &mut self.0 {
+            Inner::Value(value) => value,
+            Inner::Text { .. } => unreachable!("replaced above"),
+        }
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Inner::Value(value) => value.fmt(f),
+            Inner::Text { text, .. } => write!(f, "json:{text}"),
+        }
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(serializer)
+    }
+}
+
 /// One record on its way from a source to a sink.
 #[derive(Debug, Clone)]
 pub struct Record {
-    pub value: Value,
+    pub value: Payload,
     pub key: Option<Value>,
     /// Milliseconds since the Unix epoch, when the source knows one.
     pub timestamp_ms: Option<i64>,
@@ -119,9 +257,9 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(value: Value, position: Position) -> Self {
+    pub fn new(value: impl Into<Payload>, position: Position) -> Self {
         Record {
-            value,
+            value: value.into(),
             key: None,
             timestamp_ms: None,
             headers: Vec::new(),
@@ -165,6 +303,52 @@ mod tests {
             partition: partition.clone(),
             offset: offset.into(),
         }
+    }
+
+    #[test]
+    fn json_text_is_kept_as_read_and_parsed_on_first_look() {
+        let p = Payload::json(r#"{"b": 1,  "a":[true, null]}"#).unwrap();
+        // Written as it came (spacing, order), without building a value.
+        assert_eq!(p.json_text(), Some(r#"{"b": 1,  "a":[true, null]}"#));
+        let mut out = Vec::new();
+        p.write_json(&mut out);
+        assert_eq!(out, br#"{"b": 1,  "a":[true, null]}"#);
+        // Any other use sees the value.
+        assert_eq!(p["b"], 1);
+        assert_eq!(*p, serde_json::json!({"b": 1, "a": [true, null]}));
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"b":1,"a":[true,null]}"#
+        );
+        assert_eq!(p.clone().into_value()["a"][0], true);
+    }
+
+    #[test]
+    fn json_that_is_not_one_value_comes_back_with_its_text() {
+        for bad in ["{\"a\": ", "{} {}", "", "nul", "{\"a\":1}x"] {
+            let (e, text) = Payload::from_json(bad.to_string()).unwrap_err();
+            assert_eq!(text, bad);
+            assert!(!e.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn json_on_several_lines_is_parsed_so_its_text_stays_one_line() {
+        let p = Payload::json("{\n  \"a\": 1\n}").unwrap();
+        assert_eq!(p.json_text(), None);
+        let mut out = Vec::new();
+        p.write_json(&mut out);
+        assert_eq!(out, br#"{"a":1}"#);
+    }
+
+    #[test]
+    fn a_changed_value_drops_the_source_text() {
+        let mut p = Payload::json(r#"{"a":1}"#).unwrap();
+        p["a"] = 2.into();
+        assert_eq!(p.json_text(), None);
+        let mut out = Vec::new();
+        p.write_json(&mut out);
+        assert_eq!(out, br#"{"a":2}"#);
     }
 
     #[test]

@@ -142,7 +142,7 @@ impl IndexTemplate {
                 Part::Field(f) => {
                     let v = f
                         .split('.')
-                        .try_fold(&record.value, |v, k| v.get(k))
+                        .try_fold(&*record.value, |v, k| v.get(k))
                         .ok_or_else(|| format!("no field `{f}` for the index name"))?;
                     match v {
                         Value::String(s) => name.push_str(s),

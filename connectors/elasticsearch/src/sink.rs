@@ -211,7 +211,11 @@ impl ElasticsearchSink {
                 &mut line,
                 &serde_json::json!({"doc": &r.value, "doc_as_upsert": true}),
             ),
-            _ => serde_json::to_writer(&mut line, &r.value),
+            _ => {
+                // The source's JSON text as it came, when there is one.
+                r.value.write_json(&mut line);
+                Ok(())
+            }
         }
         .expect("JSON");
         line.push(b'\n');

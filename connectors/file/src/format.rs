@@ -1,6 +1,6 @@
 //! Lines ⇄ records for the three formats.
 
-use ferry_api::Value;
+use ferry_api::{Payload, Value};
 use serde_json::Map;
 
 use crate::Format;
@@ -94,14 +94,15 @@ pub(crate) fn csv_row_open(row: &[u8]) -> bool {
 }
 
 /// Appends one record to `out` in `format`, ending with a newline.
-pub(crate) fn write_record(format: Format, value: &Value, columns: &[String], out: &mut Vec<u8>) {
+pub(crate) fn write_record(format: Format, value: &Payload, columns: &[String], out: &mut Vec<u8>) {
     match format {
         Format::Json => {
-            serde_json::to_writer(&mut *out, value).expect("a JSON value always serializes");
+            // The source's JSON text as it came, when it handed that over.
+            value.write_json(out);
             out.push(b'\n');
         }
         Format::Text => {
-            match value {
+            match &**value {
                 Value::String(s) => out.extend_from_slice(s.as_bytes()),
                 other => {
                     serde_json::to_writer(&mut *out, other).expect("a JSON value always serializes")
@@ -182,7 +183,7 @@ mod tests {
         let mut out = Vec::new();
         write_record(
             Format::Csv,
-            &serde_json::json!({"id": 7, "name": "x,y"}),
+            &serde_json::json!({"id": 7, "name": "x,y"}).into(),
             &cols,
             &mut out,
         );

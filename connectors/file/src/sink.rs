@@ -250,7 +250,7 @@ fn write_manifest(path: &Path, bytes: &[u8]) -> Result<(), ConnectorError> {
 }
 
 fn first_record_columns(batch: &[Record]) -> Vec<String> {
-    match batch.first().map(|r| &r.value) {
+    match batch.first().map(|r| &*r.value) {
         Some(Value::Object(map)) => map.keys().cloned().collect(),
         _ => vec!["value".to_string()],
     }

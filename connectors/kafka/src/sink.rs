@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_api::{ConnectorError, Positions, Record, Rejected, Sink, Value};
+use ferry_api::{ConnectorError, Payload, Positions, Record, Rejected, Sink, Value};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
@@ -27,10 +27,14 @@ impl KafkaSink {
         }
     }
 
-    fn payload(&self, v: &Value) -> Vec<u8> {
-        match (self.config.format, v) {
-            (SinkFormat::Text, Value::String(s)) => s.as_bytes().to_vec(),
-            _ => serde_json::to_vec(v).expect("a JSON value serializes"),
+    fn payload(&self, v: &Payload) -> Vec<u8> {
+        match (self.config.format, v.json_text()) {
+            // The source's JSON text as it came.
+            (SinkFormat::Json, Some(text)) => text.as_bytes().to_vec(),
+            (SinkFormat::Text, _) if v.is_string() => {
+                v.as_str().unwrap_or_default().as_bytes().to_vec()
+            }
+            _ => serde_json::to_vec(&**v).expect("a JSON value serializes"),
         }
     }
 }

@@ -24,20 +24,26 @@
 //!   its storage ([`ferry_api::Sink::shared_positions`]) and starts after the
 //!   furthest.
 //!
-//! The consumer is polled on a blocking thread (librdkafka calls the
-//! rebalance callback from inside `poll`, and that callback does blocking
-//! broker calls).
+//! * **Polling ahead.** The consumer is polled on a thread of its own
+//!   (librdkafka calls the rebalance callback from inside `poll`, and that
+//!   callback does blocking broker calls), which reads and converts the next
+//!   chunk while the runtime writes the last one, at most [`AHEAD`] chunks
+//!   ahead. A rebalance can therefore happen while chunks are on their way;
+//!   the [`Gate`] keeps that safe: chunks are handed to the runtime under
+//!   it, a revocation first takes the partitions out of it (nothing more of
+//!   theirs is handed over: the next owner reads it) and then has the
+//!   runtime flush exactly as many items as were handed over.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use ferry_api::{
-    ConnectorError, Flush, Invalid, Partition, Position, Positions, Record, Source, SourceItem,
-    Value,
+    ConnectorError, Flush, Invalid, Partition, Payload, Position, Positions, Record, Source,
+    SourceItem, Value,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
@@ -49,18 +55,37 @@ use crate::config::{Format, KafkaSourceConfig, Start, client_config};
 
 type Tp = (String, i32);
 
-/// What the consumer's rebalance callback and the source share.
+/// Chunks the polling thread reads ahead of the runtime.
+const AHEAD: usize = 2;
+
+/// What the partitions owned and the chunks handed over change under, so
+/// that a revocation knows exactly what the runtime was given of them.
+#[derive(Default)]
+struct Gate {
+    /// The partitions this member owns now, with the rebalance generation
+    /// that assigned them.
+    assigned: HashMap<Tp, u64>,
+    /// Items handed to the runtime since `open` ([`Flush::blocking`]).
+    handed: u64,
+}
+
+/// What the consumer's rebalance callback, the polling thread and the
+/// source share.
 #[derive(Default)]
 struct Shared {
     /// The next offset to read of each partition, known durable in the sink.
     durable: Mutex<HashMap<Tp, i64>>,
-    /// The partitions this member owns now.
-    assigned: Mutex<HashSet<Tp>>,
+    gate: Mutex<Gate>,
+    /// Bumped (under the gate) by every rebalance: a chunk read in an older
+    /// generation is checked against the partitions owned when handed over,
+    /// and the poll in progress stops.
+    generation: AtomicU64,
     /// The next offset this member reads of each owned partition, once
     /// known (the start offset it assigned, then past each message read).
+    /// The polling thread's own (the callback runs on it too).
     next: Mutex<HashMap<Tp, i64>>,
-    /// Set by the rebalance callback: the poll in progress stops.
-    rebalanced: AtomicBool,
+    /// The source is closing: the polling thread stops.
+    closing: AtomicBool,
     /// Asks the runtime to make durable what the source handed over.
     flush: OnceLock<Flush>,
     warnings: Warnings,
@@ -80,7 +105,8 @@ impl Shared {
     /// stopping or failing): the durable map is then all there is to know.
     fn flush(&self, why: &str) -> Option<Vec<Positions>> {
         let flush = self.flush.get()?;
-        match flush.blocking(FLUSH_TIMEOUT) {
+        let handed = self.gate.lock().expect("not poisoned").handed;
+        match flush.blocking(handed, FLUSH_TIMEOUT) {
             Ok(flushed) => {
                 let mut durable = self.durable.lock().expect("not poisoned");
                 for p in flushed.committed.iter() {
@@ -157,7 +183,6 @@ impl ConsumerContext for Ctx {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        self.shared.rebalanced.store(true, Ordering::SeqCst);
         let cooperative = matches!(
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
@@ -204,11 +229,11 @@ impl ConsumerContext for Ctx {
                     };
                     tracing::info!(topic, partition, ?committed, durable = ?ours, "kafka: partition assigned");
                 }
-                self.shared
-                    .assigned
-                    .lock()
-                    .expect("not poisoned")
-                    .extend(partitions);
+                let mut gate = self.shared.gate.lock().expect("not poisoned");
+                let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                gate.assigned
+                    .extend(partitions.into_iter().map(|tp| (tp, generation)));
+                drop(gate);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -223,14 +248,19 @@ impl ConsumerContext for Ctx {
                     tps(tpl)
                 } else {
                     tracing::warn!(?err, "kafka: rebalance error; giving up every partition");
-                    self.shared
-                        .assigned
-                        .lock()
-                        .expect("not poisoned")
-                        .iter()
-                        .cloned()
-                        .collect()
+                    let gate = self.shared.gate.lock().expect("not poisoned");
+                    gate.assigned.keys().cloned().collect()
                 };
+                // From here on nothing more of these partitions is handed
+                // over (what was read ahead of them is dropped: the next
+                // owner reads it), and nothing more is committed for them
+                // but what is committed below.
+                let mut gate = self.shared.gate.lock().expect("not poisoned");
+                for tp in &revoked {
+                    gate.assigned.remove(tp);
+                }
+                self.shared.generation.fetch_add(1, Ordering::SeqCst);
+                drop(gate);
                 if consumer.assignment_lost() {
                     // Not ours any more: writing what the pipeline holds
                     // could duplicate the new owner's records, and the
@@ -239,11 +269,6 @@ impl ConsumerContext for Ctx {
                     // (a transactional sink discards the rest).
                     tracing::warn!(partitions = ?revoked, "kafka: partitions lost (the session expired)");
                     self.shared.lost.store(true, Ordering::SeqCst);
-                    let mut assigned = self.shared.assigned.lock().expect("not poisoned");
-                    for tp in &revoked {
-                        assigned.remove(tp);
-                    }
-                    drop(assigned);
                     let result = if cooperative {
                         consumer.incremental_unassign(tpl)
                     } else {
@@ -255,7 +280,8 @@ impl ConsumerContext for Ctx {
                     return;
                 }
                 // Everything handed over for these partitions becomes
-                // durable, then is committed while they are still ours.
+                // durable, then is committed while they are still ours
+                // (in the group's eyes: the revocation is not complete yet).
                 self.shared.flush("before revocation");
                 let durable = self.shared.durable.lock().expect("not poisoned").clone();
                 let mut commit = TopicPartitionList::new();
@@ -269,11 +295,6 @@ impl ConsumerContext for Ctx {
                 {
                     tracing::warn!(error = %e, "kafka: committing offsets of revoked partitions");
                 }
-                let mut assigned = self.shared.assigned.lock().expect("not poisoned");
-                for tp in &revoked {
-                    assigned.remove(tp);
-                }
-                drop(assigned);
                 let mut next = self.shared.next.lock().expect("not poisoned");
                 for tp in &revoked {
                     next.remove(tp);
@@ -298,7 +319,8 @@ impl ConsumerContext for Ctx {
 struct Converter {
     format: Format,
     partitions: HashMap<Tp, Arc<Partition>>,
-    last: Option<(i32, Arc<Partition>)>,
+    /// The partition of the last message: (topic, partition number).
+    last: Option<(Tp, Arc<Partition>)>,
 }
 
 fn text_or_base64(bytes: &[u8]) -> Value {
@@ -313,9 +335,9 @@ impl Converter {
     /// (a fetched batch), so the last one answers most lookups without
     /// hashing or allocating.
     fn partition(&mut self, m: &BorrowedMessage<'_>) -> Arc<Partition> {
-        if let Some((p, partition)) = &self.last
+        if let Some(((topic, p), partition)) = &self.last
             && *p == m.partition()
-            && partition.info["topic"] == m.topic()
+            && topic == m.topic()
         {
             return partition.clone();
         }
@@ -329,11 +351,11 @@ impl Converter {
                 })
             })
             .clone();
-        self.last = Some((m.partition(), partition.clone()));
+        self.last = Some(((m.topic().to_string(), m.partition()), partition.clone()));
         partition
     }
 
-    fn convert(&mut self, m: &BorrowedMessage<'_>) -> SourceItem {
+    fn convert(&mut self, m: &BorrowedMessage<'_>) -> Read {
         let partition = self.partition(m);
         // The offset to resume after this message.
         let position = Position {
@@ -343,35 +365,104 @@ impl Converter {
         let payload = m.payload().unwrap_or_default();
         let value = match (m.payload(), self.format) {
             // A tombstone (no payload at all).
-            (None, _) => Ok(Value::Null),
-            (Some(p), Format::Json) => {
-                serde_json::from_slice(p).map_err(|e| format!("not JSON: {e}"))
-            }
+            (None, _) => Ok(Value::Null.into()),
+            // Checked on the source's task (see `Read`).
+            (Some(_), Format::Json) => Err(None),
             (Some(p), Format::Text) => std::str::from_utf8(p)
-                .map(|s| Value::String(s.to_string()))
-                .map_err(|e| format!("not UTF-8 text: {e}")),
-            (Some(p), Format::Bytes) => Ok(Value::String(
-                base64::engine::general_purpose::STANDARD.encode(p),
-            )),
+                .map(|s| Value::String(s.to_string()).into())
+                .map_err(|e| Some(format!("not UTF-8 text: {e}"))),
+            (Some(p), Format::Bytes) => {
+                Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(p)).into())
+            }
         };
-        match value {
-            Ok(value) => {
-                let mut r = Record::new(value, position);
-                r.key = m.key().map(text_or_base64);
-                r.timestamp_ms = m.timestamp().to_millis();
-                if let Some(headers) = m.headers() {
-                    r.headers = headers
+        let value = match value {
+            Ok(value) => Some(value),
+            Err(Some(error)) => {
+                return Read::Item(SourceItem::Invalid(invalid(payload, error, position)));
+            }
+            Err(None) => None,
+        };
+        let meta = Meta {
+            key: m.key().map(text_or_base64),
+            timestamp_ms: m.timestamp().to_millis(),
+            headers: m
+                .headers()
+                .map(|headers| {
+                    headers
                         .iter()
                         .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                        .collect();
-                }
-                SourceItem::Record(r)
-            }
-            Err(error) => SourceItem::Invalid(Invalid {
-                raw: String::from_utf8_lossy(&payload[..payload.len().min(4096)]).into_owned(),
-                error,
-                position,
-            }),
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        match value {
+            Some(value) => Read::Item(SourceItem::Record(meta.record(value, position))),
+            None => Read::Json(meta, position, payload.to_vec()),
+        }
+    }
+}
+
+/// What a record keeps of its message beside the value.
+struct Meta {
+    key: Option<Value>,
+    timestamp_ms: Option<i64>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Meta {
+    fn record(self, value: Payload, position: Position) -> Record {
+        let mut r = Record::new(value, position);
+        r.key = self.key;
+        r.timestamp_ms = self.timestamp_ms;
+        r.headers = self.headers;
+        r
+    }
+}
+
+fn invalid(raw: &[u8], error: String, position: Position) -> Invalid {
+    Invalid {
+        raw: String::from_utf8_lossy(&raw[..raw.len().min(4096)]).into_owned(),
+        error,
+        position,
+    }
+}
+
+/// A message as the polling thread leaves it. JSON is checked on the
+/// source's task, not on the polling thread: the thread, which librdkafka
+/// already keeps busy, only reads and copies, and the check runs beside it
+/// on another core.
+enum Read {
+    Item(SourceItem),
+    /// A record whose value is still the message's bytes.
+    Json(Meta, Position, Vec<u8>),
+}
+
+impl Read {
+    fn position(&self) -> &Position {
+        match self {
+            Read::Item(item) => item.position(),
+            Read::Json(_, position, _) => position,
+        }
+    }
+
+    /// The item, its JSON checked (and handed over as text: parsed only if
+    /// the sink needs the value; a JSON-lines file or a topic does not).
+    fn finish(self) -> SourceItem {
+        let (meta, position, bytes) = match self {
+            Read::Item(item) => return item,
+            Read::Json(meta, position, bytes) => (meta, position, bytes),
+        };
+        let checked = match String::from_utf8(bytes) {
+            Ok(text) => Payload::from_json(text)
+                .map_err(|(e, text)| (format!("not JSON: {e}"), text.into_bytes())),
+            Err(e) => Err((
+                format!("not JSON: not UTF-8 text: {}", e.utf8_error()),
+                e.into_bytes(),
+            )),
+        };
+        match checked {
+            Ok(value) => SourceItem::Record(meta.record(value, position)),
+            Err((error, raw)) => SourceItem::Invalid(invalid(&raw, error, position)),
         }
     }
 }
@@ -381,9 +472,31 @@ pub(crate) struct KafkaSource {
     group: String,
     shared: Arc<Shared>,
     consumer: Option<Arc<BaseConsumer<Ctx>>>,
+    /// Until the first poll starts the polling thread.
     converter: Option<Converter>,
-    /// The last poll had partitions and found nothing new in them.
+    poller: Option<Poller>,
+    /// The last chunk had partitions and read them up to their ends.
     caught_up: bool,
+    /// The last chunk was caught up and brought records: if no chunk is
+    /// ready at the next poll, it returns empty at once, so `--once` stops
+    /// without waiting out a poll that finds nothing.
+    report_idle: bool,
+}
+
+/// The polling thread and the chunks it read ahead.
+struct Poller {
+    chunks: tokio::sync::mpsc::Receiver<Chunk>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// What one poll of the consumer read.
+struct Chunk {
+    items: Vec<Read>,
+    error: Option<KafkaError>,
+    /// Every owned partition was read up to its high watermark.
+    caught_up: bool,
+    /// The rebalance generation the poll started in.
+    generation: u64,
 }
 
 impl KafkaSource {
@@ -398,8 +511,114 @@ impl KafkaSource {
             config,
             shared: Arc::default(),
             consumer: None,
+            poller: None,
             caught_up: false,
+            report_idle: false,
         }
+    }
+
+    /// Stops the polling thread (within one poll timeout).
+    fn stop_polling(&mut self) -> Option<std::thread::JoinHandle<()>> {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        // Dropping the receiver also wakes a thread waiting to hand a chunk.
+        self.poller.take().map(|p| p.thread)
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Not joined: the thread notices within one poll timeout and drops
+        // its handle of the consumer.
+        self.stop_polling();
+    }
+}
+
+/// The polling thread: reads chunks of up to `max` items until the source
+/// closes, at most [`AHEAD`] chunks ahead of the runtime.
+fn poll_ahead(
+    consumer: Arc<BaseConsumer<Ctx>>,
+    mut converter: Converter,
+    shared: Arc<Shared>,
+    max: usize,
+    latest: bool,
+    chunks: tokio::sync::mpsc::Sender<Chunk>,
+) {
+    while !shared.closing.load(Ordering::SeqCst) {
+        let chunk = poll_chunk(&consumer, &mut converter, &shared, max, latest);
+        if chunks.blocking_send(chunk).is_err() {
+            break;
+        }
+    }
+}
+
+/// One poll: up to `max` items, or what came within half a second.
+fn poll_chunk(
+    consumer: &BaseConsumer<Ctx>,
+    converter: &mut Converter,
+    shared: &Shared,
+    max: usize,
+    latest: bool,
+) -> Chunk {
+    let generation = shared.generation.load(Ordering::SeqCst);
+    let mut items = Vec::with_capacity(max);
+    let mut timeout = Duration::from_millis(500);
+    let mut error = None;
+    while items.len() < max {
+        match consumer.poll(timeout) {
+            Some(Ok(m)) => items.push(converter.convert(&m)),
+            Some(Err(e)) => {
+                error = Some(e);
+                break;
+            }
+            None => break,
+        }
+        // A rebalance ran inside that poll.
+        if shared.generation.load(Ordering::SeqCst) != generation {
+            break;
+        }
+        timeout = Duration::ZERO;
+    }
+    let rebalanced = shared.generation.load(Ordering::SeqCst) != generation;
+    let gate = shared.gate.lock().expect("not poisoned");
+    let mut next = shared.next.lock().expect("not poisoned");
+    // Items come in runs of one partition, in offset order: the end of each
+    // run moves that partition's next offset.
+    let mut ends: Vec<&Position> = Vec::new();
+    for item in &items {
+        let p = item.position();
+        match ends.last_mut() {
+            Some(last) if Arc::ptr_eq(&last.partition, &p.partition) => *last = p,
+            _ => ends.push(p),
+        }
+    }
+    for p in ends {
+        if let Some((tp, n)) = parse_position(p)
+            && gate.assigned.contains_key(&tp)
+        {
+            next.insert(tp, n);
+        }
+    }
+    // Caught up: every owned partition read up to the high watermark of the
+    // last fetch (an empty poll alone proves nothing: fetches of many
+    // partitions come and go). Chunks reach the runtime in order, so when
+    // this one does, everything read before it has too.
+    let caught_up = error.is_none()
+        && !rebalanced
+        && !gate.assigned.is_empty()
+        && gate
+            .assigned
+            .keys()
+            .all(|tp| match cached_watermarks(consumer, tp) {
+                Some((lo, hi)) if hi >= 0 => next.get(tp).map_or(hi <= lo || latest, |&n| n >= hi),
+                // Not fetched yet.
+                _ => false,
+            });
+    drop((next, gate));
+    Chunk {
+        items,
+        error,
+        caught_up,
+        generation,
     }
 }
 
@@ -476,77 +695,37 @@ impl Source for KafkaSource {
     }
 
     async fn poll(&mut self, max: usize) -> Result<Vec<SourceItem>, ConnectorError> {
-        let consumer = self.consumer.clone().expect("polled after open");
-        let mut converter = self.converter.take().expect("one poll at a time");
-        let shared = self.shared.clone();
-        let latest = self.config.start == Start::Latest;
-        let (converter, result) = tokio::task::spawn_blocking(move || {
-            shared.rebalanced.store(false, Ordering::SeqCst);
-            let mut items = Vec::new();
-            let mut timeout = Duration::from_millis(500);
-            let mut error = None;
-            while items.len() < max {
-                match consumer.poll(timeout) {
-                    Some(Ok(m)) => items.push(converter.convert(&m)),
-                    Some(Err(e)) => {
-                        error = Some(e);
-                        break;
-                    }
-                    None => break,
-                }
-                if shared.rebalanced.load(Ordering::SeqCst) {
-                    break;
-                }
-                timeout = Duration::ZERO;
+        if self.poller.is_none() {
+            let consumer = self.consumer.clone().expect("polled after open");
+            let converter = self.converter.take().ok_or_else(|| {
+                ConnectorError::Fatal("the Kafka source was polled after it closed".into())
+            })?;
+            let shared = self.shared.clone();
+            let latest = self.config.start == Start::Latest;
+            let (tx, chunks) = tokio::sync::mpsc::channel(AHEAD);
+            let thread = std::thread::Builder::new()
+                .name("ferry-kafka-poll".into())
+                .spawn(move || poll_ahead(consumer, converter, shared, max, latest, tx))
+                .map_err(|e| {
+                    ConnectorError::Fatal(format!("starting the Kafka poll thread: {e}"))
+                })?;
+            self.poller = Some(Poller { chunks, thread });
+        }
+        let poller = self.poller.as_mut().expect("started");
+        let chunk = if std::mem::take(&mut self.report_idle) {
+            match poller.chunks.try_recv() {
+                Ok(chunk) => Some(chunk),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return Ok(Vec::new()),
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
             }
-            let rebalanced = shared.rebalanced.load(Ordering::SeqCst);
-            let assigned = shared.assigned.lock().expect("not poisoned");
-            if rebalanced {
-                // Read before a revocation: the next owner reads them again.
-                items.retain(|it: &SourceItem| {
-                    parse_position(it.position()).is_some_and(|(tp, _)| assigned.contains(&tp))
-                });
-            }
-            let mut next = shared.next.lock().expect("not poisoned");
-            // Items come in runs of one partition, in offset order: the end
-            // of each run moves that partition's next offset.
-            let mut ends: Vec<&Position> = Vec::new();
-            for item in &items {
-                let p = item.position();
-                match ends.last_mut() {
-                    Some(last) if Arc::ptr_eq(&last.partition, &p.partition) => *last = p,
-                    _ => ends.push(p),
-                }
-            }
-            for p in ends {
-                if let Some((tp, n)) = parse_position(p)
-                    && assigned.contains(&tp)
-                {
-                    next.insert(tp, n);
-                }
-            }
-            // Caught up: every owned partition read up to the high
-            // watermark of the last fetch (an empty poll alone proves
-            // nothing: fetches of many partitions come and go).
-            let caught_up = items.is_empty()
-                && error.is_none()
-                && !rebalanced
-                && !assigned.is_empty()
-                && assigned.iter().all(|tp| {
-                    match cached_watermarks(&consumer, tp) {
-                        Some((lo, hi)) if hi >= 0 => {
-                            next.get(tp).map_or(hi <= lo || latest, |&n| n >= hi)
-                        }
-                        // Not fetched yet.
-                        _ => false,
-                    }
-                });
-            drop((next, assigned));
-            (converter, (items, error, caught_up))
-        })
-        .await
-        .map_err(|e| ConnectorError::Fatal(format!("the Kafka poll thread failed: {e}")))?;
-        self.converter = Some(converter);
+        } else {
+            poller.chunks.recv().await
+        };
+        let Some(chunk) = chunk else {
+            return Err(ConnectorError::Fatal(
+                "the Kafka poll thread stopped".into(),
+            ));
+        };
         if self.shared.lost.load(Ordering::SeqCst) {
             return Err(ConnectorError::Retriable(
                 "the group took this process's partitions away (its session expired, e.g. after a long pause): \
@@ -554,8 +733,34 @@ impl Source for KafkaSource {
                     .into(),
             ));
         }
-        let (items, error, caught_up) = result;
-        self.caught_up = caught_up;
+        let Chunk {
+            items,
+            error,
+            caught_up,
+            generation,
+        } = chunk;
+        // Checked before taking the gate, which the polling thread's
+        // rebalance callback takes too.
+        let mut items: Vec<SourceItem> = items.into_iter().map(Read::finish).collect();
+        let mut gate = self.shared.gate.lock().expect("not poisoned");
+        let current = self.shared.generation.load(Ordering::SeqCst);
+        if current != generation {
+            // Read before a rebalance: what belongs to partitions revoked
+            // since is the next owner's to read — even if they came back
+            // (assigned after this chunk was read), as the new assignment
+            // starts them again after what is durable.
+            items.retain(|it| {
+                parse_position(it.position()).is_some_and(|(tp, _)| {
+                    gate.assigned
+                        .get(&tp)
+                        .is_some_and(|&since| since <= generation)
+                })
+            });
+        }
+        gate.handed += items.len() as u64;
+        drop(gate);
+        self.caught_up = caught_up && current == generation;
+        self.report_idle = self.caught_up && !items.is_empty();
         if let Some(e) = error {
             // Broker trouble shows here as well as in the error callback;
             // librdkafka keeps retrying, so does the source.
@@ -579,17 +784,17 @@ impl Source for KafkaSource {
             return Ok(());
         };
         let mut durable = self.shared.durable.lock().expect("not poisoned");
-        let assigned = self.shared.assigned.lock().expect("not poisoned");
+        let gate = self.shared.gate.lock().expect("not poisoned");
         let mut tpl = TopicPartitionList::new();
         for p in positions.iter() {
             if let Some((tp, n)) = parse_position(p) {
-                if assigned.contains(&tp) && durable.get(&tp) != Some(&n) {
+                if gate.assigned.contains_key(&tp) && durable.get(&tp) != Some(&n) {
                     let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(n));
                 }
                 durable.insert(tp, n);
             }
         }
-        drop((durable, assigned));
+        drop((durable, gate));
         if tpl.count() > 0 {
             consumer.commit(&tpl, CommitMode::Async).map_err(|e| {
                 ConnectorError::Retriable(format!("committing offsets to the group: {e}"))
@@ -603,9 +808,17 @@ impl Source for KafkaSource {
     }
 
     async fn close(&mut self) {
+        let thread = self.stop_polling();
         if let Some(consumer) = self.consumer.take() {
-            // Leaving the group runs the revocation (a blocking commit).
-            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+            // Leaving the group runs the revocation (a blocking commit), on
+            // this thread once the polling thread let go of the consumer.
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(thread) = thread {
+                    let _ = thread.join();
+                }
+                drop(consumer)
+            })
+            .await;
         }
     }
 }

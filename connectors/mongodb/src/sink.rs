@@ -3,7 +3,7 @@
 //! durable and `commit` has nothing left to do.
 
 use async_trait::async_trait;
-use ferry_api::{ConnectorError, IdName, IdSpec, Positions, Record, Rejected, Sink, Value};
+use ferry_api::{ConnectorError, IdName, IdSpec, Positions, Record, Rejected, Sink};
 use mongodb::Database;
 use mongodb::bson::{Bson, Document, doc};
 
@@ -30,13 +30,16 @@ impl MongoSink {
 
     /// The document for a record, with its `_id` (none for `id: none`).
     fn document(&self, r: &Record) -> Result<(Option<Bson>, Document), String> {
-        let mut doc = match r.value {
-            Value::Object(_) => match Bson::try_from(r.value.clone()) {
-                Ok(Bson::Document(d)) => d,
-                Ok(_) => unreachable!("an object converts to a document"),
-                Err(e) => return Err(format!("cannot be stored as BSON: {e}")),
-            },
-            _ => return Err("not a JSON object: a MongoDB document must be one".into()),
+        // Parsed here, on the sink's side, when the source handed over
+        // JSON text; not kept, as only the document is needed.
+        let value = r.value.clone().into_value();
+        if !value.is_object() {
+            return Err("not a JSON object: a MongoDB document must be one".into());
+        }
+        let mut doc = match Bson::try_from(value) {
+            Ok(Bson::Document(d)) => d,
+            Ok(_) => unreachable!("an object converts to a document"),
+            Err(e) => return Err(format!("cannot be stored as BSON: {e}")),
         };
         let id = match &self.config.id {
             // The position a replay of this record has again: its

@@ -448,7 +448,7 @@ impl PostgresSink {
             Columns::Auto => {
                 let mut names = std::collections::BTreeSet::new();
                 for r in batch {
-                    if let Value::Object(o) = &r.value {
+                    if let Value::Object(o) = &*r.value {
                         names.extend(o.keys().cloned());
                     }
                 }
