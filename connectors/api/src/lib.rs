@@ -7,7 +7,9 @@
 //!
 //! ## The pieces
 //!
-//! * [`Record`] — one unit of data. Its payload is a JSON value; beside it sit
+//! * [`Record`] — one unit of data. Its payload is a JSON value ([`Payload`]:
+//!   a source reading JSON text may hand the text over, checked but not
+//!   parsed, so a sink writing JSON writes it as it came); beside it sit
 //!   an optional key, timestamp and headers, and always its [`Position`].
 //! * [`Position`] — where a record sits in its source: an opaque `offset`
 //!   inside a [`Partition`] (a file, a topic-partition, a table). The offset of

@@ -2,6 +2,8 @@
 //! commands with journaled write concern, so a write that returned is
 //! durable and `commit` has nothing left to do.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use ferry_api::{ConnectorError, IdName, IdSpec, Positions, Record, Rejected, Sink};
 use mongodb::Database;
@@ -19,13 +21,16 @@ const PER_COMMAND: usize = 1000;
 const DUPLICATE_KEY: i32 = 11000;
 
 pub(crate) struct MongoSink {
-    config: MongoSinkConfig,
+    config: Arc<MongoSinkConfig>,
     db: Option<Database>,
 }
 
 impl MongoSink {
     pub(crate) fn new(config: MongoSinkConfig) -> Self {
-        MongoSink { config, db: None }
+        MongoSink {
+            config: Arc::new(config),
+            db: None,
+        }
     }
 
     /// The document for a record, with its `_id` (none for `id: none`).
@@ -56,104 +61,114 @@ impl MongoSink {
         doc.remove("_id");
         Ok((id, doc))
     }
+}
 
-    /// One command for `docs` (batch index, _id, document); returns the
-    /// refused ones.
-    async fn command(
-        &self,
-        docs: Vec<(usize, Option<Bson>, Document)>,
-    ) -> Result<Vec<Rejected>, ConnectorError> {
-        let db = self.db.as_ref().expect("write after open");
-        let indexes: Vec<usize> = docs.iter().map(|(i, _, _)| *i).collect();
-        let journaled = doc! {"w": 1, "j": true};
-        let command = match self.config.write_mode() {
-            WriteMode::Insert => {
-                let documents: Vec<Document> = docs
-                    .into_iter()
-                    .map(|(_, id, mut d)| {
-                        if let Some(id) = id {
-                            d.insert("_id", id);
-                        }
-                        d
-                    })
-                    .collect();
-                doc! {
-                    "insert": &self.config.collection,
-                    "documents": documents,
-                    "ordered": false,
-                    "writeConcern": journaled,
-                }
-            }
-            mode => {
-                let updates: Vec<Document> = docs
-                    .into_iter()
-                    .map(|(_, id, d)| {
-                        let u = if mode == WriteMode::Upsert {
-                            doc! {"$set": d}
-                        } else {
-                            d
-                        };
-                        doc! {"q": {"_id": id.unwrap_or(Bson::Null)}, "u": u, "upsert": true}
-                    })
-                    .collect();
-                doc! {
-                    "update": &self.config.collection,
-                    "updates": updates,
-                    "ordered": false,
-                    "writeConcern": journaled,
-                }
-            }
-        };
-        let reply = db.run_command(command).await.map_err(|e| {
-            classify(
-                &format!(
-                    "writing to {}.{}",
-                    self.config.database, self.config.collection
-                ),
-                e,
-            )
-        })?;
-        if let Ok(wce) = reply.get_document("writeConcernError") {
-            return Err(ConnectorError::Retriable(format!(
-                "MongoDB could not make the write durable: {wce}"
-            )));
-        }
-        let mut rejected = Vec::new();
-        if let Ok(errors) = reply.get_array("writeErrors") {
-            for e in errors {
-                let Some(e) = e.as_document() else { continue };
-                let at = e
-                    .get("index")
-                    .and_then(|i| i.as_i32().map(i64::from).or_else(|| i.as_i64()))
-                    .and_then(|i| usize::try_from(i).ok())
-                    .and_then(|i| indexes.get(i).copied());
-                let code = e.get_i32("code").unwrap_or(0);
-                let message = e.get_str("errmsg").unwrap_or("refused").to_string();
-                // With ids from positions or fields, an insert that finds
-                // its _id taken is a replay of what was written before.
-                if self.config.write_mode() == WriteMode::Insert
-                    && code == DUPLICATE_KEY
-                    && self.config.id != IdSpec::Named(IdName::None)
-                    && is_id_index(e, &message)
-                {
-                    continue;
-                }
-                match at {
-                    Some(index) => rejected.push(Rejected {
-                        index,
-                        error: ConnectorError::Fatal(format!(
-                            "MongoDB refused it (code {code}): {message}"
-                        )),
-                    }),
-                    None => {
-                        return Err(ConnectorError::Fatal(format!(
-                            "MongoDB reported an error for no document of the write: {message}"
-                        )));
+/// One command for `docs` (batch index, _id, document); returns the
+/// refused ones.
+async fn command(
+    db: Database,
+    config: Arc<MongoSinkConfig>,
+    docs: Vec<(usize, Option<Bson>, Document)>,
+) -> Result<Vec<Rejected>, ConnectorError> {
+    let indexes: Vec<usize> = docs.iter().map(|(i, _, _)| *i).collect();
+    let journaled = doc! {"w": 1, "j": true};
+    let command = match config.write_mode() {
+        WriteMode::Insert => {
+            let documents: Vec<Document> = docs
+                .into_iter()
+                .map(|(_, id, mut d)| {
+                    if let Some(id) = id {
+                        d.insert("_id", id);
                     }
+                    d
+                })
+                .collect();
+            doc! {
+                "insert": &config.collection,
+                "documents": documents,
+                "ordered": false,
+                "writeConcern": journaled,
+            }
+        }
+        mode => {
+            let updates: Vec<Document> = docs
+                .into_iter()
+                .map(|(_, id, d)| {
+                    let u = if mode == WriteMode::Upsert {
+                        doc! {"$set": d}
+                    } else {
+                        d
+                    };
+                    doc! {"q": {"_id": id.unwrap_or(Bson::Null)}, "u": u, "upsert": true}
+                })
+                .collect();
+            doc! {
+                "update": &config.collection,
+                "updates": updates,
+                "ordered": false,
+                "writeConcern": journaled,
+            }
+        }
+    };
+    let reply = db.run_command(command).await.map_err(|e| {
+        classify(
+            &format!("writing to {}.{}", config.database, config.collection),
+            e,
+        )
+    })?;
+    if let Ok(wce) = reply.get_document("writeConcernError") {
+        return Err(ConnectorError::Retriable(format!(
+            "MongoDB could not make the write durable: {wce}"
+        )));
+    }
+    let mut rejected = Vec::new();
+    if let Ok(errors) = reply.get_array("writeErrors") {
+        for e in errors {
+            let Some(e) = e.as_document() else { continue };
+            let at = e
+                .get("index")
+                .and_then(|i| i.as_i32().map(i64::from).or_else(|| i.as_i64()))
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| indexes.get(i).copied());
+            let code = e.get_i32("code").unwrap_or(0);
+            let message = e.get_str("errmsg").unwrap_or("refused").to_string();
+            // With ids from positions or fields, an insert that finds
+            // its _id taken is a replay of what was written before.
+            if config.write_mode() == WriteMode::Insert
+                && code == DUPLICATE_KEY
+                && config.id != IdSpec::Named(IdName::None)
+                && is_id_index(e, &message)
+            {
+                continue;
+            }
+            match at {
+                Some(index) => rejected.push(Rejected {
+                    index,
+                    error: ConnectorError::Fatal(format!(
+                        "MongoDB refused it (code {code}): {message}"
+                    )),
+                }),
+                None => {
+                    return Err(ConnectorError::Fatal(format!(
+                        "MongoDB reported an error for no document of the write: {message}"
+                    )));
                 }
             }
         }
-        Ok(rejected)
+    }
+    Ok(rejected)
+}
+
+/// What a command task came back with.
+fn finished(
+    done: Option<Result<Result<Vec<Rejected>, ConnectorError>, tokio::task::JoinError>>,
+) -> Result<Vec<Rejected>, ConnectorError> {
+    match done {
+        Some(Ok(result)) => result,
+        Some(Err(e)) => Err(ConnectorError::Fatal(format!(
+            "a MongoDB write task failed: {e}"
+        ))),
+        None => Ok(Vec::new()),
     }
 }
 
@@ -178,37 +193,44 @@ impl Sink for MongoSink {
     }
 
     async fn write(&mut self, batch: &[Record]) -> Result<Vec<Rejected>, ConnectorError> {
-        let mut rejected = Vec::new();
-        let mut docs = Vec::with_capacity(batch.len());
-        for (index, r) in batch.iter().enumerate() {
-            match self.document(r) {
-                Ok((id, d)) => docs.push((index, id, d)),
-                Err(message) => rejected.push(Rejected {
-                    index,
-                    error: ConnectorError::Fatal(message),
-                }),
-            }
-        }
+        let db = self.db.clone().expect("write after open");
         // Two commands in flight when no two documents of the batch can
         // touch the same _id (ids from positions, or the server's): each
         // journaled command waits for a journal flush, and the server
         // flushes for both at once. With ids from a field, a later record
         // must land after an earlier one with the same id: one at a time.
-        let parallel = !matches!(self.config.id, IdSpec::Field { .. });
-        let mut chunks = Vec::new();
-        while !docs.is_empty() {
-            let rest = docs.split_off(docs.len().min(PER_COMMAND));
-            chunks.push(std::mem::replace(&mut docs, rest));
-        }
-        let mut chunks = chunks.into_iter();
-        while let Some(first) = chunks.next() {
-            if parallel && let Some(second) = chunks.next() {
-                let (a, b) = tokio::join!(self.command(first), self.command(second));
-                rejected.extend(a?);
-                rejected.extend(b?);
-            } else {
-                rejected.extend(self.command(first).await?);
+        let window = match self.config.id {
+            IdSpec::Field { .. } => 1,
+            _ => 2,
+        };
+        // Each command runs as a task of its own, so that the next one's
+        // documents are made (JSON parsed, converted to BSON) while the
+        // server works on it; dropping the set (a write given up) aborts
+        // them.
+        let mut running = tokio::task::JoinSet::new();
+        let mut rejected = Vec::new();
+        for (n, records) in batch.chunks(PER_COMMAND).enumerate() {
+            let mut docs = Vec::with_capacity(records.len());
+            for (i, r) in records.iter().enumerate() {
+                let index = n * PER_COMMAND + i;
+                match self.document(r) {
+                    Ok((id, d)) => docs.push((index, id, d)),
+                    Err(message) => rejected.push(Rejected {
+                        index,
+                        error: ConnectorError::Fatal(message),
+                    }),
+                }
             }
+            if docs.is_empty() {
+                continue;
+            }
+            while running.len() >= window {
+                rejected.extend(finished(running.join_next().await)?);
+            }
+            running.spawn(command(db.clone(), self.config.clone(), docs));
+        }
+        while let Some(done) = running.join_next().await {
+            rejected.extend(finished(Some(done))?);
         }
         rejected.sort_by_key(|r| r.index);
         Ok(rejected)
