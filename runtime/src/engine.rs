@@ -279,11 +279,10 @@ async fn run_attempt(
         backoff,
         commits: commits_tx,
         in_flight: None,
-        received: 0,
     };
     // The flush requests go with the writer: a source asking for a flush
     // once it is gone (leaving its group in `close`) learns so at once.
-    let written = writer.run(rx, flush_requests).await;
+    let written = writer.run(Inbox { rx, received: 0 }, flush_requests).await;
     let committed = writer.commits.borrow().clone();
     drop(writer);
     // The writer dropped the channel: the reader stops at its next turn.
@@ -375,9 +374,29 @@ struct Writer<'a> {
     /// A commit the sink has started but not yet made durable (at most
     /// one), with what becomes committed when it resolves.
     in_flight: Option<InFlight>,
-    /// Items received from the source in this attempt, to know when a flush
-    /// has everything the source handed over ([`FlushRequest::handed`]).
+}
+
+/// The writer's end of the source's channel, counting the items received
+/// in this attempt: a flush has everything the source handed over once
+/// that count reaches [`FlushRequest::handed`].
+struct Inbox {
+    rx: mpsc::Receiver<Vec<SourceItem>>,
     received: u64,
+}
+
+impl Inbox {
+    async fn recv(&mut self) -> Option<Vec<SourceItem>> {
+        let items = self.rx.recv().await?;
+        self.received += items.len() as u64;
+        Some(items)
+    }
+
+    /// A chunk already waiting, if any.
+    fn try_recv(&mut self) -> Option<Vec<SourceItem>> {
+        let items = self.rx.try_recv().ok()?;
+        self.received += items.len() as u64;
+        Some(items)
+    }
 }
 
 struct InFlight {
@@ -394,11 +413,7 @@ enum Next {
 }
 
 impl Writer<'_> {
-    async fn run(
-        &mut self,
-        rx: mpsc::Receiver<Vec<SourceItem>>,
-        flushes: FlushRequests,
-    ) -> Result<(), PipelineError> {
+    async fn run(&mut self, rx: Inbox, flushes: FlushRequests) -> Result<(), PipelineError> {
         let result = self.run_inner(rx, flushes).await;
         // A commit still in flight must settle before this attempt ends: a
         // restart reads the positions back from the sink, and a commit
@@ -411,7 +426,7 @@ impl Writer<'_> {
 
     async fn run_inner(
         &mut self,
-        mut rx: mpsc::Receiver<Vec<SourceItem>>,
+        mut rx: Inbox,
         mut flushes: FlushRequests,
     ) -> Result<(), PipelineError> {
         let mut flushes_open = true;
@@ -447,16 +462,12 @@ impl Writer<'_> {
                     // source for that). An error drops the request: the
                     // source learns nothing was promised.
                     let mut items = Vec::new();
-                    while let Ok(more) = rx.try_recv() {
-                        self.received += more.len() as u64;
+                    while let Some(more) = rx.try_recv() {
                         items.extend(more);
                     }
-                    while self.received < request.handed {
+                    while rx.received < request.handed {
                         match rx.recv().await {
-                            Some(more) => {
-                                self.received += more.len() as u64;
-                                items.extend(more);
-                            }
+                            Some(more) => items.extend(more),
                             None => {
                                 request.reply(Err("the source stopped".into()));
                                 return self.commit().await;
@@ -484,18 +495,14 @@ impl Writer<'_> {
                 // The source stopped: commit what was written, then end.
                 Next::Items(None) => return self.commit().await,
                 Next::Items(Some(mut items)) => {
-                    self.received += items.len() as u64;
                     // A backlog is written in fewer, larger writes: every
                     // write costs the sink round trips (a savepoint, a COPY),
                     // whatever its size. Only chunks already waiting are
                     // taken, so a quiet stream is not delayed.
                     while items.len() < WRITE_MAX {
                         match rx.try_recv() {
-                            Ok(more) => {
-                                self.received += more.len() as u64;
-                                items.extend(more)
-                            }
-                            Err(_) => break,
+                            Some(more) => items.extend(more),
+                            None => break,
                         }
                     }
                     self.write(items).await?;

@@ -128,7 +128,6 @@ pub trait SinkConfig: Send + Sync + fmt::Debug {
     /// How this sink, as configured, makes replays harmless.
     fn delivery(&self) -> Delivery;
 
-    /// Creates the sink. May do I/O (open files, connect); spawns no tasks.
     /// The longest a record should wait before its batch is written, when
     /// the sink has a setting of its own for it; the pipeline's
     /// `delivery.flush_interval` is shortened to it.
@@ -136,6 +135,7 @@ pub trait SinkConfig: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Creates the sink. May do I/O (open files, connect); spawns no tasks.
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError>;
 
     /// Checks that what the connector needs is there — the server answers,

@@ -213,8 +213,8 @@ impl std::ops::Deref for Payload {
 impl std::ops::DerefMut for Payload {
     /// A changed value no longer matches the source's text, which is dropped.
     fn deref_mut(&mut self) -> &mut Value {
-        if let Inner::Text { .. } = self.0 {
-            let value = std::mem::replace(self, Payload::from(Value::Null)).into_value();
+        if let Inner::Text { text, parsed } = &mut self.0 {
+            let value = parsed.take().unwrap_or_else(|| parse(text));
             self.0 = Inner::Value(value);
         }
         match &mut self.0 {

@@ -362,43 +362,25 @@ impl Converter {
             partition,
             offset: Value::from(m.offset() + 1),
         };
-        let payload = m.payload().unwrap_or_default();
         let value = match (m.payload(), self.format) {
             // A tombstone (no payload at all).
-            (None, _) => Ok(Value::Null.into()),
+            (None, _) => Value::Null,
             // Checked on the source's task (see `Read`).
-            (Some(_), Format::Json) => Err(None),
-            (Some(p), Format::Text) => std::str::from_utf8(p)
-                .map(|s| Value::String(s.to_string()).into())
-                .map_err(|e| Some(format!("not UTF-8 text: {e}"))),
+            (Some(p), Format::Json) => return Read::Json(Meta::of(m), position, p.to_vec()),
+            (Some(p), Format::Text) => match std::str::from_utf8(p) {
+                Ok(s) => Value::String(s.to_string()),
+                Err(e) => {
+                    let error = format!("not UTF-8 text: {e}");
+                    return Read::Item(SourceItem::Invalid(invalid(p, error, position)));
+                }
+            },
             (Some(p), Format::Bytes) => {
-                Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(p)).into())
+                Value::String(base64::engine::general_purpose::STANDARD.encode(p))
             }
         };
-        let value = match value {
-            Ok(value) => Some(value),
-            Err(Some(error)) => {
-                return Read::Item(SourceItem::Invalid(invalid(payload, error, position)));
-            }
-            Err(None) => None,
-        };
-        let meta = Meta {
-            key: m.key().map(text_or_base64),
-            timestamp_ms: m.timestamp().to_millis(),
-            headers: m
-                .headers()
-                .map(|headers| {
-                    headers
-                        .iter()
-                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
-        match value {
-            Some(value) => Read::Item(SourceItem::Record(meta.record(value, position))),
-            None => Read::Json(meta, position, payload.to_vec()),
-        }
+        Read::Item(SourceItem::Record(
+            Meta::of(m).record(value.into(), position),
+        ))
     }
 }
 
@@ -410,6 +392,22 @@ struct Meta {
 }
 
 impl Meta {
+    fn of(m: &BorrowedMessage<'_>) -> Meta {
+        Meta {
+            key: m.key().map(text_or_base64),
+            timestamp_ms: m.timestamp().to_millis(),
+            headers: m
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     fn record(self, value: Payload, position: Position) -> Record {
         let mut r = Record::new(value, position);
         r.key = self.key;

@@ -161,15 +161,9 @@ async fn command(
 
 /// What a command task came back with.
 fn finished(
-    done: Option<Result<Result<Vec<Rejected>, ConnectorError>, tokio::task::JoinError>>,
+    done: Result<Result<Vec<Rejected>, ConnectorError>, tokio::task::JoinError>,
 ) -> Result<Vec<Rejected>, ConnectorError> {
-    match done {
-        Some(Ok(result)) => result,
-        Some(Err(e)) => Err(ConnectorError::Fatal(format!(
-            "a MongoDB write task failed: {e}"
-        ))),
-        None => Ok(Vec::new()),
-    }
+    done.map_err(|e| ConnectorError::Fatal(format!("a MongoDB write task failed: {e}")))?
 }
 
 /// Whether a duplicate-key error is on `_id` (and not on another unique
@@ -225,12 +219,13 @@ impl Sink for MongoSink {
                 continue;
             }
             while running.len() >= window {
-                rejected.extend(finished(running.join_next().await)?);
+                let done = running.join_next().await.expect("a command is running");
+                rejected.extend(finished(done)?);
             }
             running.spawn(command(db.clone(), self.config.clone(), docs));
         }
         while let Some(done) = running.join_next().await {
-            rejected.extend(finished(Some(done))?);
+            rejected.extend(finished(done)?);
         }
         rejected.sort_by_key(|r| r.index);
         Ok(rejected)
