@@ -68,8 +68,11 @@ pub enum PipelineError {
     },
     #[error("offset store: {0}")]
     Offsets(#[from] OffsetStoreError),
-    #[error("the {0} task panicked")]
-    Panicked(&'static str),
+    #[error("the {task} task panicked: {message} (a bug in ferry: please report it)")]
+    Panicked {
+        task: &'static str,
+        message: String,
+    },
 }
 
 impl PipelineError {
@@ -203,6 +206,8 @@ async fn run_attempt(
     let ctx = BuildContext {
         pipeline: p.name.clone(),
         data_dir: env.data_dir.clone(),
+        once: env.once,
+        stopping: ferry_api::Stopping::new(env.stop.clone()),
     };
     let stats = &env.stats;
     let mut sink = p
@@ -288,7 +293,17 @@ async fn run_attempt(
     // The writer dropped the channel: the reader stops at its next turn.
     let (read, source) = match reader.await {
         Ok((result, source)) => (result, Some(source)),
-        Err(_) => (Err(PipelineError::Panicked("source")), None),
+        Err(e) => {
+            let message = match e.try_into_panic() {
+                Ok(panic) => crate::panic_message(&*panic),
+                Err(e) => e.to_string(),
+            };
+            let e = PipelineError::Panicked {
+                task: "source",
+                message,
+            };
+            (Err(e), None)
+        }
     };
     if let Some(mut source) = source {
         if written.is_ok()
@@ -324,7 +339,15 @@ async fn read_loop(
                 tracing::warn!(error = %e, "source could not acknowledge a commit");
             }
         }
-        let items = match source.poll(max).await {
+        // A poll may wait (a file source's poll interval, a server that does
+        // not answer): shutdown does not wait for it. Dropping a poll loses
+        // nothing: what it read is not committed, so the next start reads
+        // it again.
+        let polled = tokio::select! {
+            polled = source.poll(max) => polled,
+            _ = stop.wait_for(|s| *s) => break Ok(()),
+        };
+        let items = match polled {
             Ok(items) => items,
             Err(e) => break Err(PipelineError::connector("reading the source", e)),
         };
@@ -538,11 +561,25 @@ impl Writer<'_> {
                 SourceItem::Invalid(i) => self.open.dead.push(self.dead_letters.invalid(&i)),
             }
         }
-        let rejected = self
+        let mut rejected = self
             .sink
             .write(&records)
             .await
             .map_err(|e| PipelineError::connector("writing to the sink", e))?;
+        // The indices come from the connector (and may come from a server's
+        // answer): in order, each once, and inside the batch.
+        rejected.sort_by_key(|r| r.index);
+        rejected.dedup_by_key(|r| r.index);
+        if let Some(r) = rejected.iter().find(|r| r.index >= records.len()) {
+            return Err(PipelineError::connector(
+                "writing to the sink",
+                ConnectorError::Fatal(format!(
+                    "the sink reported record {} of a batch of {} as refused (a bug in the connector)",
+                    r.index,
+                    records.len()
+                )),
+            ));
+        }
         if let Some(first) = rejected.first()
             && self.p.errors.tolerance == Tolerance::None
         {

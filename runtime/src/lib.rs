@@ -35,8 +35,10 @@ pub mod config;
 mod dead_letter;
 pub mod engine;
 pub mod offsets;
+pub mod redact;
 pub mod registry;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -71,6 +73,10 @@ pub struct RunOptions {
     pub once: bool,
     /// How often to print a progress line per pipeline.
     pub progress_interval: Duration,
+    /// After the shutdown future resolved, how long pipelines have to
+    /// commit what they wrote and stop; those still running then are
+    /// abandoned and reported as failed (their committed positions are safe).
+    pub shutdown_timeout: Duration,
 }
 
 /// How one pipeline ended.
@@ -93,6 +99,9 @@ pub async fn run(
     let store = OffsetStore::new(&options.data_dir);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    // Which pipeline a task runs: a task that panicked comes back as a
+    // JoinError carrying only its task id.
+    let mut names: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut all: Vec<(String, Arc<Stats>)> = Vec::new();
     for p in pipelines {
         let stats = Arc::new(Stats::default());
@@ -105,31 +114,72 @@ pub async fn run(
             once: options.once,
         };
         let name = p.name.clone();
-        tasks.spawn(async move { (name, run_pipeline(Arc::new(p), env).await) });
+        let task = tasks.spawn(async move { (name, run_pipeline(Arc::new(p), env).await) });
+        names.insert(task.id(), all.last().expect("just pushed").0.clone());
     }
 
     let mut progress = Progress::new(&all);
     let mut ticker = tokio::time::interval(options.progress_interval);
     ticker.tick().await; // the first tick is immediate
     tokio::pin!(shutdown);
-    let mut stopping = false;
+    // Set once stopping: when the pipelines still running are given up.
+    let mut deadline: Option<tokio::time::Instant> = None;
     let mut errors: Vec<(String, String)> = Vec::new();
     loop {
+        let overdue = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = &mut shutdown, if !stopping => {
-                tracing::info!("stopping: committing what has been read, then exiting");
-                stopping = true;
+            _ = &mut shutdown, if deadline.is_none() => {
+                tracing::info!(
+                    "stopping: committing what has been read, then exiting (at most {})",
+                    humantime::format_duration(options.shutdown_timeout)
+                );
+                deadline = Some(tokio::time::Instant::now() + options.shutdown_timeout);
                 let _ = stop_tx.send(true);
             }
-            _ = ticker.tick() => progress.report(&all),
-            joined = tasks.join_next() => match joined {
-                None => break,
-                Some(Ok((name, Ok(())))) => tracing::info!(pipeline = %name, "pipeline stopped"),
-                Some(Ok((name, Err(e)))) => {
-                    tracing::error!(pipeline = %name, "pipeline failed: {e}");
-                    errors.push((name, e.to_string()));
+            _ = overdue => {
+                let late: Vec<String> = {
+                    let mut late: Vec<String> = names.values().cloned().collect();
+                    late.sort();
+                    late
+                };
+                for name in &late {
+                    let e = format!(
+                        "did not stop within the shutdown timeout ({}); abandoned (its committed positions are safe: what it wrote since is read again at the next start)",
+                        humantime::format_duration(options.shutdown_timeout)
+                    );
+                    tracing::error!(pipeline = %name, "{e}");
+                    errors.push((name.clone(), e));
                 }
-                Some(Err(e)) => tracing::error!("a pipeline task panicked: {e}"),
+                tasks.abort_all();
+                break;
+            }
+            _ = ticker.tick() => progress.report(&all),
+            joined = tasks.join_next_with_id() => match joined {
+                None => break,
+                Some(Ok((id, (name, result)))) => {
+                    names.remove(&id);
+                    match result {
+                        Ok(()) => tracing::info!(pipeline = %name, "pipeline stopped"),
+                        Err(e) => {
+                            tracing::error!(pipeline = %name, "pipeline failed: {e}");
+                            errors.push((name, e.to_string()));
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    let name = names.remove(&e.id()).unwrap_or_else(|| "?".into());
+                    let e = match e.try_into_panic() {
+                        Ok(panic) => format!("panicked: {} (a bug in ferry: please report it)", panic_message(&*panic)),
+                        Err(e) => format!("its task ended: {e}"),
+                    };
+                    tracing::error!(pipeline = %name, "pipeline failed: {e}");
+                    errors.push((name, e));
+                }
             },
         }
     }
@@ -146,6 +196,18 @@ pub async fn run(
             dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
         })
         .collect())
+}
+
+/// The message of a panic, from its payload (`panic!` with a literal gives
+/// a `&str`, with arguments a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
 }
 
 /// Takes `<data-dir>/ferry.lock`: two ferry processes on one data folder
@@ -212,6 +274,8 @@ pub async fn check_connections(pipelines: &[PipelineConfig]) -> Vec<String> {
         let ctx = BuildContext {
             pipeline: p.name.clone(),
             data_dir: PathBuf::from("data"),
+            once: false,
+            stopping: ferry_api::Stopping::never(),
         };
         let where_ = format!("{}: pipeline {}", p.file.display(), p.name);
         let (source, sink) = tokio::join!(

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ferry::config::{ConfigErrors, PipelineConfig, expand_paths, load_all};
+use ferry::config::{ConfigErrors, PipelineConfig, load_paths};
 use ferry::offsets::OffsetStore;
 use ferry::registry::Registry;
+use ferry::redact::redact;
 use ferry::{RunOptions, delivery_guarantee, lock_data_dir};
 
 // Records are parsed on one thread and freed on another, thousands per
@@ -45,8 +46,13 @@ enum Command {
         #[arg(long)]
         once: bool,
         /// How often to print one progress line per pipeline.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = positive_duration)]
         progress_interval: Duration,
+        /// After SIGTERM or Ctrl-C, how long pipelines have to commit what
+        /// they wrote and stop; past it ferry exits 1, naming those that did
+        /// not (committed positions are safe either way).
+        #[arg(long, default_value = "30s", value_parser = positive_duration)]
+        shutdown_timeout: Duration,
         /// Pipeline files, or folders of them (*.yaml, *.yml).
         #[arg(default_value = "configs")]
         paths: Vec<PathBuf>,
@@ -90,13 +96,17 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(ferry::redact::RedactingStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // A panic's message may quote a value: masked like every other line.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("{}", ferry::redact::redact(&info.to_string()));
+    }));
     match real_main(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", redact(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }
@@ -109,6 +119,7 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             once,
             progress_interval,
+            shutdown_timeout,
             paths,
         } => {
             let pipelines = match load(&paths, &registry) {
@@ -116,10 +127,7 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             if pipelines.is_empty() {
-                anyhow::bail!(
-                    "no pipeline files (*.yaml, *.yml) in {paths:?}; folders are not searched recursively \
-                     (try `ferry run configs/examples`)"
-                );
+                anyhow::bail!("{}", no_pipelines(&paths));
             }
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             let outcomes = runtime.block_on(ferry::run(
@@ -128,15 +136,20 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
                     data_dir,
                     once,
                     progress_interval,
+                    shutdown_timeout,
                 },
                 shutdown_signal(),
-            ))?;
+            ));
+            // A pipeline abandoned at the shutdown timeout may leave a
+            // blocking read behind: do not wait for it.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            let outcomes = outcomes?;
             let failed: Vec<_> = outcomes.iter().filter(|o| o.error.is_some()).collect();
             for o in &failed {
                 eprintln!(
                     "error: pipeline {} failed: {}",
                     o.name,
-                    o.error.as_deref().unwrap_or_default()
+                    redact(o.error.as_deref().unwrap_or_default())
                 );
             }
             Ok(if failed.is_empty() {
@@ -153,9 +166,14 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(p) => p,
                 Err(code) => return Ok(code),
             };
+            if pipelines.is_empty() {
+                eprintln!("error: {}", no_pipelines(&paths));
+                return Ok(ExitCode::from(2));
+            }
             for p in &pipelines {
                 println!("ok   {}: {}", p.file.display(), p.name);
-                println!("     {} → {}", p.source.describe(), p.sink.describe());
+                let route = format!("{} → {}", p.source.describe(), p.sink.describe());
+                println!("     {}", redact(&route));
                 println!("     {}", delivery_guarantee(p));
             }
             println!("{} pipeline(s) valid", pipelines.len());
@@ -165,7 +183,7 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             let problems = runtime.block_on(ferry::check_connections(&pipelines));
             for p in &problems {
-                eprintln!("error: {p}");
+                eprintln!("error: {}", redact(p));
             }
             if problems.is_empty() {
                 println!("connections ok");
@@ -221,17 +239,30 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn no_pipelines(paths: &[PathBuf]) -> String {
+    format!(
+        "no pipeline files (*.yaml, *.yml) in {paths:?}; folders are not searched recursively \
+         (try `ferry run configs/examples`)"
+    )
+}
+
+/// A duration for a command-line option: more than zero, at most a day.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match ferry_api::duration::parse(text)? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
+}
+
 /// Loads every pipeline file under `paths`; on errors prints them all and
 /// returns the exit code.
 fn load(paths: &[PathBuf], registry: &Registry) -> Result<Vec<PipelineConfig>, ExitCode> {
-    expand_paths(paths)
-        .and_then(|files| load_all(&files, registry))
-        .map_err(|errors| print_config_errors(&errors))
+    load_paths(paths, registry).map_err(|errors| print_config_errors(&errors))
 }
 
 fn print_config_errors(errors: &ConfigErrors) -> ExitCode {
     for e in &errors.0 {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", redact(&e.to_string()));
     }
     eprintln!("{} error(s) in pipeline files", errors.0.len());
     ExitCode::from(2)

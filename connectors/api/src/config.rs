@@ -66,6 +66,50 @@ pub struct BuildContext {
     pub pipeline: String,
     /// ferry's data folder: a connector may keep local state below it.
     pub data_dir: PathBuf,
+    /// The pipeline ends when its input is read (`ferry run --once`): a
+    /// record still incomplete at the end of the input (a line without its
+    /// newline, a quoted CSV field that never closes) will not be completed
+    /// by more input, and the source should say so rather than wait.
+    pub once: bool,
+    /// Set when ferry is stopping: a wait of the connector's own (a retry's
+    /// backoff) should end then, so that shutdown is never held up by it.
+    pub stopping: Stopping,
+}
+
+/// Whether ferry is stopping, for connectors that wait by themselves.
+#[derive(Debug, Clone)]
+pub struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+impl Stopping {
+    /// Stopping once `stop` holds `true`.
+    pub fn new(stop: tokio::sync::watch::Receiver<bool>) -> Stopping {
+        Stopping(stop)
+    }
+
+    /// Never stopping (`ferry validate`, tests).
+    pub fn never() -> Stopping {
+        Stopping(tokio::sync::watch::channel(false).1)
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves when ferry is stopping (never, for [`Stopping::never`]).
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Sleeps for `d` unless ferry stops first; false when it stopped.
+    pub async fn sleep(&self, d: std::time::Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.wait() => false,
+        }
+    }
 }
 
 /// How a sink makes replays harmless, as configured.
@@ -103,6 +147,14 @@ pub trait SourceConfig: Send + Sync + fmt::Debug {
         None
     }
 
+    /// The local files this source reads, as globs (`/data/in/*.jsonl`),
+    /// each with the key of the section that names it, so the runtime can
+    /// refuse a pipeline whose sink or dead-letter file would be read back
+    /// as its input. Sources that read no local files keep the default.
+    fn local_inputs(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// Creates the source. May do I/O (open files, connect); spawns no tasks.
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError>;
 
@@ -135,6 +187,15 @@ pub trait SinkConfig: Send + Sync + fmt::Debug {
         None
     }
 
+    /// The local files this sink writes (its output and any files it keeps
+    /// beside it), each with the key of the section that names it, so the
+    /// runtime can refuse a pipeline that reads its own output, and two
+    /// pipelines writing one file. Sinks that write no local files keep the
+    /// default.
+    fn local_outputs(&self) -> Vec<(&'static str, PathBuf)> {
+        Vec::new()
+    }
+
     /// Creates the sink. May do I/O (open files, connect); spawns no tasks.
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError>;
 
@@ -163,7 +224,7 @@ pub struct SinkPlugin {
 /// Where a sink that writes documents takes each document's id from
 /// (`id:` in a MongoDB or Elasticsearch sink).
 #[derive(Debug, Clone, serde::Deserialize, PartialEq)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "`position`, `none`, or `{field: name}`")]
 pub enum IdSpec {
     /// `position` (the default: [`crate::Position::id`], so a replay
     /// writes the same ids) or `none` (the server chooses: at-least-once).

@@ -38,6 +38,7 @@
 //! is at-least-once, and says so through [`SinkConfig::delivery`].
 
 mod config;
+pub mod duration;
 mod error;
 mod flush;
 pub mod fs;
@@ -45,7 +46,7 @@ mod record;
 
 pub use config::{
     BuildContext, ConfigProblem, Delivery, FieldError, IdName, IdSpec, PathSegment, SinkConfig,
-    SinkPlugin, SourceConfig, SourcePlugin, deserialize, redact_url,
+    SinkPlugin, SourceConfig, SourcePlugin, Stopping, deserialize, redact_url,
 };
 pub use error::ConnectorError;
 pub use flush::{Flush, FlushRequest, FlushRequests, Flushed};
@@ -69,6 +70,10 @@ pub trait Source: Send {
     /// whatever it has rather than waiting for a full batch, and returns an
     /// empty vector after a short wait (about a second at most) when nothing
     /// new arrived, so the runtime can flush and notice shutdown.
+    ///
+    /// The runtime drops a poll that is still waiting when ferry stops: a
+    /// source must not lose anything by that beyond what it returned since
+    /// the last commit (which is read again at the next start anyway).
     ///
     /// An item that cannot be turned into a record (a malformed line) is
     /// returned as [`SourceItem::Invalid`] with its position: the runtime

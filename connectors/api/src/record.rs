@@ -151,7 +151,7 @@ impl Payload {
                 Err(e) => Err((e, text)),
             };
         }
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+        if let Err(e) = serde_json::from_str::<Checked>(&text) {
             return Err((e, text));
         }
         Ok(Payload(Inner::Text {
@@ -190,8 +190,100 @@ impl Payload {
 }
 
 fn parse(checked: &str) -> Value {
-    serde_json::from_str(checked).expect("checked to be JSON when made")
+    serde_json::from_str(checked).expect("checked by `Checked` to parse into a Value")
 }
+
+/// Checks JSON text exactly as parsing it into a [`Value`] would, without
+/// building one: serde_json's `IgnoredAny` only skims (it accepts a lone
+/// UTF-16 surrogate escape and nesting past the recursion limit, which a
+/// later parse then refuses), so [`Payload::from_json`] uses this visitor,
+/// which goes through `deserialize_any` like `Value` does: strings are
+/// unescaped (into serde_json's scratch buffer, not allocated), and the
+/// recursion limit applies. Numbers are exact text (arbitrary precision), so
+/// no number is out of range.
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Checked, D::Error> {
+        d.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        // serde_json hands a number over as a one-entry map under its
+        // private token key, and `Value` takes an object whose first key is
+        // that token for a number: refuse that key in JSON text, as a
+        // `Value` parse would (unless it holds a number: still a Value).
+        let mut first = true;
+        while let Some(key) = map.next_key::<Key>()? {
+            if first && key.0 {
+                let number: String = map.next_value()?;
+                if number.parse::<serde_json::Number>().is_err() || map.next_key::<Key>()?.is_some()
+                {
+                    return Err(serde::de::Error::custom("invalid number"));
+                }
+                return Ok(Checked);
+            } else {
+                map.next_value::<Checked>()?;
+            }
+            first = false;
+        }
+        Ok(Checked)
+    }
+}
+
+/// A map key: whether it is serde_json's number token.
+struct Key(bool);
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, k: &str) -> Result<Key, E> {
+                Ok(Key(k == NUMBER_TOKEN))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The key under which serde_json (with `arbitrary_precision`) carries a
+/// number through a map.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 impl From<Value> for Payload {
     fn from(value: Value) -> Payload {
@@ -330,6 +422,34 @@ mod tests {
             assert_eq!(text, bad);
             assert!(!e.to_string().is_empty());
         }
+    }
+
+    #[test]
+    fn what_passes_the_check_always_parses() {
+        // Each of these once passed the check and then panicked on first use.
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for bad in [
+            r#"{"a":"\ud800"}"#,
+            r#"["\udc00x"]"#,
+            deep.as_str(),
+            r#"{"$serde_json::private::Number":"x"}"#,
+            r#"{"$serde_json::private::Number":1}"#,
+            r#"{"$serde_json::private::Number":"1","b":2}"#,
+        ] {
+            assert!(Payload::json(bad).is_err(), "{bad} must be refused");
+        }
+        // Numbers are exact text: nothing is out of range or rounded.
+        for (text, shown) in [
+            (r#"{"a":1e400}"#, "1e+400"),
+            (r#"{"a":18446744073709551616}"#, "18446744073709551616"),
+            (r#"{"a":1.0e-400}"#, "1.0e-400"),
+            (r#"{"a":0.1000000000000000055511151231257827}"#, "0.1000000000000000055511151231257827"),
+        ] {
+            let p = Payload::json(text).unwrap();
+            assert_eq!(p["a"].to_string(), shown);
+        }
+        let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(Payload::json(&ok).unwrap().is_array());
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub struct ByteSize(pub usize);
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(untagged)]
+        #[serde(untagged, expecting = "a size: a number of bytes, or e.g. 5MB, 512KB")]
         enum Raw {
             Number(usize),
             Text(String),
@@ -73,7 +73,7 @@ pub struct BulkConfig {
     pub max_bytes: ByteSize,
     /// Longest a record waits before its batch is sent: the pipeline's
     /// `delivery.flush_interval` for this sink, when shorter.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "ferry_api::duration::option")]
     pub flush_interval: Option<Duration>,
 }
 
@@ -104,9 +104,9 @@ impl Default for BulkConfig {
 pub struct RetryConfig {
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
-    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    #[serde(default = "default_initial_backoff", with = "ferry_api::duration")]
     pub initial_backoff: Duration,
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    #[serde(default = "default_max_backoff", with = "ferry_api::duration")]
     pub max_backoff: Duration,
 }
 
@@ -174,7 +174,7 @@ pub struct ElasticsearchSinkConfig {
     #[serde(default)]
     pub tls: Option<Tls>,
     /// Per request.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "default_timeout", with = "ferry_api::duration")]
     pub timeout: Duration,
 }
 
@@ -229,6 +229,18 @@ impl SinkConfig for ElasticsearchSinkConfig {
         if self.bulk.max_bytes.0 < 1024 {
             problems.push(ConfigProblem::at("bulk", "max_bytes must be at least 1KB"));
         }
+        if self.bulk.flush_interval.is_some_and(|d| d.is_zero()) {
+            problems.push(ConfigProblem::at("bulk", "flush_interval must be more than 0"));
+        }
+        if self.timeout.is_zero() {
+            problems.push(ConfigProblem::at("timeout", "must be more than 0"));
+        }
+        if self.retry.max_retries > 1000 {
+            problems.push(ConfigProblem::at("retry", "max_retries must be at most 1000"));
+        }
+        if self.retry.initial_backoff.is_zero() {
+            problems.push(ConfigProblem::at("retry", "initial_backoff must be more than 0"));
+        }
         if self.retry.initial_backoff > self.retry.max_backoff {
             problems.push(ConfigProblem::at(
                 "retry",
@@ -264,8 +276,11 @@ impl SinkConfig for ElasticsearchSinkConfig {
         self.bulk.flush_interval
     }
 
-    async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
-        Ok(Box::new(crate::sink::ElasticsearchSink::new(self.clone())?))
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
+        Ok(Box::new(crate::sink::ElasticsearchSink::new(
+            self.clone(),
+            ctx.stopping.clone(),
+        )?))
     }
 
     async fn check(&self, _ctx: &BuildContext) -> Result<(), ConnectorError> {

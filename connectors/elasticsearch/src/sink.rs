@@ -153,12 +153,17 @@ pub(crate) struct ElasticsearchSink {
     template: IndexTemplate,
     transport: Transport,
     shown: String,
+    stopping: ferry_api::Stopping,
 }
 
 impl ElasticsearchSink {
-    pub(crate) fn new(config: ElasticsearchSinkConfig) -> Result<Self, ConnectorError> {
+    pub(crate) fn new(
+        config: ElasticsearchSinkConfig,
+        stopping: ferry_api::Stopping,
+    ) -> Result<Self, ConnectorError> {
         let template = IndexTemplate::parse(&config.index).map_err(ConnectorError::Fatal)?;
         Ok(ElasticsearchSink {
+            stopping,
             transport: transport(&config)?,
             shown: config.shown_urls(),
             template,
@@ -375,7 +380,12 @@ impl ElasticsearchSink {
                 self.config.retry.max_retries,
                 wait.as_millis()
             );
-            tokio::time::sleep(wait).await;
+            if !self.stopping.sleep(wait).await {
+                return Err(ConnectorError::Retriable(format!(
+                    "Elasticsearch at {}: ferry is stopping; not retrying ({why})",
+                    self.shown
+                )));
+            }
         }
     }
 }

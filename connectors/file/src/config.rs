@@ -44,7 +44,7 @@ pub struct FileSourceConfig {
     #[serde(default)]
     pub format: Format,
     /// How often files are checked for growth when no filesystem event came.
-    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    #[serde(default = "default_poll_interval", with = "ferry_api::duration")]
     pub poll_interval: Duration,
     /// A longer line is dead-lettered (or stops the pipeline) instead of
     /// being held in memory.
@@ -55,6 +55,9 @@ pub struct FileSourceConfig {
 fn default_poll_interval() -> Duration {
     Duration::from_millis(250)
 }
+
+/// The longest line a source may hold in memory.
+const MAX_LINE_BYTES: usize = 1 << 30;
 
 fn default_max_line_bytes() -> usize {
     1 << 20
@@ -72,8 +75,11 @@ impl SourceConfig for FileSourceConfig {
         if self.poll_interval.is_zero() {
             problems.push(ConfigProblem::at("poll_interval", "must be more than 0"));
         }
-        if self.max_line_bytes < 16 {
-            problems.push(ConfigProblem::at("max_line_bytes", "must be at least 16"));
+        if !(16..=MAX_LINE_BYTES).contains(&self.max_line_bytes) {
+            problems.push(ConfigProblem::at(
+                "max_line_bytes",
+                format!("must be between 16 and {MAX_LINE_BYTES} (1 GiB)"),
+            ));
         }
         problems
     }
@@ -82,8 +88,12 @@ impl SourceConfig for FileSourceConfig {
         format!("file {} ({})", self.path, self.format.name())
     }
 
-    async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
-        Ok(Box::new(FileSource::new(self.clone())))
+    fn local_inputs(&self) -> Vec<(&'static str, String)> {
+        vec![("path", self.path.clone())]
+    }
+
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
+        Ok(Box::new(FileSource::new(self.clone(), ctx.once)))
     }
 }
 
@@ -135,6 +145,16 @@ impl SinkConfig for FileSinkConfig {
 
     fn describe(&self) -> String {
         format!("file {} ({})", self.path.display(), self.format.name())
+    }
+
+    fn local_outputs(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut manifest = self.path.clone().into_os_string();
+        manifest.push(".ferry-manifest");
+        let mut out = vec![("path", self.path.clone())];
+        if self.transactional {
+            out.push(("path", PathBuf::from(manifest)));
+        }
+        out
     }
 
     fn delivery(&self) -> Delivery {

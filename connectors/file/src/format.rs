@@ -13,9 +13,48 @@ pub(crate) enum Parsed {
     Invalid(String),
 }
 
+/// The CSV header of a file, as far as it has been read.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum CsvHeader {
+    /// Not read yet: the next row is the header.
+    #[default]
+    Unread,
+    Good(Vec<String>),
+    /// The header row was refused (and dead-lettered): no row of the file
+    /// can be read without it, so each is a bad record naming why.
+    Bad(String),
+}
+
+impl CsvHeader {
+    /// The header from its row's fields: names must be unique, or a field
+    /// would silently overwrite another.
+    pub(crate) fn from_fields(fields: Vec<String>) -> CsvHeader {
+        let mut seen = std::collections::HashSet::new();
+        let dups: Vec<&str> = fields
+            .iter()
+            .filter(|f| !seen.insert(f.as_str()))
+            .map(String::as_str)
+            .collect();
+        if dups.is_empty() {
+            CsvHeader::Good(fields)
+        } else {
+            CsvHeader::Bad(format!(
+                "the CSV header names {} more than once",
+                dups.iter()
+                    .map(|d| format!("{d:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    }
+}
+
+/// A UTF-8 byte-order mark, which editors on Windows put at the start of a file.
+pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Parses one complete line (without its line ending). `header` is the CSV
 /// header of the file, set by the first row.
-pub(crate) fn parse_line(format: Format, line: &[u8], header: &mut Option<Vec<String>>) -> Parsed {
+pub(crate) fn parse_line(format: Format, line: &[u8], header: &mut CsvHeader) -> Parsed {
     match format {
         Format::Json => {
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -38,27 +77,40 @@ pub(crate) fn parse_line(format: Format, line: &[u8], header: &mut Option<Vec<St
             if line.is_empty() {
                 return Parsed::Skip;
             }
+            if let CsvHeader::Bad(why) = header {
+                return Parsed::Invalid(format!(
+                    "this file's CSV header was refused ({why}): its rows cannot be read"
+                ));
+            }
             let fields = match parse_csv_row(line) {
                 Ok(f) => f,
+                Err(e) if matches!(header, CsvHeader::Unread) => {
+                    *header = CsvHeader::Bad(format!("header row: {e}"));
+                    return Parsed::Invalid(format!("header row: {e}"));
+                }
                 Err(e) => return Parsed::Invalid(e),
             };
             match header {
-                None => {
-                    *header = Some(fields);
-                    Parsed::Skip
+                CsvHeader::Unread => {
+                    *header = CsvHeader::from_fields(fields);
+                    match header {
+                        CsvHeader::Bad(why) => Parsed::Invalid(why.clone()),
+                        _ => Parsed::Skip,
+                    }
                 }
-                Some(h) if h.len() != fields.len() => Parsed::Invalid(format!(
+                CsvHeader::Good(h) if h.len() != fields.len() => Parsed::Invalid(format!(
                     "expected {} fields (as in the header), found {}",
                     h.len(),
                     fields.len()
                 )),
-                Some(h) => {
+                CsvHeader::Good(h) => {
                     let mut obj = Map::with_capacity(h.len());
                     for (k, v) in h.iter().zip(fields) {
                         obj.insert(k.clone(), Value::String(v));
                     }
                     Parsed::Record(Value::Object(obj))
                 }
+                CsvHeader::Bad(_) => unreachable!("returned above"),
             }
         }
     }
@@ -87,10 +139,12 @@ pub(crate) fn parse_csv_row(line: &[u8]) -> Result<Vec<String>, String> {
     }
 }
 
-/// Whether a CSV row read so far ends inside a quoted field (a newline in a
-/// quoted field belongs to the field, so the row goes on to the next line).
-pub(crate) fn csv_row_open(row: &[u8]) -> bool {
-    row.iter().filter(|&&b| b == b'"').count() % 2 == 1
+/// The number of double quotes in `bytes`: a CSV row read so far ends
+/// inside a quoted field when its count is odd (a newline in a quoted field
+/// belongs to the field, so the row goes on to the next line). Counted on
+/// each new piece of a row, never on the whole row again.
+pub(crate) fn quotes(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'"').count()
 }
 
 /// Appends one record to `out` in `format`, ending with a newline.
@@ -136,7 +190,7 @@ mod tests {
 
     #[test]
     fn json_lines() {
-        let mut h = None;
+        let mut h = CsvHeader::Unread;
         assert!(matches!(
             parse_line(Format::Json, br#"{"a":1}"#, &mut h),
             Parsed::Record(_)
@@ -157,7 +211,7 @@ mod tests {
 
     #[test]
     fn csv_rows_with_header_and_quotes() {
-        let mut h = None;
+        let mut h = CsvHeader::Unread;
         assert!(matches!(
             parse_line(Format::Csv, b"id,name", &mut h),
             Parsed::Skip
@@ -173,8 +227,21 @@ mod tests {
             parse_line(Format::Csv, b"1,2,3", &mut h),
             Parsed::Invalid(_)
         ));
-        assert!(csv_row_open(b"1,\"a\n"));
-        assert!(!csv_row_open(b"1,\"a\"\"b\"\n"));
+        assert_eq!(quotes(b"1,\"a\n") % 2, 1);
+        assert_eq!(quotes(b"1,\"a\"\"b\"\n") % 2, 0);
+    }
+
+    #[test]
+    fn a_header_naming_a_column_twice_is_refused_and_so_are_its_rows() {
+        let mut h = CsvHeader::Unread;
+        match parse_line(Format::Csv, b"id,v,id", &mut h) {
+            Parsed::Invalid(e) => assert_eq!(e, "the CSV header names \"id\" more than once"),
+            _ => panic!("a duplicate header name is an error"),
+        }
+        match parse_line(Format::Csv, b"1,2,3", &mut h) {
+            Parsed::Invalid(e) => assert!(e.contains("header was refused"), "{e}"),
+            _ => panic!("rows under a bad header are bad records"),
+        }
     }
 
     #[test]

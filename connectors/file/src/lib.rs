@@ -24,6 +24,7 @@
 
 mod config;
 mod format;
+mod paths;
 mod sink;
 mod source;
 

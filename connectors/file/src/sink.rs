@@ -121,7 +121,11 @@ impl Sink for FileSink {
             .truncate(false)
             .open(&self.config.path)
             .map_err(|e| self.path_err("opening", e))?;
-        let len = file.metadata().map_err(|e| self.path_err("stat", e))?.len();
+        lock_output(&file, &self.config.path)?;
+        let mut len = file.metadata().map_err(|e| self.path_err("stat", e))?.len();
+        if !self.config.transactional {
+            len = cut_torn_tail(&file, len).map_err(|e| self.path_err("repairing", e))?;
+        }
         let mut positions = None;
         // Bytes of the output that are durable and covered by the manifest.
         let mut committed_len = len;
@@ -181,8 +185,13 @@ impl Sink for FileSink {
         for record in batch {
             write_record(self.config.format, &record.value, columns, &mut self.buf);
         }
-        file.write_all_at(&self.buf, self.written_len)
-            .map_err(|e| self.path_err("writing", e))?;
+        if let Err(e) = file.write_all_at(&self.buf, self.written_len) {
+            // A full disk takes part of the batch: cut it off again, so the
+            // replay after the retry appends whole lines, never onto half a
+            // line. Should even that fail, the next open cuts it.
+            let _ = file.set_len(self.written_len);
+            return Err(self.path_err("writing", e));
+        }
         self.written_len += self.buf.len() as u64;
         Ok(Vec::new())
     }
@@ -242,6 +251,56 @@ impl Sink for FileSink {
         .await
         .map_err(|e| ConnectorError::Fatal(format!("reading manifests panicked: {e}")))?
     }
+}
+
+/// Takes an exclusive lock on the output for as long as the sink has it
+/// open: two pipelines (or two ferry processes, or one pipeline under two
+/// data folders) writing one file would interleave and cut each other's
+/// lines. The OS drops the lock when the file is closed or the process dies.
+fn lock_output(file: &File, path: &Path) -> Result<(), ConnectorError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ConnectorError::Fatal(format!(
+            "{} is already being written by another pipeline or ferry process (it holds the \
+             file's lock): two writers of one output would corrupt it; give each pipeline a \
+             sink path of its own",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(ConnectorError::io(format!("locking {}", path.display()), e))
+        }
+    }
+}
+
+/// Without a manifest nothing says how much of the output is whole, but
+/// every record ends with a newline: bytes after the last one are part of a
+/// write that was cut short (a full disk, a crash). They are cut away, so
+/// the replay (at-least-once) appends whole lines. Returns the new length.
+fn cut_torn_tail(file: &File, len: u64) -> io::Result<u64> {
+    const BLOCK: u64 = 64 * 1024;
+    let mut end = len;
+    let mut buf = vec![0u8; BLOCK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end < len {
+        tracing::warn!(
+            bytes = len - end,
+            "the output ends with {} bytes of a line cut short by an earlier write \
+             (a full disk or a crash); cutting them away (the records are written again)",
+            len - end
+        );
+        file.set_len(end)?;
+        file.sync_all()?;
+    }
+    Ok(end)
 }
 
 fn write_manifest(path: &Path, bytes: &[u8]) -> Result<(), ConnectorError> {
@@ -333,6 +392,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_line_cut_short_is_cut_away_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.jsonl");
+        // What a full disk left: a whole record, then half of the next.
+        fs::write(&path, "{\"n\":1}\n{\"id\":72").unwrap();
+        let mut s = FileSink::new(
+            FileSinkConfig {
+                path: path.clone(),
+                format: Format::Json,
+                transactional: false,
+                columns: None,
+            },
+            "t".into(),
+        );
+        assert_eq!(s.open().await.unwrap(), None);
+        s.write(&[record(2)]).await.unwrap();
+        s.commit(&positions_to(2)).await.unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"n\":1}\n{\"n\":2}\n");
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_of_one_output_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.jsonl");
+        let mut first = sink(path.clone());
+        first.open().await.unwrap();
+        let err = sink(path.clone()).open().await.unwrap_err();
+        assert!(!err.is_retriable());
+        assert!(
+            err.to_string().contains("already being written by another"),
+            "{err}"
+        );
+        drop(first);
+        sink(path).open().await.expect("free again once the first is gone");
+    }
+
+    #[tokio::test]
     async fn another_pipelines_output_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.jsonl");
@@ -340,6 +436,7 @@ mod tests {
         s.open().await.unwrap();
         s.write(&[record(1)]).await.unwrap();
         s.commit(&positions_to(1)).await.unwrap();
+        drop(s);
         let mut other = FileSink::new(
             FileSinkConfig {
                 path,

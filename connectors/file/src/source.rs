@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +21,8 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::format::{Parsed, csv_row_open, parse_csv_row, parse_line};
+use crate::paths::{Glob, watch_root};
+use crate::format::{BOM, CsvHeader, Parsed, parse_line, quotes};
 use crate::{FileSourceConfig, Format};
 
 /// How many leading bytes of a file identify it beside its inode (a new file
@@ -35,6 +36,8 @@ const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) struct FileSource {
     config: FileSourceConfig,
+    /// `ferry run --once`: the end of a file is the end of its input.
+    once: bool,
     tail: Option<Tail>,
     wake: Arc<Wake>,
     // Kept alive for its events; dropping it stops the watch.
@@ -49,9 +52,10 @@ struct Wake {
 }
 
 impl FileSource {
-    pub(crate) fn new(config: FileSourceConfig) -> Self {
+    pub(crate) fn new(config: FileSourceConfig, once: bool) -> Self {
         FileSource {
             config,
+            once,
             tail: None,
             wake: Arc::new(Wake {
                 notify: Notify::new(),
@@ -113,10 +117,14 @@ impl FileSource {
 impl Source for FileSource {
     async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError> {
         self.watch();
+        let glob = Glob::new(&self.config.path).map_err(|e| {
+            ConnectorError::Fatal(format!("invalid glob {:?}: {e}", self.config.path))
+        })?;
         self.tail = Some(Tail {
-            pattern: self.config.path.clone(),
+            glob,
             format: self.config.format,
             max_line_bytes: self.config.max_line_bytes,
+            once: self.once,
             committed: committed.clone(),
             files: Vec::new(),
             next_scan: Instant::now(),
@@ -138,37 +146,12 @@ impl Source for FileSource {
     }
 }
 
-/// The folder to watch for a path or glob, and whether to watch below it.
-fn watch_root(pattern: &str) -> (PathBuf, bool) {
-    let mut root = PathBuf::new();
-    let mut parts = Path::new(pattern).components().peekable();
-    while let Some(part) = parts.next() {
-        let s = part.as_os_str().to_string_lossy();
-        if s.contains(['*', '?', '[', '{']) {
-            // A wildcard in a folder component (not the last) needs a recursive watch.
-            return (non_empty(root), parts.peek().is_some());
-        }
-        if parts.peek().is_none() {
-            break; // the file itself: watch its folder
-        }
-        root.push(part);
-    }
-    (non_empty(root), false)
-}
-
-fn non_empty(p: PathBuf) -> PathBuf {
-    if p.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        p
-    }
-}
-
 /// The blocking state of the source: every followed file.
 struct Tail {
-    pattern: String,
+    glob: Glob,
     format: Format,
     max_line_bytes: usize,
+    once: bool,
     /// What was committed when the pipeline started: where known files resume.
     committed: Positions,
     files: Vec<Tailed>,
@@ -190,8 +173,8 @@ impl Tail {
                 break;
             }
             let i = (self.next_file + k) % n;
-            let (format, max_line) = (self.format, self.max_line_bytes);
-            self.files[i].read_into(&mut out, max, format, max_line)?;
+            let (format, max_line, once) = (self.format, self.max_line_bytes, self.once);
+            self.files[i].read_into(&mut out, max, format, max_line, once)?;
         }
         self.next_file = if n == 0 { 0 } else { (self.next_file + 1) % n };
         self.files.retain(|f| {
@@ -206,17 +189,8 @@ impl Tail {
 
     /// Matches the glob and starts following new files; marks vanished ones.
     fn scan(&mut self) -> Result<(), ConnectorError> {
-        let paths = glob::glob(&self.pattern)
-            .map_err(|e| ConnectorError::Fatal(format!("invalid glob {:?}: {e}", self.pattern)))?;
         let mut seen = HashSet::new();
-        for entry in paths {
-            let path = match entry {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read a path matching the glob");
-                    continue;
-                }
-            };
+        for path in self.glob.matches() {
             let meta = match fs::metadata(&path) {
                 Ok(m) if m.is_file() => m,
                 Ok(_) => continue,
@@ -235,7 +209,7 @@ impl Tail {
                 }
                 continue;
             }
-            match Tailed::open(path.clone(), id, &self.committed, self.format) {
+            match Tailed::open(path.clone(), id, &self.committed, self.format, self.max_line_bytes) {
                 Ok(f) => self.files.push(f),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(ConnectorError::io(format!("opening {}", path.display()), e)),
@@ -258,14 +232,25 @@ struct Tailed {
     reader: BufReader<File>,
     /// Offset just past the last complete line handed out (or skipped).
     pos: u64,
-    /// Bytes after `pos` read so far of a line whose newline has not come yet.
+    /// Bytes after `pos` read so far of a line whose newline has not come yet
+    /// (for CSV: of a row, which may span lines inside a quoted field).
     pending: Vec<u8>,
     /// Bytes of an over-long line already dropped from `pending`.
     dropped: u64,
     /// Hash and length of the first bytes of the file; known once line 1 is complete.
     fingerprint: Option<(u64, usize)>,
     partition: Option<Arc<Partition>>,
-    csv_header: Option<Vec<String>>,
+    csv_header: CsvHeader,
+    /// CSV: `pending` holds an odd number of quotes (it ends inside a
+    /// quoted field), counted piece by piece as it grows.
+    quotes_odd: bool,
+    /// CSV: the length of the first line of `pending` once a row has gone on
+    /// past it inside a quoted field. Should the field never close, only
+    /// this line is lost: it becomes a bad record, and reading resumes
+    /// right after it.
+    first_newline: Option<usize>,
+    /// `--once`: the length of an unterminated last line already warned about.
+    warned_unterminated: Option<usize>,
     at_eof: bool,
     gone_since: Option<Instant>,
 }
@@ -278,6 +263,7 @@ impl Tailed {
         id: (u64, u64),
         committed: &Positions,
         format: Format,
+        max_line: usize,
     ) -> io::Result<Tailed> {
         let file = File::open(&path)?;
         let len = file.metadata()?.len();
@@ -290,7 +276,10 @@ impl Tailed {
             dropped: 0,
             fingerprint: None,
             partition: None,
-            csv_header: None,
+            csv_header: CsvHeader::Unread,
+            quotes_odd: false,
+            first_newline: None,
+            warned_unterminated: None,
             at_eof: false,
             gone_since: None,
         };
@@ -298,7 +287,7 @@ impl Tailed {
             match t.check_resume(resume, len)? {
                 Ok(pos) => {
                     if format == Format::Csv {
-                        t.csv_header = read_csv_header(t.reader.get_ref())?;
+                        t.csv_header = read_csv_header(t.reader.get_ref(), max_line)?;
                     }
                     t.reader.seek(SeekFrom::Start(pos))?;
                     t.pos = pos;
@@ -335,6 +324,12 @@ impl Tailed {
                 "the file is shorter than the committed offset (truncated)",
             ));
         }
+        // A stored position is outside data too (an edited offsets file):
+        // a fingerprint longer than ferry makes, or than the file, is not
+        // this file's.
+        if fp_len > FINGERPRINT_BYTES as u64 || fp_len > len {
+            return Ok(Err("the stored fingerprint does not fit this file"));
+        }
         let mut head = vec![0u8; fp_len as usize];
         if self.reader.get_ref().read_exact_at(&mut head, 0).is_err() {
             return Ok(Err("the file is shorter than its fingerprint"));
@@ -370,6 +365,7 @@ impl Tailed {
         max: usize,
         format: Format,
         max_line: usize,
+        once: bool,
     ) -> Result<(), ConnectorError> {
         // Of an over-long line only this much is kept, for the dead-letter entry.
         let keep = max_line.min(1024);
@@ -380,17 +376,29 @@ impl Tailed {
             } else {
                 (max_line + 1).saturating_sub(self.pending.len()).max(1)
             };
+            let before = self.pending.len();
             let n = (&mut self.reader)
                 .take(room as u64)
                 .read_until(b'\n', &mut self.pending)
                 .map_err(|e| ConnectorError::io(format!("reading {}", self.path.display()), e))?;
             if n == 0 {
                 self.at_eof = true;
+                if once && self.end_of_input(out, format)? {
+                    continue;
+                }
                 return self.check_truncated();
             }
             self.at_eof = false;
             let has_newline = self.pending.last() == Some(&b'\n');
             let content_len = self.pending.len() - usize::from(has_newline);
+            if format == Format::Csv && self.dropped == 0 {
+                self.quotes_odd ^= quotes(&self.pending[before..]) % 2 == 1;
+                if self.first_newline.is_some() && content_len > max_line {
+                    let why = format!("does not close within max_line_bytes ({max_line})");
+                    self.cut_open_row(out, format, &why)?;
+                    continue;
+                }
+            }
             if self.dropped > 0 || content_len > max_line {
                 if self.pending.len() > keep {
                     self.dropped += (self.pending.len() - keep) as u64;
@@ -401,25 +409,100 @@ impl Tailed {
                 }
                 continue;
             }
-            if has_newline && !(format == Format::Csv && csv_row_open(&self.pending)) {
+            if !has_newline {
+                continue;
+            }
+            if format == Format::Csv && self.quotes_odd {
+                self.first_newline.get_or_insert(self.pending.len());
+            } else {
                 self.emit_line(out, format, max_line);
             }
         }
         Ok(())
     }
 
-    fn emit_line(&mut self, out: &mut Vec<SourceItem>, format: Format, max_line: usize) {
-        let line_len = self.dropped + self.pending.len() as u64;
+    /// `--once` at the end of the file: what is left unfinished will not be
+    /// finished. A CSV row inside a quoted field that never closed costs
+    /// only its first line (true: read on after it); a last line without its
+    /// newline stays unread, and is named once.
+    fn end_of_input(
+        &mut self,
+        out: &mut Vec<SourceItem>,
+        format: Format,
+    ) -> Result<bool, ConnectorError> {
+        if self.first_newline.is_some() {
+            self.cut_open_row(out, format, "never closes before the end of the file")?;
+            return Ok(true);
+        }
+        let left = self.pending.len() + self.dropped as usize;
+        if left > 0 && self.warned_unterminated != Some(left) {
+            self.warned_unterminated = Some(left);
+            tracing::warn!(
+                path = %self.path.display(),
+                bytes = left,
+                offset = self.pos,
+                "the file ends with {left} bytes that have no line ending: they are not read \
+                 (the committed position stays before them, so a later run reads them once \
+                 the line is complete)"
+            );
+        }
+        Ok(false)
+    }
+
+    /// Moves past `len` bytes of the file: the position of what they held.
+    fn advance(&mut self, len: u64) -> Position {
         if self.pos == 0 && self.fingerprint.is_none() {
             let head = &self.pending[..self.pending.len().min(FINGERPRINT_BYTES)];
             self.fingerprint = Some((fnv1a(head), head.len()));
             self.refresh_partition();
         }
-        self.pos += line_len;
-        let position = Position {
+        self.pos += len;
+        Position {
             partition: self.partition.clone().expect("set with the fingerprint"),
             offset: Value::from(self.pos),
-        };
+        }
+    }
+
+    /// A CSV row whose quoted field does not close: its first line becomes a
+    /// bad record, and reading starts again right after that line, so the
+    /// rows below are read as rows.
+    fn cut_open_row(
+        &mut self,
+        out: &mut Vec<SourceItem>,
+        format: Format,
+        why: &str,
+    ) -> Result<(), ConnectorError> {
+        let first = self.first_newline.take().expect("a row past its first line");
+        let at_start = self.pos == 0;
+        let mut line = &self.pending[..first - 1];
+        if at_start {
+            line = line.strip_prefix(BOM).unwrap_or(line);
+        }
+        let raw = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
+        let error = format!(
+            "a quoted CSV field opened on this line {why}; only this line is skipped"
+        );
+        if format == Format::Csv && matches!(self.csv_header, CsvHeader::Unread) {
+            self.csv_header = CsvHeader::Bad(format!("header row: {error}"));
+        }
+        let position = self.advance(first as u64);
+        out.push(SourceItem::Invalid(Invalid {
+            raw,
+            error,
+            position,
+        }));
+        self.pending.clear();
+        self.quotes_odd = false;
+        self.reader
+            .seek(SeekFrom::Start(self.pos))
+            .map_err(|e| ConnectorError::io(format!("seeking {}", self.path.display()), e))?;
+        Ok(())
+    }
+
+    fn emit_line(&mut self, out: &mut Vec<SourceItem>, format: Format, max_line: usize) {
+        let line_len = self.dropped + self.pending.len() as u64;
+        let at_start = self.pos == 0;
+        let position = self.advance(line_len);
         if self.dropped > 0 {
             out.push(SourceItem::Invalid(Invalid {
                 raw: String::from_utf8_lossy(&self.pending).into_owned(),
@@ -430,6 +513,9 @@ impl Tailed {
             let mut line = &self.pending[..self.pending.len() - 1];
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
+            }
+            if at_start {
+                line = line.strip_prefix(BOM).unwrap_or(line);
             }
             match parse_line(format, line, &mut self.csv_header) {
                 Parsed::Record(v) => out.push(SourceItem::Record(Record::new(v, position))),
@@ -443,6 +529,9 @@ impl Tailed {
         }
         self.pending.clear();
         self.dropped = 0;
+        self.quotes_odd = false;
+        self.first_newline = None;
+        self.warned_unterminated = None;
     }
 
     /// At end of file: if the file is now shorter than what was read, it was
@@ -464,7 +553,9 @@ impl Tailed {
             self.pending.clear();
             self.dropped = 0;
             self.fingerprint = None;
-            self.csv_header = None;
+            self.csv_header = CsvHeader::Unread;
+            self.quotes_odd = false;
+            self.first_newline = None;
             self.refresh_partition();
         }
         Ok(())
@@ -476,19 +567,35 @@ fn partition_key((dev, ino): (u64, u64)) -> String {
 }
 
 /// Reads the header row of a CSV file from its start (for a resumed file).
-fn read_csv_header(file: &File) -> io::Result<Option<Vec<String>>> {
+fn read_csv_header(file: &File, max_line: usize) -> io::Result<CsvHeader> {
     let mut reader = BufReader::new(file.try_clone()?);
     reader.seek(SeekFrom::Start(0))?;
     let mut row = Vec::new();
+    let mut odd = false;
     loop {
-        if reader.read_until(b'\n', &mut row)? == 0 || !csv_row_open(&row) {
+        let before = row.len();
+        let n = (&mut reader)
+            .take((max_line + 1) as u64)
+            .read_until(b'\n', &mut row)?;
+        odd ^= quotes(&row[before..]) % 2 == 1;
+        if !odd {
             break;
+        }
+        if n == 0 || row.len() > max_line {
+            // The first run cut this header row as a field that never closed.
+            return Ok(CsvHeader::Bad(
+                "header row: a quoted CSV field opened on it does not close".into(),
+            ));
         }
     }
     while matches!(row.last(), Some(b'\n' | b'\r')) {
         row.pop();
     }
-    Ok(parse_csv_row(&row).ok())
+    let row = row.strip_prefix(BOM).unwrap_or(&row);
+    // Parsed as the first run did: the same verdict on the same header.
+    let mut header = CsvHeader::Unread;
+    parse_line(Format::Csv, row, &mut header);
+    Ok(header)
 }
 
 /// 64-bit FNV-1a: a stable hash (std's hasher may change between releases,
@@ -508,12 +615,21 @@ mod tests {
     use std::io::Write;
 
     fn source(path: &str, format: Format) -> FileSource {
-        FileSource::new(FileSourceConfig {
-            path: path.to_string(),
-            format,
-            poll_interval: Duration::from_millis(20),
-            max_line_bytes: 64,
-        })
+        FileSource::new(
+            FileSourceConfig {
+                path: path.to_string(),
+                format,
+                poll_interval: Duration::from_millis(20),
+                max_line_bytes: 64,
+            },
+            false,
+        )
+    }
+
+    fn source_once(path: &str, format: Format, once: bool) -> FileSource {
+        let mut s = source(path, format);
+        s.once = once;
+        s
     }
 
     fn values(items: &[SourceItem]) -> Vec<String> {
@@ -524,14 +640,6 @@ mod tests {
                 SourceItem::Invalid(x) => format!("INVALID {}", x.raw),
             })
             .collect()
-    }
-
-    #[test]
-    fn watch_roots() {
-        assert_eq!(watch_root("/a/b/*.jsonl"), (PathBuf::from("/a/b"), false));
-        assert_eq!(watch_root("/a/*/x.jsonl"), (PathBuf::from("/a"), true));
-        assert_eq!(watch_root("x.jsonl"), (PathBuf::from("."), false));
-        assert_eq!(watch_root("in/x.jsonl"), (PathBuf::from("in"), false));
     }
 
     #[tokio::test]
@@ -611,5 +719,100 @@ mod tests {
             after.extend(values(&src.poll(100).await.unwrap()));
         }
         assert_eq!(after, ["\"new\""]);
+    }
+
+    #[tokio::test]
+    async fn an_unclosed_csv_quote_costs_only_its_line_at_the_end_of_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.csv");
+        fs::write(&path, "id,v\n1,a\n2,\"oops\n3,c\n4,d\n").unwrap();
+        let mut src = source_once(path.to_str().unwrap(), Format::Csv, true);
+        src.open(&Positions::new()).await.unwrap();
+        let got = src.poll(100).await.unwrap();
+        assert_eq!(
+            values(&got),
+            [
+                r#"{"id":"1","v":"a"}"#,
+                "INVALID 2,\"oops",
+                r#"{"id":"3","v":"c"}"#,
+                r#"{"id":"4","v":"d"}"#
+            ]
+        );
+        // The bad record's position is just past its own line.
+        assert_eq!(got[1].position().offset, Value::from(5 + 4 + 8));
+        let SourceItem::Invalid(bad) = &got[1] else {
+            unreachable!()
+        };
+        assert!(bad.error.contains("never closes"), "{}", bad.error);
+    }
+
+    #[tokio::test]
+    async fn an_unclosed_csv_quote_costs_only_its_line_when_the_row_grows_too_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.csv");
+        // max_line_bytes is 64: the open row passes it after a few rows.
+        let mut text = String::from("id,v\n1,a\n2,\"oops\n");
+        for n in 3..40 {
+            text.push_str(&format!("{n},x\n"));
+        }
+        fs::write(&path, &text).unwrap();
+        let mut src = source_once(path.to_str().unwrap(), Format::Csv, false);
+        src.open(&Positions::new()).await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.extend(src.poll(100).await.unwrap());
+        }
+        let v = values(&got);
+        assert_eq!(v[0], r#"{"id":"1","v":"a"}"#);
+        assert!(v[1].starts_with("INVALID 2,\"oops"), "{}", v[1]);
+        assert_eq!(v.len(), 2 + 37, "every row after the bad line is read: {v:?}");
+        assert_eq!(v[38], r#"{"id":"39","v":"x"}"#);
+    }
+
+    #[tokio::test]
+    async fn an_unterminated_last_line_stays_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        fs::write(&path, "{\"n\":1}\n{\"n\":2}").unwrap();
+        let mut src = source_once(path.to_str().unwrap(), Format::Json, true);
+        src.open(&Positions::new()).await.unwrap();
+        let got = src.poll(100).await.unwrap();
+        assert_eq!(values(&got), ["{\"n\":1}"]);
+        assert!(src.poll(100).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_byte_order_mark_is_not_part_of_the_first_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("a.jsonl");
+        fs::write(&json, "\u{feff}{\"n\":1}\n{\"n\":2}\n").unwrap();
+        let mut src = source(json.to_str().unwrap(), Format::Json);
+        src.open(&Positions::new()).await.unwrap();
+        assert_eq!(
+            values(&src.poll(100).await.unwrap()),
+            ["{\"n\":1}", "{\"n\":2}"]
+        );
+
+        let csv = dir.path().join("a.csv");
+        fs::write(&csv, "\u{feff}id,v\n1,a\n").unwrap();
+        let mut src = source(csv.to_str().unwrap(), Format::Csv);
+        src.open(&Positions::new()).await.unwrap();
+        let got = src.poll(100).await.unwrap();
+        assert_eq!(values(&got), [r#"{"id":"1","v":"a"}"#]);
+        // A resumed file reads its header the same way.
+        let mut committed = Positions::new();
+        committed.advance(got[0].position());
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&csv)
+            .unwrap()
+            .write_all(b"2,b\n")
+            .unwrap();
+        let mut again = source(csv.to_str().unwrap(), Format::Csv);
+        again.open(&committed).await.unwrap();
+        assert_eq!(
+            values(&again.poll(100).await.unwrap()),
+            [r#"{"id":"2","v":"b"}"#]
+        );
     }
 }

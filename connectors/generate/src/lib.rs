@@ -66,11 +66,11 @@ impl SourceConfig for GenerateConfig {
     fn validate(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
         if let Some(rate) = self.rate
-            && !(rate > 0.0 && rate.is_finite())
+            && !(rate > 0.0 && rate <= 1e9)
         {
             problems.push(ConfigProblem::at(
                 "rate",
-                "must be a positive number of records per second",
+                "must be a positive number of records per second, at most 1000000000",
             ));
         }
         problems
@@ -145,7 +145,7 @@ impl Source for GenerateSource {
         if let Some(rate) = self.config.rate {
             // As many as are due by now since this life started.
             let due = (self.opened.elapsed().as_secs_f64() * rate) as u64;
-            let allowed = (self.first + due).saturating_sub(self.next);
+            let allowed = self.first.saturating_add(due).saturating_sub(self.next);
             if allowed == 0 {
                 let wait = Duration::from_secs_f64((1.0 / rate).min(0.2));
                 tokio::time::sleep(wait).await;

@@ -47,7 +47,7 @@ use ferry_api::{
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
@@ -396,15 +396,7 @@ impl Meta {
         Meta {
             key: m.key().map(text_or_base64),
             timestamp_ms: m.timestamp().to_millis(),
-            headers: m
-                .headers()
-                .map(|headers| {
-                    headers
-                        .iter()
-                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            headers: m.headers().map(headers_of).unwrap_or_default(),
         }
     }
 
@@ -415,6 +407,36 @@ impl Meta {
         r.headers = self.headers;
         r
     }
+}
+
+/// A message's headers. rdkafka's own accessors panic on a header name
+/// that is not UTF-8 (`CStr::to_str().unwrap()`), and a producer may send
+/// any bytes: names are read here with invalid bytes replaced instead.
+fn headers_of(headers: &BorrowedHeaders) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::bindings as rd;
+    // SAFETY: a `BorrowedHeaders` is a view of librdkafka's native headers
+    // (rdkafka itself casts between the two pointers); the names and values
+    // librdkafka hands out live as long as the message, and are copied
+    // before this returns.
+    let native = headers as *const BorrowedHeaders as *const rd::rd_kafka_headers_t;
+    (0..headers.count())
+        .filter_map(|idx| unsafe {
+            let mut name = std::ptr::null();
+            let mut value = std::ptr::null();
+            let mut size = 0usize;
+            let err = rd::rd_kafka_header_get_all(native, idx, &mut name, &mut value, &mut size);
+            if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+                return None;
+            }
+            let name = std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned();
+            let value = if value.is_null() {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(value as *const u8, size).to_vec()
+            };
+            Some((name, value))
+        })
+        .collect()
 }
 
 fn invalid(raw: &[u8], error: String, position: Position) -> Invalid {
@@ -817,6 +839,33 @@ impl Source for KafkaSource {
                 drop(consumer)
             })
             .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_that_are_not_utf8_do_not_panic() {
+        use rdkafka::bindings as rd;
+        // SAFETY: headers made and freed here; the cast is the one rdkafka
+        // makes from native headers to `BorrowedHeaders`.
+        unsafe {
+            let native = rd::rd_kafka_headers_new(2);
+            let (bad, ok) = (b"k\xfe", b"trace");
+            rd::rd_kafka_header_add(native, bad.as_ptr().cast(), 2, b"v1".as_ptr().cast(), 2);
+            rd::rd_kafka_header_add(native, ok.as_ptr().cast(), 5, std::ptr::null(), 0);
+            let borrowed = &*(native as *const BorrowedHeaders);
+            assert_eq!(
+                headers_of(borrowed),
+                [
+                    ("k\u{fffd}".to_string(), b"v1".to_vec()),
+                    ("trace".to_string(), Vec::new())
+                ]
+            );
+            rd::rd_kafka_headers_destroy(native);
         }
     }
 }

@@ -43,7 +43,14 @@ impl MongoSink {
         }
         let mut doc = match Bson::try_from(value) {
             Ok(Bson::Document(d)) => d,
-            Ok(_) => unreachable!("an object converts to a document"),
+            // bson reads an object such as {"$oid": …} or {"$date": …} as
+            // extended JSON for one value, not a document.
+            Ok(other) => {
+                return Err(format!(
+                    "is extended JSON for a single {:?} value, not a document",
+                    other.element_type()
+                ));
+            }
             Err(e) => return Err(format!("cannot be stored as BSON: {e}")),
         };
         let id = match &self.config.id {

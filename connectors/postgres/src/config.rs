@@ -65,7 +65,7 @@ pub enum Columns {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "`auto`, or a mapping of record field to column")]
 enum ColumnsRepr {
     Word(String),
     Map(std::collections::BTreeMap<String, String>),
@@ -248,7 +248,7 @@ pub struct PostgresSourceConfig {
     #[serde(default)]
     pub timestamp_column: Option<String>,
     /// How long to wait before looking again when there is nothing new.
-    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    #[serde(default = "default_poll_interval", with = "ferry_api::duration")]
     pub poll_interval: std::time::Duration,
     /// Rows per query.
     #[serde(default = "default_source_batch")]
@@ -354,12 +354,12 @@ impl SourceConfig for PostgresSourceConfig {
         )
     }
 
-    async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
-        Ok(Box::new(PostgresSource::new(self.clone())))
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
+        Ok(Box::new(PostgresSource::new(self.clone(), ctx.pipeline.clone())))
     }
 
-    async fn check(&self, _ctx: &BuildContext) -> Result<(), ConnectorError> {
-        let mut source = PostgresSource::new(self.clone());
+    async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
+        let mut source = PostgresSource::new(self.clone(), ctx.pipeline.clone());
         let opened = source.open(&ferry_api::Positions::new()).await;
         source.close().await;
         opened

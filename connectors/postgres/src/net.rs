@@ -11,13 +11,23 @@
 //! do. Remove this once a sqlx release sets the option itself.
 
 use ferry_api::ConnectorError;
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
 use crate::sink::db_error;
 
-/// A new connection, with Nagle's algorithm off.
-pub(crate) async fn connect(url: &str) -> Result<PgConnection, ConnectorError> {
-    let mut conn = PgConnection::connect(url)
+/// A new connection for `pipeline`, with Nagle's algorithm off. It names
+/// itself `ferry/<pipeline>` (`application_name`), so an operator finds it
+/// in `pg_stat_activity`; a URL that sets `application_name` keeps its own.
+pub(crate) async fn connect(url: &str, pipeline: &str) -> Result<PgConnection, ConnectorError> {
+    let mut options = PgConnectOptions::from_str(url)
+        .map_err(|e| db_error("reading the PostgreSQL URL", e))?;
+    if options.get_application_name().is_none() {
+        options = options.application_name(&format!("ferry/{pipeline}"));
+    }
+    let mut conn = PgConnection::connect_with(&options)
         .await
         .map_err(|e| db_error("connecting to PostgreSQL", e))?;
     set_nodelay(&mut conn).await;

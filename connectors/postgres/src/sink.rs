@@ -310,7 +310,7 @@ impl PostgresSink {
     }
 
     pub(crate) async fn connect(&mut self) -> Result<(), ConnectorError> {
-        self.conn = Some(crate::net::connect(&self.config.url).await?);
+        self.conn = Some(crate::net::connect(&self.config.url, &self.pipeline).await?);
         Ok(())
     }
 
@@ -533,16 +533,44 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// The columns these rows have values for (absent fields are NULL; a
-    /// column no row of the chunk mentions keeps its default).
-    fn columns_for(&self, rows: &[Record]) -> Vec<(String, String, bool)> {
+    /// Consecutive rows that give values for the same columns, each run with
+    /// those columns (key columns always). A field a record leaves out is
+    /// not written, so its column takes its DEFAULT (NULL when it has none;
+    /// on an upsert's update it keeps its value) whatever the rows around
+    /// it hold; a field that is `null` is NULL. So how a batch is split
+    /// (a refused row splits it) never changes what a row becomes.
+    fn column_runs<'r>(&self, rows: &'r [Record]) -> Vec<(&'r [Record], Vec<(String, String, bool)>)> {
+        let present = |r: &Record| -> Vec<bool> {
+            self.mapping
+                .iter()
+                .map(|(f, c, _)| self.config.key.contains(c) || r.value.get(f.as_str()).is_some())
+                .collect()
+        };
+        let mut runs = Vec::new();
+        let mut start = 0;
+        let mut mask: Option<Vec<bool>> = None;
+        for (i, r) in rows.iter().enumerate() {
+            let m = present(r);
+            if mask.as_ref().is_some_and(|prev| *prev != m) {
+                let prev = mask.take().expect("checked");
+                runs.push((&rows[start..i], self.columns_in(&prev)));
+                start = i;
+            }
+            mask = Some(m);
+        }
+        if let Some(m) = mask {
+            runs.push((&rows[start..], self.columns_in(&m)));
+        }
+        runs.retain(|(_, cols)| !cols.is_empty());
+        runs
+    }
+
+    fn columns_in(&self, mask: &[bool]) -> Vec<(String, String, bool)> {
         self.mapping
             .iter()
-            .filter(|(f, c, _)| {
-                self.config.key.contains(c)
-                    || rows.iter().any(|r| r.value.get(f.as_str()).is_some())
-            })
-            .cloned()
+            .zip(mask)
+            .filter(|(_, present)| **present)
+            .map(|(m, _)| m.clone())
             .collect()
     }
 
@@ -578,10 +606,17 @@ impl PostgresSink {
     /// COPY, and with it the transaction; that shows at
     /// [`Self::finish_stream`].
     async fn stream_rows(&mut self, rows: &[Record]) -> Result<(), ConnectorError> {
-        let cols = self.columns_for(rows);
-        if cols.is_empty() {
-            return Ok(());
+        for (run, cols) in self.column_runs(rows) {
+            self.stream_run(run, cols).await?;
         }
+        Ok(())
+    }
+
+    async fn stream_run(
+        &mut self,
+        rows: &[Record],
+        cols: Vec<(String, String, bool)>,
+    ) -> Result<(), ConnectorError> {
         if self.stream.as_ref().is_some_and(|s| s.cols != cols) {
             self.finish_stream().await?;
         }
@@ -680,17 +715,24 @@ impl PostgresSink {
     /// The careful way, one chunk under a savepoint: COPYs `rows` into the
     /// target (insert) or through the staging table (upsert).
     async fn copy_rows(&mut self, rows: &[Record]) -> Result<(), sqlx::Error> {
-        let cols = self.columns_for(rows);
-        if cols.is_empty() {
-            return Ok(());
+        for (run, cols) in self.column_runs(rows) {
+            self.copy_run(run, &cols).await?;
         }
+        Ok(())
+    }
+
+    async fn copy_run(
+        &mut self,
+        rows: &[Record],
+        cols: &[(String, String, bool)],
+    ) -> Result<(), sqlx::Error> {
         let mut buf = Vec::with_capacity(rows.len() * 128);
-        Self::encode_rows(rows, &cols, &mut buf);
+        Self::encode_rows(rows, cols, &mut buf);
         let upsert = self.config.mode == Mode::Upsert;
-        let copy = self.copy_statement(&column_list(&cols), upsert);
+        let copy = self.copy_statement(&column_list(cols), upsert);
         copy_in(self.conn(), &copy, &[Bytes::from(buf)]).await?;
         if upsert {
-            self.move_staged(&cols).await?;
+            self.move_staged(cols).await?;
         }
         Ok(())
     }
@@ -736,10 +778,13 @@ impl PostgresSink {
 /// The column type `create_table` gives a field, from the batch's values.
 fn column_type(batch: &[Record], field: &str) -> &'static str {
     let (mut int, mut float, mut bool_, mut text, mut nested) = (false, false, false, false, false);
+    let mut big = false;
     for r in batch {
         match r.value.get(field) {
             None | Some(Value::Null) => {}
-            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => int = true,
+            Some(Value::Number(n)) if n.is_i64() => int = true,
+            // Past bigint (numbers are kept as exact text): numeric holds it.
+            Some(Value::Number(n)) if !n.to_string().contains(['.', 'e', 'E']) => big = true,
             Some(Value::Number(_)) => float = true,
             Some(Value::Bool(_)) => bool_ = true,
             Some(Value::String(_)) => text = true,
@@ -748,6 +793,7 @@ fn column_type(batch: &[Record], field: &str) -> &'static str {
     }
     match (int, float, bool_, text, nested) {
         (_, _, _, _, true) => "jsonb",
+        (_, false, false, false, _) if big => "numeric",
         (true, false, false, false, _) => "bigint",
         (_, true, false, false, _) => "double precision",
         (false, false, true, false, _) => "boolean",

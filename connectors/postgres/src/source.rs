@@ -66,12 +66,15 @@ pub(crate) struct PostgresSource {
     read_first: String,
     read_next: String,
     refresh: String,
+    /// For the connection's `application_name`.
+    pipeline: String,
 }
 
 impl PostgresSource {
-    pub(crate) fn new(config: PostgresSourceConfig) -> Self {
+    pub(crate) fn new(config: PostgresSourceConfig, pipeline: String) -> Self {
         let origin = config.origin();
         PostgresSource {
+            pipeline,
             partition: Arc::new(Partition {
                 key: format!("postgres:{origin}"),
                 info: serde_json::json!({ "path": origin }),
@@ -143,8 +146,13 @@ impl PostgresSource {
         let n = self.config.cursor_columns().len();
         let mut items = Vec::with_capacity(rows.len());
         for row in rows {
-            let json: String = row.get(0);
-            let cursor: Vec<String> = (1..=n).map(|i| row.get::<String, _>(i)).collect();
+            let json: String = row
+                .try_get(0)
+                .map_err(|e| db_error(&format!("reading {}", self.config.origin()), e))?;
+            let cursor: Vec<String> = (1..=n)
+                .map(|i| row.try_get::<String, _>(i))
+                .collect::<Result<_, _>>()
+                .map_err(|e| db_error(&format!("reading the cursor of {}", self.config.origin()), e))?;
             let position = Position {
                 partition: self.partition.clone(),
                 offset: Self::offset_of(&cursor),
@@ -207,7 +215,7 @@ impl PostgresSource {
 impl Source for PostgresSource {
     async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError> {
         let origin = self.config.origin();
-        let mut conn = crate::net::connect(&self.config.url).await?;
+        let mut conn = crate::net::connect(&self.config.url, &self.pipeline).await?;
         // UTC, so timestamps come out as RFC 3339 with +00:00 and cursor
         // values round-trip exactly.
         sqlx::raw_sql("SET TIME ZONE 'UTC'")
@@ -299,13 +307,16 @@ impl Source for PostgresSource {
             texts.join(", "),
             list.join(", ")
         );
+        // A row whose cursor is NULL has no place in the order: it is never
+        // read (as the refresh never counts it); the README says so.
+        let present = not_null.join(" AND ");
         self.read_first = format!(
-            "{select} WHERE {tuple} <= {} ORDER BY {order} LIMIT ${}",
+            "{select} WHERE {present} AND {tuple} <= {} ORDER BY {order} LIMIT ${}",
             params(1),
             n + 1
         );
         self.read_next = format!(
-            "{select} WHERE {tuple} > {} AND {tuple} <= {} ORDER BY {order} LIMIT ${}",
+            "{select} WHERE {present} AND {tuple} > {} AND {tuple} <= {} ORDER BY {order} LIMIT ${}",
             params(1),
             params(n + 1),
             2 * n + 1

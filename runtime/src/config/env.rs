@@ -6,6 +6,11 @@
 pub struct Secrets(Vec<String>);
 
 impl Secrets {
+    /// The values taken from the environment.
+    pub fn values(&self) -> &[String] {
+        &self.0
+    }
+
     /// Replaces every environment value in `message` with `${NAME}`-free
     /// asterisks: error messages may quote a bad value, which may be a secret.
     pub fn redact(&self, message: &str) -> String {

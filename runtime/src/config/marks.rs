@@ -30,7 +30,7 @@ struct Node {
 
 /// Key path → where its key and its value are written.
 #[derive(Debug, Default)]
-pub struct Marks(HashMap<String, Node>);
+pub struct Marks(HashMap<String, Node>, Vec<(String, Loc)>);
 
 impl Marks {
     /// Indexes a document. A document yaml-rust2 cannot parse gives an empty
@@ -40,7 +40,13 @@ impl Marks {
         if Parser::new_from_str(text).load(&mut b, false).is_err() {
             return Marks::default();
         }
-        Marks(b.marks)
+        Marks(b.marks, b.duplicates)
+    }
+
+    /// Keys written twice in one mapping: each second (third…) occurrence,
+    /// with where it is written.
+    pub fn duplicates(&self) -> &[(String, Loc)] {
+        &self.1
     }
 
     /// Where the value at `path` is written (or the nearest written parent).
@@ -80,6 +86,7 @@ enum Frame {
 struct Builder {
     stack: Vec<Frame>,
     marks: HashMap<String, Node>,
+    duplicates: Vec<(String, Loc)>,
 }
 
 fn loc(m: Marker) -> Loc {
@@ -93,6 +100,7 @@ fn loc(m: Marker) -> Loc {
 impl Builder {
     /// Records a value that starts at `at` and returns its path.
     fn value(&mut self, at: Loc) -> String {
+        let in_map = matches!(self.stack.last(), Some(Frame::Map { .. }));
         let (path, key) = match self.stack.last_mut() {
             // The file itself: point at its start, not where its first key is.
             None => (String::new(), Loc::START),
@@ -106,10 +114,23 @@ impl Builder {
                 (format!("{path}[{}]", *next - 1), at)
             }
         };
-        self.marks
-            .entry(path.clone())
-            .or_insert(Node { key, value: at });
+        if !self.marks.contains_key(&path) {
+            self.marks.insert(path.clone(), Node { key, value: at });
+        } else if in_map && !path.ends_with(".?") && !self.inside_duplicate(&path) {
+            self.duplicates.push((path.clone(), key));
+        }
         path
+    }
+}
+
+impl Builder {
+    /// Whether `path` lies inside a value already reported as a duplicate
+    /// (its keys repeat the first one's: one report is enough).
+    fn inside_duplicate(&self, path: &str) -> bool {
+        self.duplicates.iter().any(|(d, _)| {
+            path.strip_prefix(d.as_str())
+                .is_some_and(|rest| rest.starts_with(['.', '[']))
+        })
     }
 }
 
@@ -162,5 +183,19 @@ mod tests {
         // Unknown paths fall back to the nearest parent.
         assert_eq!(m.key("source.nope"), Loc { line: 2, column: 1 });
         assert_eq!(m.key(""), Loc::START);
+        assert!(m.duplicates().is_empty());
+    }
+
+    #[test]
+    fn every_duplicate_key_is_found_where_it_is_written() {
+        let m = Marks::index("name: a\nsink:\n  path: x\n  path: y\nname: b\nsink:\n  path: z\n");
+        assert_eq!(
+            m.duplicates(),
+            [
+                ("sink.path".to_string(), Loc { line: 4, column: 3 }),
+                ("name".to_string(), Loc { line: 5, column: 1 }),
+                ("sink".to_string(), Loc { line: 6, column: 1 })
+            ]
+        );
     }
 }

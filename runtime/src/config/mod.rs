@@ -6,6 +6,7 @@
 //! handed to the connector named by their `type` through the [`Registry`].
 
 mod env;
+mod local_files;
 mod marks;
 
 use std::fmt;
@@ -71,7 +72,7 @@ pub struct DeliveryConfig {
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// A partial batch is committed after this long.
-    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    #[serde(default = "default_flush_interval", with = "ferry_api::duration")]
     pub flush_interval: Duration,
 }
 
@@ -101,12 +102,12 @@ pub struct ErrorsConfig {
     #[serde(default)]
     pub dead_letter: Option<PathBuf>,
     /// First wait before retrying a retriable failure; doubles each time.
-    #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    #[serde(default = "default_retry_backoff", with = "ferry_api::duration")]
     pub retry_backoff: Duration,
     /// Longest wait between restarts. After a retriable failure the pipeline
     /// starts again from its committed positions, until it succeeds or ferry
     /// is stopped: it pauses, it does not die.
-    #[serde(default = "default_retry_backoff_max", with = "humantime_serde")]
+    #[serde(default = "default_retry_backoff_max", with = "ferry_api::duration")]
     pub retry_backoff_max: Duration,
 }
 
@@ -142,6 +143,36 @@ pub struct PipelineConfig {
 }
 
 const TOP_KEYS: &[&str] = &["name", "source", "sink", "delivery", "errors"];
+
+/// Expands `paths` and loads every file found; the errors of paths that
+/// are missing come together with those of the files that are there.
+pub fn load_paths(
+    paths: &[PathBuf],
+    registry: &Registry,
+) -> Result<Vec<PipelineConfig>, ConfigErrors> {
+    let (files, mut errors) = match expand_paths(paths) {
+        Ok(files) => (files, Vec::new()),
+        Err(e) => (expand_existing(paths), e.0),
+    };
+    match load_all(&files, registry) {
+        Ok(pipelines) if errors.is_empty() => Ok(pipelines),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(e) => {
+            errors.extend(e.0);
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// The files of `paths` that exist (after a missing path was reported).
+fn expand_existing(paths: &[PathBuf]) -> Vec<PathBuf> {
+    paths
+        .iter()
+        .filter(|p| p.exists())
+        .filter_map(|p| expand_paths(std::slice::from_ref(p)).ok())
+        .flatten()
+        .collect()
+}
 
 /// Expands the paths given on the command line: files as they are, folders
 /// to their `*.yaml` / `*.yml` files (not recursively), sorted.
@@ -208,6 +239,7 @@ pub fn load_all(
         };
         match load_str(file, &text, registry, &lookup) {
             Ok(p) => {
+                errors.extend(shared_outputs(&p, &pipelines, &text));
                 if let Some(other) = pipelines.iter().find(|o| o.name == p.name) {
                     errors.push(ConfigError {
                         file: file.clone(),
@@ -233,6 +265,37 @@ pub fn load_all(
     }
 }
 
+/// The files `p` writes that an earlier pipeline writes too.
+fn shared_outputs(p: &PipelineConfig, earlier: &[PipelineConfig], text: &str) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let marks = Marks::index(text);
+    for w in local_files::written(p) {
+        for other in earlier {
+            if let Some(o) = local_files::written(other)
+                .into_iter()
+                .find(|o| o.path == w.path)
+            {
+                errors.push(ConfigError {
+                    file: p.file.clone(),
+                    loc: marks.value(&w.key),
+                    path: w.key.clone(),
+                    message: format!(
+                        "writes {}, which pipeline {} ({}) writes too ({}): two writers of one \
+                         file would corrupt it",
+                        w.path.display(),
+                        other.name,
+                        other.file.display(),
+                        o.key
+                    ),
+                });
+                break;
+            }
+        }
+    }
+    errors.dedup_by(|a, b| a.path == b.path);
+    errors
+}
+
 /// Loads one pipeline from its text. `lookup` reads the environment.
 pub fn load_str(
     file: &Path,
@@ -240,6 +303,23 @@ pub fn load_str(
     registry: &Registry,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<PipelineConfig, ConfigErrors> {
+    // Editors on Windows start a file with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let marks = Marks::index(text);
+    if !marks.duplicates().is_empty() {
+        return Err(ConfigErrors(
+            marks
+                .duplicates()
+                .iter()
+                .map(|(path, loc)| ConfigError {
+                    file: file.to_path_buf(),
+                    loc: *loc,
+                    path: path.clone(),
+                    message: "this key is written twice in its mapping (remove one)".into(),
+                })
+                .collect(),
+        ));
+    }
     let yaml: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -257,7 +337,7 @@ pub fn load_str(
     };
     let mut cx = Loader {
         file,
-        marks: Marks::index(text),
+        marks,
         secrets: Secrets::default(),
         errors: Vec::new(),
         env_failed: Vec::new(),
@@ -274,6 +354,10 @@ pub fn load_str(
         .retain(|e| !env_failed.contains(&e.path) || e.message.starts_with("environment variable"));
     for e in &mut errors {
         e.message = secrets.redact(&e.message);
+    }
+    // From now on no log line or message shows them either.
+    for v in secrets.values() {
+        crate::redact::register(v);
     }
     errors.sort_by_key(|e| (e.loc.line, e.loc.column));
     match pipeline {
@@ -473,7 +557,7 @@ impl Loader<'_> {
         if let Some(interval) = sink.flush_interval() {
             delivery.flush_interval = delivery.flush_interval.min(interval);
         }
-        Some(PipelineConfig {
+        let pipeline = PipelineConfig {
             name: name?,
             file: self.file.to_path_buf(),
             source_type,
@@ -482,7 +566,11 @@ impl Loader<'_> {
             sink,
             delivery,
             errors: errors?,
-        })
+        };
+        for (key, message) in local_files::own_problems(&pipeline) {
+            self.error(&key, At::Value, message);
+        }
+        Some(pipeline)
     }
 
     fn name(&mut self, v: Value) -> Option<String> {
@@ -571,14 +659,30 @@ impl Loader<'_> {
     ) -> Option<T> {
         let mut value = v.clone();
         let mut removed: Vec<Vec<PathSegment>> = Vec::new();
+        // Missing keys given a stand-in value, so the parse goes on to the
+        // next missing key (serde stops at the first), with the index of the
+        // kind of value tried: one of the right type is kept.
+        let mut stand_ins: Vec<(Vec<PathSegment>, usize)> = Vec::new();
         let mut failed = false;
-        for _ in 0..100 {
+        for _ in 0..200 {
             let err = match parse(&value) {
                 Ok(t) => return (!failed).then_some(t),
                 Err(e) => e,
             };
             failed = true;
-            if let Some(field) = backticked(&err.message, "unknown field `") {
+            if let Some(slot) = stand_ins
+                .iter_mut()
+                .find(|(p, _)| err.path.starts_with(p))
+            {
+                // The stand-in has the wrong type (or shape): try the next.
+                slot.1 += 1;
+                let Some(stand_in) = stand_in(slot.1) else {
+                    return None;
+                };
+                if !insert_at(&mut value, &slot.0, stand_in) {
+                    return None;
+                }
+            } else if let Some(field) = backticked(&err.message, "unknown field `") {
                 let mut path = err.path.clone();
                 if path.last() != Some(&PathSegment::Key(field.clone())) {
                     path.push(PathSegment::Key(field.clone()));
@@ -605,10 +709,21 @@ impl Loader<'_> {
                     let at = join(section, &path_string(&path));
                     self.error(&at, At::Key, format!("missing key `{field}`"));
                 }
-                return None;
+                if !insert_at(&mut value, &path, stand_in(0).expect("one kind at least")) {
+                    return None;
+                }
+                stand_ins.push((path, 0));
             } else {
                 let at = join(section, &path_string(&err.path));
-                self.error(&at, At::Value, err.message.clone());
+                let message = match value_at(&value, &err.path) {
+                    // serde_json's words for a number that does not fit the
+                    // key's type (numbers are kept as exact text).
+                    Some(Value::Number(n)) if err.message == "invalid number" => format!(
+                        "invalid value: number {n}, expected a whole number in the range this key takes"
+                    ),
+                    _ => err.message.clone(),
+                };
+                self.error(&at, At::Value, message);
                 if matches!(err.path.last(), None | Some(PathSegment::Index(_)))
                     || !remove_at(&mut value, &err.path)
                 {
@@ -628,6 +743,54 @@ fn is_single_reference(s: &str) -> bool {
 fn backticked(message: &str, prefix: &str) -> Option<String> {
     let rest = message.strip_prefix(prefix)?;
     Some(rest[..rest.find('`')?].to_string())
+}
+
+fn value_at<'v>(value: &'v Value, path: &[PathSegment]) -> Option<&'v Value> {
+    path.iter().try_fold(value, |v, seg| match seg {
+        PathSegment::Key(k) => v.get(k),
+        PathSegment::Index(i) => v.get(i),
+    })
+}
+
+/// The kinds of value a missing key is given in turn, to parse on.
+fn stand_in(kind: usize) -> Option<Value> {
+    Some(match kind {
+        0 => Value::Null,
+        1 => Value::String(String::new()),
+        2 => Value::from(1),
+        3 => Value::Bool(false),
+        4 => Value::Array(Vec::new()),
+        5 => Value::Object(serde_json::Map::new()),
+        _ => return None,
+    })
+}
+
+/// Sets the value at `path` (its parent must be an object).
+fn insert_at(value: &mut Value, path: &[PathSegment], new: Value) -> bool {
+    let Some((PathSegment::Key(last), parents)) = path.split_last() else {
+        return false;
+    };
+    let mut v = value;
+    for seg in parents {
+        v = match (seg, v) {
+            (PathSegment::Key(k), Value::Object(m)) => match m.get_mut(k) {
+                Some(x) => x,
+                None => return false,
+            },
+            (PathSegment::Index(i), Value::Array(a)) => match a.get_mut(*i) {
+                Some(x) => x,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match v {
+        Value::Object(m) => {
+            m.insert(last.clone(), new);
+            true
+        }
+        _ => false,
+    }
 }
 
 fn remove_at(value: &mut Value, path: &[PathSegment]) -> bool {

@@ -39,7 +39,7 @@ fn every_error_of_a_file_is_reported_with_its_location() {
             "p.yaml:5:3: source.fromat: unknown key `fromat`, expected one of `path`, `format`, `poll_interval`, `max_line_bytes`",
             "p.yaml:6:11: source.format: unknown variant `xml`, expected one of `json`, `text`, `csv`",
             "p.yaml:7:1: sink.path: missing key `path`",
-            "p.yaml:10:15: delivery.batch_size: invalid value: integer `-1`, expected usize",
+            "p.yaml:10:15: delivery.batch_size: invalid value: number -1, expected a whole number in the range this key takes",
             "p.yaml:11:3: delivery.extra: unknown key `extra`, expected `batch_size` or `flush_interval`",
         ]
     );

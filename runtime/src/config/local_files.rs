@@ -1,0 +1,130 @@
+//! Local files that pipelines read and write, checked against each other
+//! without I/O: a pipeline must not read its own output or dead letters
+//! (it would read them back forever, or cut its dead letters away as
+//! uncommitted output), and two pipelines must not write one file.
+//!
+//! Paths are compared lexically, made absolute against the working folder
+//! (no symbolic links are resolved: that would be I/O). What this cannot
+//! see — a link, a second ferry process — the file sink's lock on its
+//! output catches at run time.
+
+use std::path::{Component, Path, PathBuf};
+
+use glob::{MatchOptions, Pattern};
+
+use super::PipelineConfig;
+
+/// A file a pipeline writes, with the config key that names it.
+pub(crate) struct Written {
+    pub key: String,
+    pub path: PathBuf,
+}
+
+/// Every local file `p` writes: its sink's files, and its dead-letter file
+/// when one is configured.
+pub(crate) fn written(p: &PipelineConfig) -> Vec<Written> {
+    let mut out: Vec<Written> = p
+        .sink
+        .local_outputs()
+        .into_iter()
+        .map(|(key, path)| Written {
+            key: format!("sink.{key}"),
+            path: normalize(&path),
+        })
+        .collect();
+    if let Some(dl) = &p.errors.dead_letter {
+        out.push(Written {
+            key: "errors.dead_letter".into(),
+            path: normalize(dl),
+        });
+    }
+    out
+}
+
+/// A problem of one pipeline: `(key to point at, message)`.
+pub(crate) fn own_problems(p: &PipelineConfig) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let writes = written(p);
+    for w in &writes {
+        for (key, glob) in p.source.local_inputs() {
+            if matches(&glob, &w.path) {
+                problems.push((
+                    w.key.clone(),
+                    format!(
+                        "writes {}, which source.{key} ({glob}) reads: the pipeline would read \
+                         its own output back as input, forever",
+                        w.path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(dl) = writes.iter().find(|w| w.key == "errors.dead_letter")
+        && let Some(out) = writes
+            .iter()
+            .find(|w| w.key != dl.key && w.path == dl.path)
+    {
+        problems.push((
+            dl.key.clone(),
+            format!(
+                "is the same file as {} ({}): dead letters and output must be separate files",
+                out.key,
+                out.path.display()
+            ),
+        ));
+    }
+    // One message per key is enough (the output and its manifest both match).
+    problems.dedup_by(|a, b| a.0 == b.0);
+    problems
+}
+
+/// Whether a source glob (or plain path) covers `path`.
+fn matches(glob: &str, path: &Path) -> bool {
+    let absolute = normalize(Path::new(glob));
+    let Ok(pattern) = Pattern::new(&absolute.to_string_lossy()) else {
+        return false;
+    };
+    let options = MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    pattern.matches_with(&path.to_string_lossy(), options)
+}
+
+/// `path` made absolute against the working folder, with `.` and `..`
+/// resolved lexically.
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_cover_paths_lexically() {
+        let cwd = std::env::current_dir().unwrap();
+        assert!(matches("in/*.jsonl", &cwd.join("in/a.jsonl")));
+        assert!(matches("./in/../in/*.jsonl", &cwd.join("in/a.jsonl")));
+        assert!(matches("/d/**/*.jsonl", Path::new("/d/x/y/a.jsonl")));
+        assert!(!matches("/d/*.jsonl", Path::new("/d/x/a.jsonl")));
+        assert!(matches("/d/*", Path::new("/d/out.jsonl.ferry-manifest")));
+        assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+    }
+}
