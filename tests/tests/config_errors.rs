@@ -96,3 +96,45 @@ fn the_shipped_examples_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_byte_order_mark_at_the_start_of_a_file_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("bom.yaml"),
+        "\u{feff}name: bom\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: file\n  path: out.jsonl\n",
+    )
+    .unwrap();
+    let out = ferry_output(dir.path(), &["validate", "bom.yaml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_missing_path_does_not_hide_the_errors_of_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("bad.yaml"), "name: bad\nsource:\n  type: nope\n").unwrap();
+    let out = ferry_output(dir.path(), &["validate", "gone.yaml", "bad.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("gone.yaml:1:1: no such file or folder"), "{stderr}");
+    assert!(stderr.contains("bad.yaml:3:9: source.type: unknown source type `nope`"), "{stderr}");
+}
+
+#[test]
+fn validate_of_a_folder_without_pipelines_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ferry_output(dir.path(), &["validate", "."]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no pipeline files"));
+}
+
+#[test]
+fn command_line_durations_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["0s", "25h", "soon"] {
+        let out = ferry_output(dir.path(), &["run", "--progress-interval", bad, "."]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("--progress-interval"), "{stderr}");
+    }
+}

@@ -432,7 +432,8 @@ fn postgres_source_maps_column_types() {
     assert_eq!(
         out[0],
         serde_json::json!({
-            "id": 1, "name": "a\tb \"c\"", "amount": 12.50, "ratio": 0.25, "ok": true,
+            // numeric(…, 2) arrives as PostgreSQL wrote it: exactly 12.50.
+            "id": 1, "name": "a\tb \"c\"", "amount": serde_json::from_str::<serde_json::Value>("12.50").unwrap(), "ratio": 0.25, "ok": true,
             "at": "2024-05-01T10:00:00+00:00", "naive": "2024-05-01T10:00:00.123456+00:00",
             "day": "2024-05-01", "doc": {"k": [1, {"n": null}]}, "tags": ["x", "y"], "blob": "AP8Q"
         })
@@ -650,7 +651,8 @@ fn validate_checks_connections_when_asked() {
         .unwrap();
     };
     let file_source = "  type: file\n  path: in/*.jsonl\n".to_string();
-    let file_sink = "  type: file\n  path: out.jsonl\n".to_string();
+    // Each its own output: two pipelines writing one file are refused.
+    let file_sink = |out: &str| format!("  type: file\n  path: {out}\n");
     let pg_sink = |t: &str| format!("  type: postgres\n  url: {url}\n  table: {t}\n");
     let pg_source = |u: &str, col: &str| {
         format!("  type: postgres\n  url: {u}\n  table: {table}\n  incrementing_column: {col}\n")
@@ -664,9 +666,13 @@ fn validate_checks_connections_when_asked() {
     write(
         "down.yaml",
         pg_source("postgres://root@127.0.0.1:9/test", "id"),
-        file_sink.clone(),
+        file_sink("down.jsonl"),
     );
-    write("nocursor.yaml", pg_source(&url, "nope"), file_sink);
+    write(
+        "nocursor.yaml",
+        pg_source(&url, "nope"),
+        file_sink("nocursor.jsonl"),
+    );
 
     let plain = ferry_output(d, &["validate", "."]);
     assert!(plain.status.success(), "{plain:?}");
@@ -756,5 +762,101 @@ fn a_sink_failure_while_the_source_is_idle_restarts_the_pipeline() {
         )),
         "20|0|19"
     );
+    drop_tables(&[&table], &[&table]);
+}
+
+/// `pg.yaml` in `d`: in/*.jsonl → `table`, named after the table.
+fn file_to_postgres(d: &std::path::Path, table: &str, extra: &str) {
+    fs::write(
+        d.join("pg.yaml"),
+        format!("name: {table}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: postgres\n  url: ${{PG_URL}}\n  table: {table}\n{extra}"),
+    )
+    .unwrap();
+}
+
+/// Numbers are carried as the exact text they were read as: a numeric
+/// column gets 18446744073709551616 and 1.0e-400 as written (they were
+/// rounded through a double: 18446744073709552000 and 0).
+#[test]
+fn exact_numbers_reach_numeric_columns_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = format!("ferry_exact_{}", fastrand::u32(..));
+    psql(&format!("CREATE TABLE {table} (id int PRIMARY KEY, n numeric)"));
+    fs::create_dir_all(d.join("in")).unwrap();
+    let values = [
+        "18446744073709551616",
+        "1.0e-400",
+        "123456789.123456789012345678901234567890",
+        "-0.000000000000000000000000000001",
+        "1e400",
+    ];
+    let text: String = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{{\"id\":{i},\"n\":{v}}}\n"))
+        .collect();
+    fs::write(d.join("in/a.jsonl"), text).unwrap();
+    file_to_postgres(d, &table, "");
+    run_once(d, "pg.yaml");
+    for (i, v) in values.iter().enumerate() {
+        let same = psql(&format!("SELECT n = '{v}'::numeric FROM {table} WHERE id = {i}"));
+        assert_eq!(same, "t", "{v} arrived as {}", psql(&format!("SELECT n FROM {table} WHERE id = {i}")));
+    }
+    drop_tables(&[&table], &[&table]);
+}
+
+/// A field a record leaves out takes the column's DEFAULT, an explicit
+/// null is NULL — however the batch is split. A refused row in the middle
+/// makes the careful path split the chunk; before, the same record got NULL
+/// in one split and the DEFAULT in another.
+#[test]
+fn a_missing_field_takes_the_default_whatever_the_batch_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = format!("ferry_default_{}", fastrand::u32(..));
+    psql(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, v text DEFAULT 'dflt', w int NOT NULL DEFAULT 7)"
+    ));
+    fs::create_dir_all(d.join("in")).unwrap();
+    let mut text = String::new();
+    for id in 0..200 {
+        text.push_str(&match id % 4 {
+            0 => format!("{{\"id\":{id},\"v\":\"given\"}}\n"),
+            1 => format!("{{\"id\":{id}}}\n"),
+            2 => format!("{{\"id\":{id},\"v\":null,\"w\":1}}\n"),
+            _ if id == 103 => format!("{{\"id\":{id},\"w\":\"not a number\"}}\n"),
+            _ => format!("{{\"id\":{id},\"w\":3}}\n"),
+        });
+    }
+    fs::write(d.join("in/a.jsonl"), text).unwrap();
+    file_to_postgres(d, &table, "errors:\n  tolerance: all\n  dead_letter: dlq.jsonl\n");
+    run_once(d, "pg.yaml");
+    assert_eq!(read_jsonl(&d.join("dlq.jsonl")).len(), 1);
+    let by_kind = psql(&format!(
+        "SELECT id % 4, count(*), string_agg(DISTINCT coalesce(v, 'NULL'), ','), string_agg(DISTINCT w::text, ',') FROM {table} GROUP BY 1 ORDER BY 1"
+    ));
+    assert_eq!(by_kind, "0|50|given|7\n1|50|dflt|7\n2|50|NULL|1\n3|49|dflt|3", "{by_kind}");
+    drop_tables(&[&table], &[&table]);
+}
+
+/// An operator finds ferry's connections in pg_stat_activity by name.
+#[test]
+fn connections_are_named_after_their_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = format!("ferry_named_{}", fastrand::u32(..));
+    psql(&format!("CREATE TABLE {table} (id int)"));
+    fs::create_dir_all(d.join("in")).unwrap();
+    fs::write(d.join("in/a.jsonl"), "{\"id\":1}\n").unwrap();
+    file_to_postgres(d, &table, "");
+    let mut f = start(d, &["run", "pg.yaml"]);
+    let app = format!("ferry/{table}");
+    let seen = wait_until(Duration::from_secs(30), || {
+        psql(&format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'")) != "0"
+    });
+    f.signal(libc::SIGTERM);
+    f.wait_for_exit(Duration::from_secs(30)).expect("stops");
+    assert!(seen, "no connection named {app}: {}", f.log_text());
     drop_tables(&[&table], &[&table]);
 }

@@ -224,7 +224,7 @@ pub struct SinkPlugin {
 /// Where a sink that writes documents takes each document's id from
 /// (`id:` in a MongoDB or Elasticsearch sink).
 #[derive(Debug, Clone, serde::Deserialize, PartialEq)]
-#[serde(untagged, expecting = "`position`, `none`, or `{field: name}`")]
+#[serde(untagged, expecting = "expected `position`, `none`, or `{field: name}`")]
 pub enum IdSpec {
     /// `position` (the default: [`crate::Position::id`], so a replay
     /// writes the same ids) or `none` (the server chooses: at-least-once).

@@ -25,7 +25,7 @@ pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 /// Parses `text` as a duration of at most [`MAX`].
 pub fn parse(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text)
-        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 250ms, 30s, 5m"))?;
+        .map_err(|_| format!("`{text}` is not a duration; write e.g. 250ms, 30s, 5m, 1h 30m"))?;
     if d > MAX {
         return Err(format!("`{text}` is longer than the longest duration ferry takes (24h)"));
     }

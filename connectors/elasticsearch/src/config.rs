@@ -31,7 +31,7 @@ pub struct ByteSize(pub usize);
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(untagged, expecting = "a size: a number of bytes, or e.g. 5MB, 512KB")]
+        #[serde(untagged, expecting = "expected a size: a number of bytes, or e.g. 5MB, 512KB")]
         enum Raw {
             Number(usize),
             Text(String),

@@ -29,6 +29,8 @@ mod sink;
 mod source;
 
 pub use config::{FileSinkConfig, FileSourceConfig, Format};
+#[doc(hidden)]
+pub use source::read_whole_file;
 
 use ferry_api::{SinkPlugin, SourcePlugin, deserialize};
 

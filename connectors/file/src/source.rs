@@ -146,6 +146,37 @@ impl Source for FileSource {
     }
 }
 
+/// Reads one file to its end as a `--once` run would, without tokio: every
+/// item, in order. For the fuzz targets (`fuzz/`), which check that no
+/// content makes the source panic, hang or lose its place.
+#[doc(hidden)]
+pub fn read_whole_file(
+    path: &std::path::Path,
+    format: Format,
+    max_line_bytes: usize,
+) -> Result<Vec<SourceItem>, ConnectorError> {
+    let pattern = path.to_string_lossy().replace(['*', '?', '[', ']', '{', '}'], "?");
+    let mut tail = Tail {
+        glob: Glob::new(&pattern)
+            .map_err(|e| ConnectorError::Fatal(format!("invalid glob {pattern:?}: {e}")))?,
+        format,
+        max_line_bytes,
+        once: true,
+        committed: Positions::new(),
+        files: Vec::new(),
+        next_scan: Instant::now(),
+        next_file: 0,
+    };
+    let mut all = Vec::new();
+    loop {
+        let items = tail.read_batch(1000, false)?;
+        if items.is_empty() {
+            return Ok(all);
+        }
+        all.extend(items);
+    }
+}
+
 /// The blocking state of the source: every followed file.
 struct Tail {
     glob: Glob,

@@ -200,7 +200,7 @@ impl SourceConfig for KafkaSourceConfig {
 
 /// The topic a record goes to.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged, expecting = "a topic name, or `{field: name}`")]
+#[serde(untagged, expecting = "expected a topic name, or `{field: name}`")]
 pub enum TopicSpec {
     /// Always this topic.
     Static(String),

@@ -65,7 +65,7 @@ pub enum Columns {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged, expecting = "`auto`, or a mapping of record field to column")]
+#[serde(untagged, expecting = "expected `auto`, or a mapping of record field to column")]
 enum ColumnsRepr {
     Word(String),
     Map(std::collections::BTreeMap<String, String>),

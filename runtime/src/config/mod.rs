@@ -327,11 +327,12 @@ pub fn load_str(
                 line: l.line(),
                 column: l.column(),
             });
+            let (path, message) = yaml_error(&e.to_string());
             return Err(ConfigErrors(vec![ConfigError {
                 file: file.to_path_buf(),
                 loc,
-                path: String::new(),
-                message: format!("not valid YAML: {e}"),
+                path,
+                message,
             }]));
         }
     };
@@ -364,6 +365,24 @@ pub fn load_str(
         Some(p) if errors.is_empty() => Ok(p),
         _ => Err(ConfigErrors(errors)),
     }
+}
+
+/// serde_yaml's error in ferry's words: a whole number past 64 bits is
+/// valid YAML (serde_yaml reads it as a 128-bit integer, which its values
+/// cannot hold), so it is said to be out of range, at its key.
+fn yaml_error(text: &str) -> (String, String) {
+    let head = text.split(" at line ").next().unwrap_or(text);
+    if let Some((path, rest)) = head.split_once(": invalid type: integer `")
+        && let Some((number, _)) = rest.split_once("` as ")
+    {
+        return (
+            path.to_string(),
+            format!(
+                "the number {number} is out of range (whole numbers go up to 18446744073709551615)"
+            ),
+        );
+    }
+    (String::new(), format!("not valid YAML: {text}"))
 }
 
 struct Loader<'a> {
