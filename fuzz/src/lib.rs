@@ -62,6 +62,69 @@ pub fn file_source(format: Format, data: &[u8]) {
             assert!(r.value.is_object(), "a JSON-lines record is an object");
         }
     }
+    if format == Format::Csv {
+        same_rows_as_the_csv_crate(data, &items);
+    }
+}
+
+/// Where the whole input is plain CSV the csv crate reads in one go (every
+/// row short, every quote closed, newline endings), ferry's items are
+/// exactly its rows: each a record (as many fields as the header) or a bad
+/// record (any other count) — none missing, none merged. This is what
+/// caught rows lost behind a quote inside an unquoted field.
+fn same_rows_as_the_csv_crate(data: &[u8], items: &[SourceItem]) {
+    if !data.ends_with(b"\n") || data.contains(&b'\r') || data.starts_with(b"\xEF\xBB\xBF") {
+        return;
+    }
+    if data.split(|&b| b == b'\n').any(|line| line.len() > 64) {
+        return;
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(data);
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut starts: Vec<usize> = Vec::new();
+    for row in reader.records() {
+        match row {
+            Ok(r) => {
+                starts.push(r.position().map_or(0, |p| p.byte() as usize));
+                rows.push(r.iter().map(str::to_string).collect());
+            }
+            Err(_) => return, // not plain: covered by the checks above
+        }
+    }
+    starts.push(data.len());
+    // A row spanning lines must fit the line limit as a whole too; and a
+    // quote left open at the end (the last row runs to the end of the
+    // input) is the cut rule's business, not plain CSV.
+    if starts.windows(2).any(|w| w[1] - w[0] > 65) {
+        return;
+    }
+    if ends_inside_quotes(data) {
+        return;
+    }
+    let Some((header, rows)) = rows.split_first() else {
+        return;
+    };
+    let unique = header.iter().collect::<std::collections::HashSet<_>>().len() == header.len();
+    let got: Vec<Option<Vec<String>>> = items
+        .iter()
+        .map(|i| match i {
+            SourceItem::Record(r) => Some(
+                header
+                    .iter()
+                    .map(|k| r.value[k.as_str()].as_str().unwrap_or("?").to_string())
+                    .collect(),
+            ),
+            SourceItem::Invalid(_) => None,
+        })
+        .collect();
+    let want: Vec<Option<Vec<String>>> = std::iter::once(None)
+        .filter(|_| !unique)
+        .chain(rows.iter().map(|r| (unique && r.len() == header.len()).then(|| r.clone())))
+        .collect();
+    assert_eq!(got, want, "ferry's rows differ from the csv crate's");
 }
 
 /// Any bytes as a message's JSON text.
@@ -89,6 +152,21 @@ pub fn payload(data: &[u8]) {
             "the check refused {text:?}, which parses"
         ),
     }
+}
+
+/// Whether the csv crate ends `data` inside a quoted field: a row added
+/// after it is then swallowed by that field instead of read as a row.
+fn ends_inside_quotes(data: &[u8]) -> bool {
+    let mut probe = data.to_vec();
+    probe.extend_from_slice(b"sentinel-row\n");
+    let last = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(&probe[..])
+        .records()
+        .filter_map(Result::ok)
+        .last();
+    !last.is_some_and(|r| r.len() == 1 && &r[0] == "sentinel-row")
 }
 
 /// Where inputs are written: memory when the machine has it.

@@ -203,11 +203,15 @@ async fn run_attempt(
     env: &PipelineEnv,
     backoff: &mut Backoff,
 ) -> Result<(), PipelineError> {
+    let dead_letter_path = p.dead_letter_path(&env.data_dir);
+    let mut writes: Vec<PathBuf> = p.sink.local_outputs().into_iter().map(|(_, f)| f).collect();
+    writes.push(dead_letter_path.clone());
     let ctx = BuildContext {
         pipeline: p.name.clone(),
         data_dir: env.data_dir.clone(),
         once: env.once,
         stopping: ferry_api::Stopping::new(env.stop.clone()),
+        writes,
     };
     let stats = &env.stats;
     let mut sink = p
@@ -264,11 +268,6 @@ async fn run_attempt(
         p.delivery.batch_size.min(CHUNK),
         env.once,
     ));
-    let dead_letter_path = p
-        .errors
-        .dead_letter
-        .clone()
-        .unwrap_or_else(|| env.data_dir.join("dlq").join(format!("{}.jsonl", p.name)));
     let mut writer = Writer {
         p,
         sink: &mut *sink,

@@ -64,6 +64,8 @@ pub enum RunError {
     },
     #[error("another ferry is already running with the data folder {0} (it holds {0}/ferry.lock)")]
     Locked(PathBuf),
+    #[error("{0}")]
+    SharedFiles(String),
 }
 
 pub struct RunOptions {
@@ -95,6 +97,10 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Vec<PipelineOutcome>, RunError> {
+    let conflicts = config::run_conflicts(&pipelines, &options.data_dir);
+    if !conflicts.is_empty() {
+        return Err(RunError::SharedFiles(conflicts.join("\n")));
+    }
     let _lock = lock_data_dir(&options.data_dir)?;
     let store = OffsetStore::new(&options.data_dir);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -276,6 +282,7 @@ pub async fn check_connections(pipelines: &[PipelineConfig]) -> Vec<String> {
             data_dir: PathBuf::from("data"),
             once: false,
             stopping: ferry_api::Stopping::never(),
+            writes: Vec::new(),
         };
         let where_ = format!("{}: pipeline {}", p.file.display(), p.name);
         let (source, sink) = tokio::join!(

@@ -146,11 +146,12 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
             let outcomes = outcomes?;
             let failed: Vec<_> = outcomes.iter().filter(|o| o.error.is_some()).collect();
             for o in &failed {
-                eprintln!(
+                let line = format!(
                     "error: pipeline {} failed: {}",
                     o.name,
-                    redact(o.error.as_deref().unwrap_or_default())
+                    o.error.as_deref().unwrap_or_default()
                 );
+                eprintln!("{}", redact(&line));
             }
             Ok(if failed.is_empty() {
                 ExitCode::SUCCESS
@@ -171,7 +172,7 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
             for p in &pipelines {
-                println!("ok   {}: {}", p.file.display(), p.name);
+                println!("{}", redact(&format!("ok   {}: {}", p.file.display(), p.name)));
                 let route = format!("{} → {}", p.source.describe(), p.sink.describe());
                 println!("     {}", redact(&route));
                 println!("     {}", delivery_guarantee(p));

@@ -294,12 +294,29 @@ fn secrets_from_the_environment_are_never_printed() {
         "path.yaml",
         "name: path\nsource:\n  type: file\n  path: in/${PW}/*.jsonl\nsink:\n  type: file\n  path: out/${PW}.jsonl\n",
     );
+    pipeline(
+        d,
+        "kafka.yaml",
+        "name: kafka\nsource:\n  type: kafka\n  brokers: 127.0.0.1:1\n  topics: [t]\n  group_id: g\n  options:\n    security.protocol: sasl_plaintext\n    sasl.mechanism: PLAIN\n    sasl.username: u\n    sasl.password: ${PW}\nsink:\n  type: file\n  path: out/k.jsonl\n",
+    );
+    pipeline(
+        d,
+        "es.yaml",
+        "name: es\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: elasticsearch\n  urls: [http://elastic:${PW}@127.0.0.1:1]\n  index: i-${PW}\n",
+    );
     let env = [("PW", PW)];
     let mut printed = String::new();
     for args in [
-        vec!["validate", "pg.yaml", "path.yaml"],
+        vec!["validate", "pg.yaml", "path.yaml", "kafka.yaml", "es.yaml"],
         vec!["validate", "mongo.yaml"],
-        vec!["validate", "--check-connections", "pg.yaml", "path.yaml"],
+        vec![
+            "validate",
+            "--check-connections",
+            "pg.yaml",
+            "path.yaml",
+            "kafka.yaml",
+            "es.yaml",
+        ],
     ] {
         let out = std::process::Command::new(ferry_bin())
             .args(&args)
@@ -312,7 +329,7 @@ fn secrets_from_the_environment_are_never_printed() {
     }
     // Running: the server is unreachable (retried until stopped), the URI
     // is malformed, the path holds the value.
-    for file in ["pg.yaml", "mongo.yaml", "path.yaml"] {
+    for file in ["pg.yaml", "mongo.yaml", "path.yaml", "kafka.yaml", "es.yaml"] {
         let mut f = Ferry::start_with_env(d, &["run", "--once", file], &env);
         if f.wait_for_exit(Duration::from_secs(3)).is_none() {
             f.signal(SIGTERM);
@@ -322,4 +339,87 @@ fn secrets_from_the_environment_are_never_printed() {
     }
     assert!(!printed.contains(PW), "{printed}");
     assert!(printed.contains("***"), "{printed}");
+}
+
+/// What the check at load time cannot see — a symbolic link to the output,
+/// the default dead-letter file under a broad glob, a working folder whose
+/// name holds glob characters — is caught before anything is read.
+#[test]
+fn a_pipeline_reading_its_output_through_a_link_or_its_default_dead_letters_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("out")).unwrap();
+    fs::write(d.join("out/seed.jsonl"), "{\"a\":1}\n").unwrap();
+    std::os::unix::fs::symlink("out", d.join("link")).unwrap();
+    pipeline(
+        d,
+        "link.yaml",
+        "name: link\nsource:\n  type: file\n  path: link/*.jsonl\nsink:\n  type: file\n  path: out/o.jsonl\n",
+    );
+    let (status, log) = run_to_end(d, &["run", "--once", "link.yaml"], Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("written by this pipeline: it would read its own output back"), "{log}");
+    assert!(count_lines(&d.join("out/o.jsonl")) <= 1, "it read its own output");
+
+    pipeline(
+        d,
+        "deep.yaml",
+        "name: deep\nsource:\n  type: file\n  path: \"**/*.jsonl\"\nsink:\n  type: file\n  path: x/o.txt\n  format: text\nerrors:\n  tolerance: all\n",
+    );
+    let (status, log) = run_to_end(d, &["run", "--once", "deep.yaml"], Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("its default dead-letter file"), "{log}");
+
+    // A working folder named like a glob: its name is matched literally.
+    let odd = d.join("br[1]");
+    fs::create_dir_all(odd.join("out")).unwrap();
+    pipeline(
+        &odd,
+        "loop.yaml",
+        "name: loop\nsource:\n  type: file\n  path: out/*.jsonl\nsink:\n  type: file\n  path: out/o.jsonl\n",
+    );
+    let (code, text) = validate(&odd, &["loop.yaml"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("which source.path (out/*.jsonl) reads"), "{text}");
+}
+
+#[test]
+fn a_pipeline_name_or_a_literal_url_password_is_not_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pipeline(
+        d,
+        "a.yaml",
+        "name: ${S_NAME}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: postgres\n  url: postgres://root:lit/pw2@127.0.0.1:1/test?password=literalpw1\n  table: t\n",
+    );
+    let out = std::process::Command::new(ferry_bin())
+        .args(["validate", "a.yaml"])
+        .current_dir(d)
+        .env("S_NAME", "topsecretname")
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{printed}");
+    for secret in ["topsecretname", "lit/pw2", "literalpw1"] {
+        assert!(!printed.contains(secret), "{secret}: {printed}");
+    }
+}
+
+#[test]
+fn an_option_librdkafka_does_not_know_is_refused_at_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pipeline(
+        d,
+        "k.yaml",
+        "name: k\nsource:\n  type: kafka\n  brokers: 127.0.0.1:9092\n  topics: [t]\n  group_id: g\n  options:\n    no.such.option: x\n    fetch.wait.max.ms: often\nsink:\n  type: file\n  path: out.jsonl\n",
+    );
+    let (code, text) = validate(d, &["k.yaml"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("k.yaml:8:21: source.options.no.such.option: librdkafka refuses it: No such configuration property"), "{text}");
+    assert!(text.contains("source.options.fetch.wait.max.ms: librdkafka refuses it"), "{text}");
 }

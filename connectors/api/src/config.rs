@@ -74,6 +74,10 @@ pub struct BuildContext {
     /// Set when ferry is stopping: a wait of the connector's own (a retry's
     /// backoff) should end then, so that shutdown is never held up by it.
     pub stopping: Stopping,
+    /// The local files this pipeline writes (its sink's outputs, its
+    /// dead-letter file): a source reading local files must not read these
+    /// (a link or another name can hide them from the check at load time).
+    pub writes: Vec<PathBuf>,
 }
 
 /// Whether ferry is stopping, for connectors that wait by themselves.
@@ -246,22 +250,43 @@ impl Default for IdSpec {
     }
 }
 
-/// A connection URL without its password, for messages and logs:
-/// `scheme://user:secret@host/…` → `scheme://user:***@host/…`. Only the
-/// authority is looked at, so an `@` in a path or query stays.
+/// A connection URL without its passwords, for messages and logs:
+/// `scheme://user:secret@host/…?password=secret` →
+/// `scheme://user:***@host/…?password=***`. The user part ends at the last
+/// `@` before the query (a password may hold a `/`, unencoded).
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_string();
     };
-    let rest = &url[scheme_end..];
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_end].rfind('@') {
+    let (head, query) = match url.find(['?', '#']) {
+        Some(q) if q >= scheme_end => url.split_at(q),
+        _ => (url, ""),
+    };
+    let rest = &head[scheme_end..];
+    let mut out = match rest.rfind('@') {
         Some(at) => match rest[..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end], &rest[at..]),
-            None => url.to_string(),
+            Some((user, _)) => format!("{}{user}:***{}", &head[..scheme_end], &rest[at..]),
+            None => head.to_string(),
         },
-        None => url.to_string(),
+        None => head.to_string(),
+    };
+    // Query parameters that carry secrets (libpq's `password`, `sslpassword`).
+    for part in query.split_inclusive(['&', '#']) {
+        let (param, sep) = match part.strip_suffix(['&', '#']) {
+            Some(p) => (p, &part[p.len()..]),
+            None => (part, ""),
+        };
+        let name = param.trim_start_matches('?').split('=').next().unwrap_or("");
+        if param.contains('=') && name.to_ascii_lowercase().ends_with("password") {
+            let keep = &param[..param.find('=').expect("checked") + 1];
+            out.push_str(keep);
+            out.push_str("***");
+            out.push_str(sep);
+        } else {
+            out.push_str(part);
+        }
     }
+    out
 }
 
 #[cfg(test)]
@@ -285,6 +310,18 @@ mod tests {
         assert_eq!(
             redact_url("http://127.0.0.1:19200"),
             "http://127.0.0.1:19200"
+        );
+        assert_eq!(
+            redact_url("postgres://root:lit/pw2@127.0.0.1:5432/test"),
+            "postgres://root:***@127.0.0.1:5432/test"
+        );
+        assert_eq!(
+            redact_url("postgres://root@h/test?sslmode=off&password=literalpw1&x=1"),
+            "postgres://root@h/test?sslmode=off&password=***&x=1"
+        );
+        assert_eq!(
+            redact_url("postgres://root@h/test?password=a"),
+            "postgres://root@h/test?password=***"
         );
     }
 }

@@ -134,17 +134,64 @@ pub(crate) fn parse_csv_row(line: &[u8]) -> Result<Vec<String>, String> {
         .from_reader(line);
     let mut row = csv::StringRecord::new();
     match reader.read_record(&mut row) {
-        Ok(_) => Ok(row.iter().map(str::to_string).collect()),
-        Err(e) => Err(format!("invalid CSV: {e}")),
+        Ok(_) => {}
+        Err(e) => return Err(format!("invalid CSV: {e}")),
     }
+    // One line is one row: the csv crate also ends a row at a lone carriage
+    // return, and what followed it would be dropped unseen.
+    let mut more = csv::StringRecord::new();
+    if reader.read_record(&mut more).unwrap_or(true) {
+        return Err("more than one CSV row on this line (a carriage return inside a field must be quoted)".into());
+    }
+    Ok(row.iter().map(str::to_string).collect())
 }
 
-/// The number of double quotes in `bytes`: a CSV row read so far ends
-/// inside a quoted field when its count is odd (a newline in a quoted field
-/// belongs to the field, so the row goes on to the next line). Counted on
-/// each new piece of a row, never on the whole row again.
-pub(crate) fn quotes(bytes: &[u8]) -> usize {
-    bytes.iter().filter(|&&b| b == b'"').count()
+/// Where a CSV row read so far stands, by the csv crate's own rules: a
+/// quote opens a quoted field only at the start of a field (in `5'10"` it
+/// is a plain character); inside one, `""` is a quote and a lone `"` closes
+/// it. A newline inside a quoted field belongs to the field, so the row goes
+/// on to the next line. Fed piece by piece as the row grows, never the
+/// whole row again.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CsvRow {
+    in_quotes: bool,
+    /// Inside a quoted field, a `"` was just read: a second one is a quote,
+    /// anything else closes the field.
+    quote_pending: bool,
+    mid_field: bool,
+}
+
+impl CsvRow {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.in_quotes {
+                if self.quote_pending {
+                    self.quote_pending = false;
+                    if b == b'"' {
+                        continue;
+                    }
+                    self.in_quotes = false;
+                    self.plain(b);
+                } else if b == b'"' {
+                    self.quote_pending = true;
+                }
+            } else if b == b'"' && !self.mid_field {
+                self.in_quotes = true;
+                self.mid_field = true;
+            } else {
+                self.plain(b);
+            }
+        }
+    }
+
+    fn plain(&mut self, b: u8) {
+        self.mid_field = !matches!(b, b',' | b'\n' | b'\r');
+    }
+
+    /// The row ends inside a quoted field (its newline is part of a value).
+    pub(crate) fn open(&self) -> bool {
+        self.in_quotes && !self.quote_pending
+    }
 }
 
 /// Appends one record to `out` in `format`, ending with a newline.
@@ -227,8 +274,21 @@ mod tests {
             parse_line(Format::Csv, b"1,2,3", &mut h),
             Parsed::Invalid(_)
         ));
-        assert_eq!(quotes(b"1,\"a\n") % 2, 1);
-        assert_eq!(quotes(b"1,\"a\"\"b\"\n") % 2, 0);
+        let open = |text: &[u8]| {
+            let mut r = CsvRow::default();
+            r.feed(text);
+            r.open()
+        };
+        assert!(open(b"1,\"a\n"));
+        assert!(!open(b"1,\"a\"\"b\"\n"));
+        // A quote inside an unquoted field is a plain character.
+        assert!(!open(b"1,5'10\"\n"));
+        assert!(open(b"1,\"x\"\"\n"));
+        assert!(!open(b"\"a\"b,\"c\n\"\n"));
+        assert!(matches!(
+            parse_line(Format::Csv, b"1,a\r2,b", &mut CsvHeader::Good(vec!["x".into(), "y".into()])),
+            Parsed::Invalid(e) if e.contains("more than one CSV row")
+        ));
     }
 
     #[test]

@@ -124,7 +124,8 @@ impl Sink for FileSink {
         lock_output(&file, &self.config.path)?;
         let mut len = file.metadata().map_err(|e| self.path_err("stat", e))?.len();
         if !self.config.transactional {
-            len = cut_torn_tail(&file, len).map_err(|e| self.path_err("repairing", e))?;
+            len = cut_torn_tail(&file, len, self.config.format, &self.config.path)
+                .map_err(|e| self.path_err("repairing", e))?;
         }
         let mut positions = None;
         // Bytes of the output that are durable and covered by the manifest.
@@ -275,8 +276,31 @@ fn lock_output(file: &File, path: &Path) -> Result<(), ConnectorError> {
 /// Without a manifest nothing says how much of the output is whole, but
 /// every record ends with a newline: bytes after the last one are part of a
 /// write that was cut short (a full disk, a crash). They are cut away, so
-/// the replay (at-least-once) appends whole lines. Returns the new length.
-fn cut_torn_tail(file: &File, len: u64) -> io::Result<u64> {
+/// the replay (at-least-once) appends whole lines. A CSV row may hold
+/// newlines inside quotes, so there the file is read from its start to find
+/// where the last whole row ends. Returns the new length.
+fn cut_torn_tail(file: &File, len: u64, format: Format, path: &Path) -> io::Result<u64> {
+    let end = match format {
+        Format::Csv => last_csv_row_end(file, len)?,
+        Format::Json | Format::Text => last_line_end(file, len)?,
+    };
+    if end < len {
+        tracing::warn!(
+            path = %path.display(),
+            bytes = len - end,
+            "the output ends with {} bytes of a record cut short (by a full disk or a crash \
+             during a write, or by hand); cutting them away: a record whose write was cut \
+             short is written again",
+            len - end
+        );
+        file.set_len(end)?;
+        file.sync_all()?;
+    }
+    Ok(end)
+}
+
+/// The offset just past the last newline (0 if none).
+fn last_line_end(file: &File, len: u64) -> io::Result<u64> {
     const BLOCK: u64 = 64 * 1024;
     let mut end = len;
     let mut buf = vec![0u8; BLOCK as usize];
@@ -285,20 +309,29 @@ fn cut_torn_tail(file: &File, len: u64) -> io::Result<u64> {
         let chunk = &mut buf[..(end - start) as usize];
         file.read_exact_at(chunk, start)?;
         if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
-            end = start + i as u64 + 1;
-            break;
+            return Ok(start + i as u64 + 1);
         }
         end = start;
     }
-    if end < len {
-        tracing::warn!(
-            bytes = len - end,
-            "the output ends with {} bytes of a line cut short by an earlier write \
-             (a full disk or a crash); cutting them away (the records are written again)",
-            len - end
-        );
-        file.set_len(end)?;
-        file.sync_all()?;
+    Ok(0)
+}
+
+/// The offset just past the last newline that ends a CSV row (one not
+/// inside a quoted field), read from the start of the file.
+fn last_csv_row_end(file: &File, len: u64) -> io::Result<u64> {
+    let mut row = crate::format::CsvRow::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut at, mut end) = (0u64, 0u64);
+    while at < len {
+        let n = buf.len().min((len - at) as usize);
+        file.read_exact_at(&mut buf[..n], at)?;
+        for (i, &b) in buf[..n].iter().enumerate() {
+            row.feed(&[b]);
+            if b == b'\n' && !row.open() {
+                end = at + i as u64 + 1;
+            }
+        }
+        at += n as u64;
     }
     Ok(end)
 }
@@ -410,6 +443,29 @@ mod tests {
         s.write(&[record(2)]).await.unwrap();
         s.commit(&positions_to(2)).await.unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\"n\":1}\n{\"n\":2}\n");
+    }
+
+    #[tokio::test]
+    async fn a_csv_row_cut_inside_its_quotes_is_cut_away_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        // A row whose quoted value holds newlines, cut after one of them.
+        fs::write(&path, "id,v\n1,\"line1\nline2\n").unwrap();
+        let mut s = FileSink::new(
+            FileSinkConfig {
+                path: path.clone(),
+                format: Format::Csv,
+                transactional: false,
+                columns: Some(vec!["id".into(), "v".into()]),
+            },
+            "t".into(),
+        );
+        s.open().await.unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "id,v\n");
+        s.write(&[Record::new(json!({"id": 3, "v": "c"}), record(3).position)])
+            .await
+            .unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "id,v\n3,c\n");
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::paths::{Glob, watch_root};
-use crate::format::{BOM, CsvHeader, Parsed, parse_line, quotes};
+use crate::format::{BOM, CsvHeader, CsvRow, Parsed, parse_line};
 use crate::{FileSourceConfig, Format};
 
 /// How many leading bytes of a file identify it beside its inode (a new file
@@ -38,6 +38,8 @@ pub(crate) struct FileSource {
     config: FileSourceConfig,
     /// `ferry run --once`: the end of a file is the end of its input.
     once: bool,
+    /// The pipeline's own outputs: never read, whatever name leads to them.
+    writes: Vec<PathBuf>,
     tail: Option<Tail>,
     wake: Arc<Wake>,
     // Kept alive for its events; dropping it stops the watch.
@@ -52,10 +54,11 @@ struct Wake {
 }
 
 impl FileSource {
-    pub(crate) fn new(config: FileSourceConfig, once: bool) -> Self {
+    pub(crate) fn new(config: FileSourceConfig, once: bool, writes: Vec<PathBuf>) -> Self {
         FileSource {
             config,
             once,
+            writes,
             tail: None,
             wake: Arc::new(Wake {
                 notify: Notify::new(),
@@ -125,6 +128,7 @@ impl Source for FileSource {
             format: self.config.format,
             max_line_bytes: self.config.max_line_bytes,
             once: self.once,
+            writes: self.writes.clone(),
             committed: committed.clone(),
             files: Vec::new(),
             next_scan: Instant::now(),
@@ -162,6 +166,7 @@ pub fn read_whole_file(
         format,
         max_line_bytes,
         once: true,
+        writes: Vec::new(),
         committed: Positions::new(),
         files: Vec::new(),
         next_scan: Instant::now(),
@@ -183,6 +188,7 @@ struct Tail {
     format: Format,
     max_line_bytes: usize,
     once: bool,
+    writes: Vec<PathBuf>,
     /// What was committed when the pipeline started: where known files resume.
     committed: Positions,
     files: Vec<Tailed>,
@@ -221,6 +227,13 @@ impl Tail {
     /// Matches the glob and starts following new files; marks vanished ones.
     fn scan(&mut self) -> Result<(), ConnectorError> {
         let mut seen = HashSet::new();
+        // The pipeline's own outputs by device and inode: a symbolic link,
+        // a hard link or another spelling of the path leads to the same.
+        let own: Vec<((u64, u64), &PathBuf)> = self
+            .writes
+            .iter()
+            .filter_map(|w| fs::metadata(w).ok().map(|m| ((m.dev(), m.ino()), w)))
+            .collect();
         for path in self.glob.matches() {
             let meta = match fs::metadata(&path) {
                 Ok(m) if m.is_file() => m,
@@ -230,6 +243,15 @@ impl Tail {
                 Err(e) => return Err(ConnectorError::io(format!("stat {}", path.display()), e)),
             };
             let id = (meta.dev(), meta.ino());
+            if let Some((_, written)) = own.iter().find(|(o, _)| *o == id) {
+                return Err(ConnectorError::Fatal(format!(
+                    "the source's path matches {}, which is {} written by this pipeline: it \
+                     would read its own output back forever; change the source's path or the \
+                     output's",
+                    path.display(),
+                    written.display()
+                )));
+            }
             seen.insert(id);
             if let Some(f) = self.files.iter_mut().find(|f| f.id == id) {
                 f.gone_since = None;
@@ -272,9 +294,9 @@ struct Tailed {
     fingerprint: Option<(u64, usize)>,
     partition: Option<Arc<Partition>>,
     csv_header: CsvHeader,
-    /// CSV: `pending` holds an odd number of quotes (it ends inside a
-    /// quoted field), counted piece by piece as it grows.
-    quotes_odd: bool,
+    /// CSV: where the row in `pending` stands (inside a quoted field or
+    /// not), fed piece by piece as it grows.
+    csv_row: CsvRow,
     /// CSV: the length of the first line of `pending` once a row has gone on
     /// past it inside a quoted field. Should the field never close, only
     /// this line is lost: it becomes a bad record, and reading resumes
@@ -308,7 +330,7 @@ impl Tailed {
             fingerprint: None,
             partition: None,
             csv_header: CsvHeader::Unread,
-            quotes_odd: false,
+            csv_row: CsvRow::default(),
             first_newline: None,
             warned_unterminated: None,
             at_eof: false,
@@ -423,7 +445,7 @@ impl Tailed {
             let has_newline = self.pending.last() == Some(&b'\n');
             let content_len = self.pending.len() - usize::from(has_newline);
             if format == Format::Csv && self.dropped == 0 {
-                self.quotes_odd ^= quotes(&self.pending[before..]) % 2 == 1;
+                self.csv_row.feed(&self.pending[before..]);
                 if self.first_newline.is_some() && content_len > max_line {
                     let why = format!("does not close within max_line_bytes ({max_line})");
                     self.cut_open_row(out, format, &why)?;
@@ -443,7 +465,7 @@ impl Tailed {
             if !has_newline {
                 continue;
             }
-            if format == Format::Csv && self.quotes_odd {
+            if format == Format::Csv && self.csv_row.open() {
                 self.first_newline.get_or_insert(self.pending.len());
             } else {
                 self.emit_line(out, format, max_line);
@@ -523,7 +545,7 @@ impl Tailed {
             position,
         }));
         self.pending.clear();
-        self.quotes_odd = false;
+        self.csv_row = CsvRow::default();
         self.reader
             .seek(SeekFrom::Start(self.pos))
             .map_err(|e| ConnectorError::io(format!("seeking {}", self.path.display()), e))?;
@@ -535,9 +557,15 @@ impl Tailed {
         let at_start = self.pos == 0;
         let position = self.advance(line_len);
         if self.dropped > 0 {
+            let error = format!("line of {line_len} bytes is longer than max_line_bytes ({max_line}); only its start is kept here");
+            if format == Format::Csv && matches!(self.csv_header, CsvHeader::Unread) {
+                // Without its header no row of the file can be read: the
+                // next row must not take its place.
+                self.csv_header = CsvHeader::Bad(format!("header row: {error}"));
+            }
             out.push(SourceItem::Invalid(Invalid {
                 raw: String::from_utf8_lossy(&self.pending).into_owned(),
-                error: format!("line of {line_len} bytes is longer than max_line_bytes ({max_line}); only its start is kept here"),
+                error,
                 position,
             }));
         } else {
@@ -560,7 +588,7 @@ impl Tailed {
         }
         self.pending.clear();
         self.dropped = 0;
-        self.quotes_odd = false;
+        self.csv_row = CsvRow::default();
         self.first_newline = None;
         self.warned_unterminated = None;
     }
@@ -585,7 +613,7 @@ impl Tailed {
             self.dropped = 0;
             self.fingerprint = None;
             self.csv_header = CsvHeader::Unread;
-            self.quotes_odd = false;
+            self.csv_row = CsvRow::default();
             self.first_newline = None;
             self.refresh_partition();
         }
@@ -602,17 +630,21 @@ fn read_csv_header(file: &File, max_line: usize) -> io::Result<CsvHeader> {
     let mut reader = BufReader::new(file.try_clone()?);
     reader.seek(SeekFrom::Start(0))?;
     let mut row = Vec::new();
-    let mut odd = false;
+    let mut state = CsvRow::default();
     loop {
         let before = row.len();
         let n = (&mut reader)
             .take((max_line + 1) as u64)
             .read_until(b'\n', &mut row)?;
-        odd ^= quotes(&row[before..]) % 2 == 1;
-        if !odd {
+        state.feed(&row[before..]);
+        if row.len() > max_line + 1 || (row.len() > max_line && row.last() != Some(&b'\n')) {
+            // The first run refused this header as longer than max_line_bytes.
+            return Ok(CsvHeader::Bad("header row longer than max_line_bytes".into()));
+        }
+        if !state.open() {
             break;
         }
-        if n == 0 || row.len() > max_line {
+        if n == 0 {
             // The first run cut this header row as a field that never closed.
             return Ok(CsvHeader::Bad(
                 "header row: a quoted CSV field opened on it does not close".into(),
@@ -654,6 +686,7 @@ mod tests {
                 max_line_bytes: 64,
             },
             false,
+            Vec::new(),
         )
     }
 
@@ -845,5 +878,53 @@ mod tests {
             values(&again.poll(100).await.unwrap()),
             [r#"{"id":"2","v":"b"}"#]
         );
+    }
+
+    #[tokio::test]
+    async fn a_quote_inside_an_unquoted_csv_field_is_a_plain_character() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.csv");
+        fs::write(&path, "id,h\n1,5'10\"\n2,a\n3,b\n4,6'1\"\n5,c\n").unwrap();
+        let mut src = source_once(path.to_str().unwrap(), Format::Csv, true);
+        src.open(&Positions::new()).await.unwrap();
+        let got = src.poll(100).await.unwrap();
+        // Compared as values: key order depends on serde_json's features.
+        let got: Vec<Value> = got
+            .iter()
+            .map(|i| match i {
+                SourceItem::Record(r) => (*r.value).clone(),
+                SourceItem::Invalid(x) => panic!("a bad record: {x:?}"),
+            })
+            .collect();
+        let h = ["5'10\"", "a", "b", "6'1\"", "c"];
+        let want: Vec<Value> = h
+            .iter()
+            .enumerate()
+            .map(|(i, h)| json!({"id": (i + 1).to_string(), "h": h}))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn a_csv_header_longer_than_max_line_bytes_is_not_replaced_by_the_first_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.csv");
+        let header = format!("{},v\n", "x".repeat(80));
+        fs::write(&path, format!("{header}1,a\n2,b\n")).unwrap();
+        let mut src = source_once(path.to_str().unwrap(), Format::Csv, true);
+        src.open(&Positions::new()).await.unwrap();
+        let got = src.poll(100).await.unwrap();
+        assert_eq!(got.len(), 3);
+        for item in &got {
+            assert!(matches!(item, SourceItem::Invalid(_)), "{item:?}");
+        }
+        // Resumed after row 1: the header is refused the same way.
+        let mut committed = Positions::new();
+        committed.advance(got[1].position());
+        let mut again = source_once(path.to_str().unwrap(), Format::Csv, true);
+        again.open(&committed).await.unwrap();
+        let rest = again.poll(100).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert!(matches!(&rest[0], SourceItem::Invalid(i) if i.error.contains("header")), "{rest:?}");
     }
 }

@@ -62,12 +62,32 @@ fn check_options(options: &BTreeMap<String, Value>, problems: &mut Vec<ConfigPro
                 path: path(),
                 message: format!("set by ferry: {why}"),
             });
-        } else if option_text(v).is_none() {
+        } else if let Some(text) = option_text(v) {
+            // librdkafka checks a setting as it is set, without a client:
+            // no I/O, no threads. An unknown name or bad value is found
+            // here instead of when the pipeline starts.
+            let mut one = ClientConfig::new();
+            one.set(k, text);
+            if let Err(e) = one.create_native_config() {
+                problems.push(ConfigProblem {
+                    path: path(),
+                    message: format!("librdkafka refuses it: {}", librdkafka_reason(&e)),
+                });
+            }
+        } else {
             problems.push(ConfigProblem {
                 path: path(),
                 message: "must be a string, number or boolean".into(),
             });
         }
+    }
+}
+
+/// librdkafka's own words for a refused setting.
+fn librdkafka_reason(e: &rdkafka::error::KafkaError) -> String {
+    match e {
+        rdkafka::error::KafkaError::ClientConfig(_, description, _, _) => description.clone(),
+        other => other.to_string(),
     }
 }
 

@@ -81,6 +81,9 @@ pub(crate) struct PostgresSink {
     /// Kafka group write their partitions' rows side by side, and one must
     /// not put back the stale position of a partition it no longer owns.
     stored: HashMap<String, String>,
+    /// Positions as the table held them when partitions last moved here
+    /// ([`Sink::shared_positions`]): the other value a commit may store over.
+    handed_over: HashMap<String, String>,
 }
 
 /// A COPY in progress on a task that holds the connection for the stream's
@@ -301,6 +304,7 @@ impl PostgresSink {
             created_table: false,
             uncommitted: 0,
             stored: HashMap::new(),
+            handed_over: HashMap::new(),
             in_transaction: false,
         }
     }
@@ -851,7 +855,16 @@ impl Sink for PostgresSink {
     /// share the offsets table; each writes only its own partitions).
     async fn shared_positions(&mut self) -> Result<Vec<Positions>, ConnectorError> {
         self.ensure_conn().await?;
-        Ok(vec![self.read_positions().await?])
+        let positions = self.read_positions().await?;
+        // A partition that moves here was last stored by its previous
+        // owner: this sink's first commit of it stores over that value
+        // (`stored` keeps what this sink read itself, so that positions of
+        // partitions it does not own are never put back).
+        for p in positions.iter() {
+            let text = serde_json::to_string(p).expect("positions serialize");
+            self.handed_over.insert(p.partition.key.clone(), text);
+        }
+        Ok(vec![positions])
     }
 
     async fn write(&mut self, batch: &[Record]) -> Result<Vec<Rejected>, ConnectorError> {
@@ -926,22 +939,58 @@ impl Sink for PostgresSink {
         positions: &Positions,
     ) -> Result<PendingCommit, ConnectorError> {
         self.begin().await?;
-        let mut keys = Vec::new();
-        let mut values = Vec::new();
+        // Each moved position is stored only over the one this sink read
+        // or stored last (a compare-and-set): should another process have
+        // committed this pipeline's positions meanwhile — the same pipeline
+        // run twice, under two data folders, say — the count comes out
+        // short, the transaction is rolled back with its rows, and the
+        // pipeline starts again from what that process committed. So two
+        // writers never store a row twice.
+        let (mut moved, mut from, mut to) = (Vec::new(), Vec::new(), Vec::new());
+        let mut from_owner: Vec<Option<String>> = Vec::new();
+        let (mut added, mut added_to) = (Vec::new(), Vec::new());
         for p in positions.iter() {
             let text = serde_json::to_string(p).expect("positions serialize");
-            if self.stored.get(&p.partition.key) != Some(&text) {
-                keys.push(p.partition.key.clone());
-                values.push(text.clone());
-                // A commit that fails drops the sink: no need to undo.
-                self.stored.insert(p.partition.key.clone(), text);
+            // Unchanged: not stored, and what the previous owner left stays
+            // the value the first commit of the partition stores over.
+            if self.stored.get(&p.partition.key) == Some(&text) {
+                continue;
             }
+            let owner = self.handed_over.remove(&p.partition.key);
+            match (self.stored.get(&p.partition.key), owner) {
+                (Some(old), owner) => {
+                    moved.push(p.partition.key.clone());
+                    from.push(old.clone());
+                    from_owner.push(owner);
+                    to.push(text.clone());
+                }
+                (None, Some(owner)) => {
+                    moved.push(p.partition.key.clone());
+                    from.push(owner);
+                    from_owner.push(None);
+                    to.push(text.clone());
+                }
+                (None, None) => {
+                    added.push(p.partition.key.clone());
+                    added_to.push(text.clone());
+                }
+            }
+            // A commit that fails drops the sink: no need to undo.
+            self.stored.insert(p.partition.key.clone(), text);
         }
+        let expected = (moved.len() + added.len()) as i64;
         let store = format!(
-            "INSERT INTO {} (pipeline, partition, position) SELECT $1, p, v::jsonb FROM unnest($2::text[], $3::text[]) AS u(p, v) \
-             ON CONFLICT (pipeline, partition) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
-            self.offsets
+            "WITH moved AS (UPDATE {o} o SET position = u.v::jsonb, updated_at = now() \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS u(p, old, owner, v) \
+             WHERE o.pipeline = $1 AND o.partition = u.p \
+             AND (o.position = u.old::jsonb OR o.position = u.owner::jsonb) RETURNING 1), \
+             added AS (INSERT INTO {o} (pipeline, partition, position) \
+             SELECT $1, p, v::jsonb FROM unnest($6::text[], $7::text[]) AS n(p, v) \
+             ON CONFLICT (pipeline, partition) DO NOTHING RETURNING 1) \
+             SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM added)",
+            o = self.offsets
         );
+        let offsets_table = self.config.offsets_table.clone();
         let pipeline = self.pipeline.clone();
         let plan = self.stream.take().map(|s| self.finish_plan(s));
         let conn = self.conn.take();
@@ -960,13 +1009,26 @@ impl Sink for PostgresSink {
                 }
                 None => conn.expect("begin() left a connection"),
             };
-            sqlx::query(AssertSqlSafe(store))
-                .bind(pipeline)
-                .bind(keys)
-                .bind(values)
-                .execute(&mut conn)
+            let stored: i64 = sqlx::query_scalar(AssertSqlSafe(store))
+                .bind(&pipeline)
+                .bind(moved)
+                .bind(from)
+                .bind(from_owner)
+                .bind(to)
+                .bind(added)
+                .bind(added_to)
+                .fetch_one(&mut conn)
                 .await
                 .map_err(|e| db_error("storing positions", e))?;
+            if stored != expected {
+                // Dropping the connection rolls the transaction back.
+                return Err(ConnectorError::Retriable(format!(
+                    "another process committed positions of pipeline {pipeline} in \
+                     {offsets_table} meanwhile (is this pipeline running twice, under two data \
+                     folders?): this transaction is rolled back with its rows, and the pipeline \
+                     starts again from the committed positions"
+                )));
+            }
             exec(&mut conn, "COMMIT")
                 .await
                 .map_err(|e| db_error("committing", e))?;

@@ -78,9 +78,71 @@ pub(crate) fn own_problems(p: &PipelineConfig) -> Vec<(String, String)> {
     problems
 }
 
+/// What `ferry run` checks once the data folder is known: the default
+/// dead-letter files (`<data-dir>/dlq/<name>.jsonl`) against every
+/// pipeline's source and outputs. One line per problem.
+pub fn run_conflicts(pipelines: &[PipelineConfig], data_dir: &Path) -> Vec<String> {
+    let all: Vec<(&PipelineConfig, Vec<Written>)> = pipelines
+        .iter()
+        .map(|p| {
+            let mut w = written(p);
+            if p.errors.dead_letter.is_none() {
+                w.push(Written {
+                    key: "its default dead-letter file".into(),
+                    path: normalize(&p.dead_letter_path(data_dir)),
+                });
+            }
+            (p, w)
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for (i, (p, files)) in all.iter().enumerate() {
+        for w in files.iter().filter(|w| w.key.starts_with("its default")) {
+            for (key, glob) in p.source.local_inputs() {
+                if matches(&glob, &w.path) {
+                    problems.push(format!(
+                        "{}: pipeline {}: source.{key} ({glob}) reads {}, {}: set \
+                         errors.dead_letter elsewhere or narrow the source's path",
+                        p.file.display(),
+                        p.name,
+                        w.path.display(),
+                        w.key
+                    ));
+                }
+            }
+        }
+        for (other, theirs) in &all[i + 1..] {
+            for w in files {
+                if let Some(o) = theirs.iter().find(|o| o.path == w.path)
+                    && (w.key.starts_with("its default") || o.key.starts_with("its default"))
+                {
+                    problems.push(format!(
+                        "{}: pipeline {} writes {} ({}), which pipeline {} ({}) writes too ({}): \
+                         two writers of one file would corrupt it",
+                        p.file.display(),
+                        p.name,
+                        w.path.display(),
+                        w.key,
+                        other.name,
+                        other.file.display(),
+                        o.key
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
 /// Whether a source glob (or plain path) covers `path`.
 fn matches(glob: &str, path: &Path) -> bool {
-    let absolute = normalize(Path::new(glob));
+    // The working folder is a literal prefix: its name may hold `[` or `*`.
+    let absolute = if Path::new(glob).is_absolute() {
+        normalize(Path::new(glob))
+    } else {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        normalize(&Path::new(&Pattern::escape(&cwd.to_string_lossy())).join(glob))
+    };
     let Ok(pattern) = Pattern::new(&absolute.to_string_lossy()) else {
         return false;
     };

@@ -7,6 +7,7 @@
 
 mod env;
 mod local_files;
+pub use local_files::run_conflicts;
 mod marks;
 
 use std::fmt;
@@ -140,6 +141,17 @@ pub struct PipelineConfig {
     pub sink: Box<dyn SinkConfig>,
     pub delivery: DeliveryConfig,
     pub errors: ErrorsConfig,
+}
+
+impl PipelineConfig {
+    /// Where this pipeline's dead letters go: `errors.dead_letter`, or
+    /// `<data-dir>/dlq/<name>.jsonl`.
+    pub fn dead_letter_path(&self, data_dir: &Path) -> PathBuf {
+        self.errors
+            .dead_letter
+            .clone()
+            .unwrap_or_else(|| data_dir.join("dlq").join(format!("{}.jsonl", self.name)))
+    }
 }
 
 const TOP_KEYS: &[&str] = &["name", "source", "sink", "delivery", "errors"];
