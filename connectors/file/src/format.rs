@@ -128,6 +128,16 @@ fn json_kind(v: &Value) -> &'static str {
 }
 
 pub(crate) fn parse_csv_row(line: &[u8]) -> Result<Vec<String>, String> {
+    // The csv crate drops a byte-order mark at the start of what it reads;
+    // inside a file (the start of the file has been dealt with) it is a
+    // character of the row. After an empty line, which it skips, it stays.
+    let guarded;
+    let line = if line.starts_with(BOM) {
+        guarded = [b"\n", line].concat();
+        &guarded[..]
+    } else {
+        line
+    };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)

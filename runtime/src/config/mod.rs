@@ -546,41 +546,23 @@ impl Loader<'_> {
             )
         });
         let delivery = match top.remove("delivery") {
-            Some(v) => self.section(&v, "delivery", ferry_api::deserialize::<DeliveryConfig>),
+            Some(v) => self.section(
+                &v,
+                "delivery",
+                ferry_api::deserialize::<DeliveryConfig>,
+                delivery_problems,
+            ),
             None => Some(DeliveryConfig::default()),
         };
         let errors = match top.remove("errors") {
-            Some(v) => self.section(&v, "errors", ferry_api::deserialize::<ErrorsConfig>),
+            Some(v) => self.section(
+                &v,
+                "errors",
+                ferry_api::deserialize::<ErrorsConfig>,
+                errors_problems,
+            ),
             None => Some(ErrorsConfig::default()),
         };
-        if let Some(d) = &delivery {
-            if d.batch_size == 0 || d.batch_size > 1_000_000 {
-                self.error(
-                    "delivery.batch_size",
-                    At::Value,
-                    "must be between 1 and 1000000",
-                );
-            }
-            if d.flush_interval.is_zero() {
-                self.error("delivery.flush_interval", At::Value, "must be more than 0");
-            }
-        }
-        if let Some(e) = &errors {
-            if e.retry_backoff.is_zero() || e.retry_backoff > e.retry_backoff_max {
-                self.error(
-                    "errors.retry_backoff",
-                    At::Value,
-                    "must be more than 0 and at most retry_backoff_max",
-                );
-            }
-            if e.dead_letter.is_some() && e.tolerance == Tolerance::None {
-                self.error(
-                    "errors.dead_letter",
-                    At::Key,
-                    "is only used with tolerance: all",
-                );
-            }
-        }
         let ((source_type, source), (sink_type, sink)) = (source?, sink?);
         let mut delivery = delivery?;
         // A sink's own batching setting (Elasticsearch's
@@ -669,24 +651,25 @@ impl Loader<'_> {
             self.error(&join(section, "type"), At::Value, msg);
             return None;
         };
-        let config = self.section(&Value::Object(map), section, parse)?;
-        let problems = validate(&config);
-        let ok = problems.is_empty();
-        for p in problems {
-            let path = join(section, &path_string(&p.path));
-            self.error(&path, At::Value, p.message);
-        }
-        ok.then_some((kind, config))
+        let check = |c: &Box<C>| validate(c).into_iter().map(|p| (p, At::Value)).collect();
+        let config = self.section(&Value::Object(map), section, parse, check)?;
+        Some((kind, config))
     }
 
     /// Deserializes a section, collecting every error: after each error the
     /// offending key is removed and the section parsed again, until it parses
     /// or an error (a missing key) cannot be stepped over.
+    ///
+    /// Then `check` runs on what parsed — also when keys had to be removed
+    /// (they took their defaults), so its problems come in the same report
+    /// as the parse errors, not after those are fixed; a problem at a key
+    /// that was removed or stood in for is not reported (it was already).
     fn section<T>(
         &mut self,
         v: &Value,
         section: &str,
         parse: impl Fn(&Value) -> Result<T, FieldError>,
+        check: impl Fn(&T) -> Vec<(ConfigProblem, At)>,
     ) -> Option<T> {
         let mut value = v.clone();
         let mut removed: Vec<Vec<PathSegment>> = Vec::new();
@@ -697,7 +680,19 @@ impl Loader<'_> {
         let mut failed = false;
         for _ in 0..200 {
             let err = match parse(&value) {
-                Ok(t) => return (!failed).then_some(t),
+                Ok(t) => {
+                    let skipped: Vec<&Vec<PathSegment>> =
+                        removed.iter().chain(stand_ins.iter().map(|(p, _)| p)).collect();
+                    let mut clean = !failed;
+                    for (p, at) in check(&t) {
+                        if skipped.iter().any(|s| p.path.starts_with(s)) {
+                            continue;
+                        }
+                        clean = false;
+                        self.error(&join(section, &path_string(&p.path)), at, p.message);
+                    }
+                    return clean.then_some(t);
+                }
                 Err(e) => e,
             };
             failed = true;
@@ -765,6 +760,37 @@ impl Loader<'_> {
         }
         None
     }
+}
+
+/// `delivery:` checks beyond its types.
+fn delivery_problems(d: &DeliveryConfig) -> Vec<(ConfigProblem, At)> {
+    let mut problems = Vec::new();
+    if d.batch_size == 0 || d.batch_size > 1_000_000 {
+        let p = ConfigProblem::at("batch_size", "must be between 1 and 1000000");
+        problems.push((p, At::Value));
+    }
+    if d.flush_interval.is_zero() {
+        let p = ConfigProblem::at("flush_interval", "must be more than 0");
+        problems.push((p, At::Value));
+    }
+    problems
+}
+
+/// `errors:` checks beyond its types.
+fn errors_problems(e: &ErrorsConfig) -> Vec<(ConfigProblem, At)> {
+    let mut problems = Vec::new();
+    if e.retry_backoff.is_zero() || e.retry_backoff > e.retry_backoff_max {
+        let p = ConfigProblem::at(
+            "retry_backoff",
+            "must be more than 0 and at most retry_backoff_max",
+        );
+        problems.push((p, At::Value));
+    }
+    if e.dead_letter.is_some() && e.tolerance == Tolerance::None {
+        let p = ConfigProblem::at("dead_letter", "is only used with tolerance: all");
+        problems.push((p, At::Key));
+    }
+    problems
 }
 
 fn is_single_reference(s: &str) -> bool {
