@@ -889,3 +889,51 @@ fn one_pipeline_run_twice_into_one_table_stores_each_row_once() {
     eprintln!("a commit lost the race and was rolled back: {raced}");
     drop_tables(&[&table], &[&table]);
 }
+
+/// A writer takes its id (nextval) and then, in the same statement, waits
+/// before its row is written: it has no transaction id yet, so the snapshot
+/// does not show it in flight, while a later id commits and is visible. The
+/// source must not move past the later id until the writer is done (it
+/// holds a row-exclusive lock on the table all along); before, its row was
+/// skipped for good.
+#[test]
+fn a_row_whose_id_was_taken_before_its_transaction_wrote_is_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = format!("ferry_early_id_{}", fastrand::u32(..));
+    psql(&format!(
+        "CREATE TABLE {table} (id bigserial PRIMARY KEY, writer int NOT NULL, n int NOT NULL)"
+    ));
+    source_config(
+        d,
+        &table,
+        &format!("  table: {table}\n  incrementing_column: id\n"),
+    );
+    // A sequence WAL-logs (and so takes a transaction id) once every 32
+    // values: use one up first, so the slow writer's nextval takes none.
+    psql(&format!("SELECT nextval('{table}_id_seq')"));
+    let mut f = start(d, &["run", "src.yaml"]);
+    assert!(wait_until(Duration::from_secs(30), || f.log_text().contains("pipeline started")));
+    let slow = {
+        let table = table.clone();
+        std::thread::spawn(move || {
+            psql(&format!(
+                "INSERT INTO {table} (id, writer, n) SELECT a.id, 1, 0 FROM (SELECT nextval('{table}_id_seq') AS id) a, \
+                 LATERAL (SELECT pg_sleep(3) WHERE a.id IS NOT NULL) s"
+            ))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    psql(&format!("INSERT INTO {table} (writer, n) VALUES (2, 0)"));
+    slow.join().unwrap();
+    let both = wait_until(Duration::from_secs(20), || count_lines(&d.join("out.jsonl")) >= 2);
+    f.signal(libc::SIGTERM);
+    f.wait_for_exit(Duration::from_secs(30)).expect("stops");
+    let ids: Vec<u64> = read_jsonl(&d.join("out.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert!(both, "rows out: {ids:?}\n{}", f.log_text());
+    assert_eq!(ids, [2, 3]);
+    psql(&format!("DROP TABLE {table}"));
+}

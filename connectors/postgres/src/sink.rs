@@ -456,7 +456,22 @@ impl PostgresSink {
                         names.extend(o.keys().cloned());
                     }
                 }
-                names.into_iter().map(|n| (n.clone(), n)).collect()
+                // A field that cannot be a column name (empty, or the same
+                // as another within PostgreSQL's 63 bytes) gets no column:
+                // one odd record must not stop the whole pipeline. Its value
+                // is not stored, as for any field without a column.
+                let mut seen = std::collections::HashSet::new();
+                names
+                    .into_iter()
+                    .filter(|n| {
+                        let ok = !n.is_empty() && seen.insert(identifier_prefix(n).to_string());
+                        if !ok {
+                            tracing::warn!(table = %self.config.table, field = %n, "create_table: this field cannot be a column of its own (empty, or the same as another within PostgreSQL's 63-byte names); it is not stored");
+                        }
+                        ok
+                    })
+                    .map(|n| (n.clone(), n))
+                    .collect()
             }
         };
         for k in &self.config.key {
@@ -779,6 +794,27 @@ impl PostgresSink {
     }
 }
 
+/// Whether a number written as `text` survives a double: at most 15
+/// significant digits and an exponent a double has.
+fn fits_a_double(text: &str) -> bool {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
+    let digits = mantissa
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .skip_while(|&b| b == b'0')
+        .count();
+    digits <= 15 && text.parse::<f64>().is_ok_and(|f| f.is_finite() && (f != 0.0 || digits == 0))
+}
+
+/// The part of a name PostgreSQL keeps: 63 bytes (on a character boundary).
+fn identifier_prefix(name: &str) -> &str {
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
 /// The column type `create_table` gives a field, from the batch's values.
 fn column_type(batch: &[Record], field: &str) -> &'static str {
     let (mut int, mut float, mut bool_, mut text, mut nested) = (false, false, false, false, false);
@@ -787,8 +823,10 @@ fn column_type(batch: &[Record], field: &str) -> &'static str {
         match r.value.get(field) {
             None | Some(Value::Null) => {}
             Some(Value::Number(n)) if n.is_i64() => int = true,
-            // Past bigint (numbers are kept as exact text): numeric holds it.
+            // Past bigint, or more digits than a double keeps (numbers are
+            // kept as exact text): numeric holds it.
             Some(Value::Number(n)) if !n.to_string().contains(['.', 'e', 'E']) => big = true,
+            Some(Value::Number(n)) if !fits_a_double(&n.to_string()) => big = true,
             Some(Value::Number(_)) => float = true,
             Some(Value::Bool(_)) => bool_ = true,
             Some(Value::String(_)) => text = true,
@@ -797,7 +835,7 @@ fn column_type(batch: &[Record], field: &str) -> &'static str {
     }
     match (int, float, bool_, text, nested) {
         (_, _, _, _, true) => "jsonb",
-        (_, false, false, false, _) if big => "numeric",
+        (_, _, false, false, _) if big => "numeric",
         (true, false, false, false, _) => "bigint",
         (_, true, false, false, _) => "double precision",
         (false, false, true, false, _) => "boolean",
@@ -1085,6 +1123,24 @@ fn escape(bytes: &[u8], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn created_columns_hold_their_numbers_exactly() {
+        for (text, fits) in [
+            ("12.5", true),
+            ("0.000123", true),
+            ("1e300", true),
+            ("123456789012345.6", false),
+            ("123456789012345678901234567890.123", false),
+            ("1e400", false),
+            ("1.0e-400", false),
+            ("0.0", true),
+        ] {
+            assert_eq!(fits_a_double(text), fits, "{text}");
+        }
+        assert_eq!(identifier_prefix(&"x".repeat(70)).len(), 63);
+        assert_eq!(identifier_prefix(&format!("{}é", "x".repeat(62))), "x".repeat(62));
+    }
 
     #[test]
     fn copy_text_encoding() {

@@ -44,10 +44,12 @@ use crate::sink::{db_error, quote};
 const VIEW: &str = "ferry_source";
 
 /// Rows up to `max` become final once the oldest in-flight transaction is at
-/// or past `xmax`.
+/// or past `xmax`, and every transaction that was writing to the source's
+/// tables then has ended (`writers`: their virtual transaction ids).
 struct Fence {
     xmax: u64,
     max: Option<Vec<String>>,
+    writers: Vec<String>,
 }
 
 pub(crate) struct PostgresSource {
@@ -171,6 +173,21 @@ impl PostgresSource {
         Ok(items)
     }
 
+    /// The tables rows come from (for a `query:`, every table its view
+    /// reads), by oid: writers to them are watched by the fence.
+    async fn watched_tables(&mut self, relation: &str) -> Result<Vec<i64>, ConnectorError> {
+        sqlx::query_scalar(
+            "SELECT to_regclass($1)::oid::bigint WHERE (SELECT relkind FROM pg_class WHERE oid = to_regclass($1)) <> 'v' \
+             UNION SELECT DISTINCT d.refobjid::bigint FROM pg_rewrite r JOIN pg_depend d \
+             ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid AND d.refclassid = 'pg_class'::regclass \
+             WHERE r.ev_class = to_regclass($1) AND d.refobjid <> r.ev_class",
+        )
+        .bind(relation)
+        .fetch_all(self.conn())
+        .await
+        .map_err(|e| db_error("finding the tables the source reads", e))
+    }
+
     /// Looks at the snapshot and moves the safe upper bound when a fence has
     /// cleared. Returns whether the bound may have moved.
     async fn refresh_fence(&mut self) -> Result<bool, ConnectorError> {
@@ -184,12 +201,25 @@ impl PostgresSource {
             s.parse::<u64>()
                 .map_err(|e| ConnectorError::Fatal(format!("snapshot xid {s:?}: {e}")))
         };
-        let xmin = parse(row.get(0))?;
-        let xmax = parse(row.get(1))?;
-        let max: Option<Vec<String>> = row.get(2);
+        let xmin = parse(row.try_get(0).map_err(|e| db_error("reading the snapshot", e))?)?;
+        let xmax = parse(row.try_get(1).map_err(|e| db_error("reading the snapshot", e))?)?;
+        let max: Option<Vec<String>> = row.try_get(2).map_err(|e| db_error("reading the snapshot", e))?;
+        // A transaction writing to the source's tables holds a row-exclusive
+        // lock on them from the start of its statement, before its sequence
+        // value (or timestamp) is taken; but it has no transaction id, and so
+        // no place in the snapshot, until its first row is written. In that
+        // window a later row can be visible and committed: without this
+        // list, its cursor value would be taken as final and the earlier
+        // row, committed next, skipped (seen under load in
+        // `postgres_to_file_exactly_once_with_out_of_order_commits_and_sigkill`).
+        let writers: Vec<String> = row
+            .try_get::<Option<Vec<String>>, _>(3)
+            .map_err(|e| db_error("reading the snapshot", e))?
+            .unwrap_or_default();
         let mut moved = false;
         if let Some(fence) = &self.fence
             && xmin >= fence.xmax
+            && !fence.writers.iter().any(|w| writers.contains(w))
         {
             if fence.max.is_some() {
                 self.safe_upper = fence.max.clone();
@@ -197,7 +227,7 @@ impl PostgresSource {
             }
             self.fence = None;
         }
-        if xmin == xmax {
+        if xmin == xmax && writers.is_empty() {
             // Nothing is in flight: what is visible now is final.
             if max.is_some() {
                 self.safe_upper = max;
@@ -205,7 +235,7 @@ impl PostgresSource {
             }
             self.fence = None;
         } else if self.fence.is_none() {
-            self.fence = Some(Fence { xmax, max });
+            self.fence = Some(Fence { xmax, max, writers });
         }
         Ok(moved)
     }
@@ -322,12 +352,16 @@ impl Source for PostgresSource {
             2 * n + 1
         );
         let desc: Vec<String> = quoted.iter().map(|c| format!("{c} DESC")).collect();
+        let watched = self.watched_tables(&relation).await?;
         self.refresh = format!(
             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, pg_snapshot_xmax(pg_current_snapshot())::text, \
-             (SELECT ARRAY[{}] FROM {relation} s WHERE {} ORDER BY {} LIMIT 1)",
+             (SELECT ARRAY[{}] FROM {relation} s WHERE {} ORDER BY {} LIMIT 1), \
+             (SELECT array_agg(DISTINCT virtualtransaction) FROM pg_locks WHERE locktype = 'relation' \
+              AND mode = 'RowExclusiveLock' AND relation = ANY('{{{}}}'::oid[]) AND pid <> pg_backend_pid())",
             texts.join(", "),
             not_null.join(" AND "),
-            desc.join(", ")
+            desc.join(", "),
+            watched.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
         );
 
         if let Some(p) = committed.get(&self.partition.key) {
