@@ -674,3 +674,40 @@ fn change_stream_on_the_server_covers_every_database() {
     let server = PrivateServer::start(free_port(), &dir.path().join("mongo"));
     change_stream_covers_every_collection(&server.uri(), "shop", true);
 }
+
+/// A field name with a NUL byte used to fail every command it was in, for
+/// good (0 of 23 written, exit 1, again on every rerun); an integer past 64
+/// bits was stored as a rounded double. Both are refused records now, and
+/// the others arrive.
+#[test]
+fn what_bson_cannot_hold_is_a_refused_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = database("unstorable");
+    let mut input = String::new();
+    for n in 0..23 {
+        input.push_str(&match n {
+            5 => format!("{{\"file\": \"u\", \"seq\": {n}, \"bad\\u0000name\": 1}}\n"),
+            9 => format!("{{\"file\": \"u\", \"seq\": {n}, \"big\": 18446744073709551616}}\n"),
+            _ => format!("{{\"file\": \"u\", \"seq\": {n}, \"ok\": 12.50}}\n"),
+        });
+    }
+    fs::write(d.join("in.jsonl"), input).unwrap();
+    fs::write(
+        d.join("m.yaml"),
+        format!(
+            "name: unstorable\nsource:\n  type: file\n  path: in.jsonl\nsink:\n  type: mongodb\n  uri: ${{MONGODB_URI}}\n  database: {db}\n  collection: c\nerrors:\n  tolerance: all\n  dead_letter: dlq.jsonl\n"
+        ),
+    )
+    .unwrap();
+    let mut f = start(d, &["run", "--once", "m.yaml"]);
+    let status = f.wait_for_exit(Duration::from_secs(60)).expect("finishes");
+    assert!(status.success(), "{}", f.log_text());
+    assert_eq!(mongodb_count(&db, "c"), 21);
+    let dead = read_jsonl(&d.join("dlq.jsonl"));
+    let seqs: Vec<u64> = dead.iter().map(|e| e["record"]["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [5, 9], "{dead:?}");
+    assert!(dead[0]["error"].as_str().unwrap().contains("NUL"), "{dead:?}");
+    assert!(dead[1]["error"].as_str().unwrap().contains("would round it"), "{dead:?}");
+    drop_database(&db);
+}

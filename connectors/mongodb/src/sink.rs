@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ferry_api::{ConnectorError, IdName, IdSpec, Positions, Record, Rejected, Sink};
+use ferry_api::{ConnectorError, IdName, IdSpec, Positions, Record, Rejected, Sink, Value};
 use mongodb::Database;
 use mongodb::bson::{Bson, Document, doc};
 
@@ -41,6 +41,10 @@ impl MongoSink {
         if !value.is_object() {
             return Err("not a JSON object: a MongoDB document must be one".into());
         }
+        // What BSON cannot hold as it is refuses this record, not the whole
+        // command (a NUL in a name failed every command it was in, for
+        // good) and is never stored changed (a number rounded).
+        unstorable(&value, &mut String::new())?;
         let mut doc = match Bson::try_from(value) {
             Ok(Bson::Document(d)) => d,
             // bson reads an object such as {"$oid": …} or {"$date": …} as
@@ -68,6 +72,76 @@ impl MongoSink {
         doc.remove("_id");
         Ok((id, doc))
     }
+}
+
+/// Why `v` cannot be stored in BSON as it is, if it cannot: a field name
+/// with a NUL byte (BSON names are C strings), or a number that is neither
+/// a 64-bit integer nor exactly a double (it would be rounded: 2^64, or 20
+/// significant digits). `path` names where, for the message.
+fn unstorable(v: &Value, path: &mut String) -> Result<(), String> {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                if k.contains('\0') {
+                    return Err(format!(
+                        "field name {:?} holds a NUL byte, which BSON field names cannot",
+                        format!("{path}{k}")
+                    ));
+                }
+                let len = path.len();
+                path.push_str(k);
+                path.push('.');
+                unstorable(child, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            for item in items {
+                unstorable(item, path)?;
+            }
+            Ok(())
+        }
+        Value::Number(n) if n.as_i64().is_none() && !exact_double(&n.to_string()) => {
+            Err(format!(
+                "the number {n} in `{}` is not a 64-bit integer and a double would round it: \
+                 MongoDB would not store it exactly",
+                path.trim_end_matches('.')
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether the decimal text is exactly the double nearest to it, as
+/// written or in shortest form (`0.1`, `1.5e3`; not `2^64`, not 20 digits).
+fn exact_double(text: &str) -> bool {
+    let Ok(f) = text.parse::<f64>() else {
+        return false;
+    };
+    if !f.is_finite() {
+        return false;
+    }
+    // The text and the double's own shortest text name the same decimal.
+    normalize_decimal(text).is_some_and(|a| normalize_decimal(&format!("{f:e}")) == Some(a))
+}
+
+/// A decimal as (digits without leading/trailing zeros, exponent of the
+/// first digit), so `1.50e2` and `150` compare equal.
+fn normalize_decimal(text: &str) -> Option<(String, i64)> {
+    let text = text.trim_start_matches('-');
+    let (mantissa, exp) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.trim_start_matches('+').parse::<i64>().ok()?),
+        None => (text, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let lead = digits.len() - digits.trim_start_matches('0').len();
+    let trimmed = digits.trim_start_matches('0').trim_end_matches('0').to_string();
+    if trimmed.is_empty() {
+        return Some((String::new(), 0));
+    }
+    Some((trimmed, exp + int.len() as i64 - lead as i64))
 }
 
 /// One command for `docs` (batch index, _id, document); returns the
@@ -241,5 +315,26 @@ impl Sink for MongoSink {
     /// Every write was acknowledged with `j: true`: already durable.
     async fn commit(&mut self, _positions: &Positions) -> Result<(), ConnectorError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_bson_cannot_hold_exactly_is_named() {
+        for ok in [r#"{"a":1,"b":[0.1,1.5e3,-9223372036854775808],"c":{"d":12.50}}"#] {
+            assert_eq!(unstorable(&serde_json::from_str(ok).unwrap(), &mut String::new()), Ok(()));
+        }
+        for (bad, says) in [
+            (r#"{"a":{"x\u0000y":1}}"#, "NUL"),
+            (r#"{"big":18446744073709551616}"#, "18446744073709551616"),
+            (r#"{"n":{"v":[0.12345678901234567890]}}"#, "`n.v`"),
+            (r#"{"huge":1e400}"#, "1e+400"),
+        ] {
+            let e = unstorable(&serde_json::from_str(bad).unwrap(), &mut String::new()).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }
