@@ -28,9 +28,7 @@ pub fn config(data: &[u8]) {
     };
     let registry = ferry::registry::Registry::builtin();
     let env = |name: &str| (name == "FUZZ").then(|| "value".to_string());
-    if let Err(errors) =
-        ferry::config::load_str(Path::new("fuzz.yaml"), text, &registry, &env)
-    {
+    if let Err(errors) = ferry::config::load_str(Path::new("fuzz.yaml"), text, &registry, &env) {
         assert!(!errors.0.is_empty(), "an error result with no error");
         for e in &errors.0 {
             assert!(e.loc.line >= 1 && e.loc.column >= 1, "{e}");
@@ -56,7 +54,11 @@ pub fn file_source(format: Format, data: &[u8]) {
             .as_u64()
             .expect("a file position is a byte offset");
         assert!(at > last, "positions must move forward: {at} after {last}");
-        assert!(at <= data.len() as u64, "position {at} past the end ({})", data.len());
+        assert!(
+            at <= data.len() as u64,
+            "position {at} past the end ({})",
+            data.len()
+        );
         last = at;
         if let (SourceItem::Record(r), Format::Json) = (item, format) {
             assert!(r.value.is_object(), "a JSON-lines record is an object");
@@ -107,7 +109,11 @@ fn same_rows_as_the_csv_crate(data: &[u8], items: &[SourceItem]) {
     let Some((header, rows)) = rows.split_first() else {
         return;
     };
-    let unique = header.iter().collect::<std::collections::HashSet<_>>().len() == header.len();
+    let unique = header
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+        == header.len();
     let got: Vec<Option<Vec<String>>> = items
         .iter()
         .map(|i| match i {
@@ -122,7 +128,10 @@ fn same_rows_as_the_csv_crate(data: &[u8], items: &[SourceItem]) {
         .collect();
     let want: Vec<Option<Vec<String>>> = std::iter::once(None)
         .filter(|_| !unique)
-        .chain(rows.iter().map(|r| (unique && r.len() == header.len()).then(|| r.clone())))
+        .chain(
+            rows.iter()
+                .map(|r| (unique && r.len() == header.len()).then(|| r.clone())),
+        )
         .collect();
     assert_eq!(got, want, "ferry's rows differ from the csv crate's");
 }
@@ -135,9 +144,8 @@ pub fn payload(data: &[u8]) {
     let parsed = serde_json::from_str::<Value>(text);
     match Payload::json(text) {
         Ok(p) => {
-            let value = parsed.unwrap_or_else(|e| {
-                panic!("the check passed {text:?}, the parse refused it: {e}")
-            });
+            let value = parsed
+                .unwrap_or_else(|e| panic!("the check passed {text:?}, the parse refused it: {e}"));
             // Every way a sink uses a payload.
             assert_eq!(*p, value);
             let mut out = Vec::new();
@@ -147,10 +155,7 @@ pub fn payload(data: &[u8]) {
             serde_json::to_string(&p).expect("a payload serializes");
             assert_eq!(p.into_value(), value);
         }
-        Err(_) => assert!(
-            parsed.is_err(),
-            "the check refused {text:?}, which parses"
-        ),
+        Err(_) => assert!(parsed.is_err(), "the check refused {text:?}, which parses"),
     }
 }
 

@@ -69,10 +69,7 @@ pub enum PipelineError {
     #[error("offset store: {0}")]
     Offsets(#[from] OffsetStoreError),
     #[error("the {task} task panicked: {message} (a bug in ferry: please report it)")]
-    Panicked {
-        task: &'static str,
-        message: String,
-    },
+    Panicked { task: &'static str, message: String },
 }
 
 impl PipelineError {

@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferry::config::{ConfigErrors, PipelineConfig, load_paths};
 use ferry::offsets::OffsetStore;
-use ferry::registry::Registry;
 use ferry::redact::redact;
+use ferry::registry::Registry;
 use ferry::{RunOptions, delivery_guarantee, lock_data_dir};
 
 // Records are parsed on one thread and freed on another, thousands per
@@ -172,7 +172,10 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
             for p in &pipelines {
-                println!("{}", redact(&format!("ok   {}: {}", p.file.display(), p.name)));
+                println!(
+                    "{}",
+                    redact(&format!("ok   {}: {}", p.file.display(), p.name))
+                );
                 let route = format!("{} → {}", p.source.describe(), p.sink.describe());
                 println!("     {}", redact(&route));
                 println!("     {}", delivery_guarantee(p));

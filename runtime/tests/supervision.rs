@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use ferry::config::{DeliveryConfig, ErrorsConfig, PipelineConfig};
 use ferry::{PipelineOutcome, RunOptions};
 use ferry_api::{
-    BuildContext, ConnectorError, Delivery, Partition, Position, Positions, Record, Rejected,
-    Sink, SinkConfig, Source, SourceConfig, SourceItem,
+    BuildContext, ConnectorError, Delivery, Partition, Position, Positions, Record, Rejected, Sink,
+    SinkConfig, Source, SourceConfig, SourceItem,
 };
 
 /// What a test connector does wrong.
@@ -132,7 +132,8 @@ impl Sink for CounterSink {
             Fault::Hang => std::future::pending::<()>().await,
             _ => {}
         }
-        self.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.written
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         Ok(Vec::new())
     }
     async fn commit(&mut self, _: &Positions) -> Result<(), ConnectorError> {
@@ -140,7 +141,12 @@ impl Sink for CounterSink {
     }
 }
 
-fn pipeline(name: &str, count: u64, source: Fault, sink: Fault) -> (PipelineConfig, Arc<AtomicU64>) {
+fn pipeline(
+    name: &str,
+    count: u64,
+    source: Fault,
+    sink: Fault,
+) -> (PipelineConfig, Arc<AtomicU64>) {
     let written = Arc::new(AtomicU64::new(0));
     let p = PipelineConfig {
         name: name.into(),
@@ -174,7 +180,10 @@ fn options(dir: &std::path::Path, once: bool, shutdown_timeout: Duration) -> Run
 }
 
 fn outcome<'a>(outcomes: &'a [PipelineOutcome], name: &str) -> &'a PipelineOutcome {
-    outcomes.iter().find(|o| o.name == name).expect("every pipeline has an outcome")
+    outcomes
+        .iter()
+        .find(|o| o.name == name)
+        .expect("every pipeline has an outcome")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,8 +240,14 @@ async fn a_pipeline_that_does_not_stop_is_abandoned_at_the_shutdown_timeout() {
         took >= Duration::from_secs(2) && took < Duration::from_secs(10),
         "{took:?}"
     );
-    let error = outcome(&outcomes, "stuck").error.clone().unwrap_or_default();
-    assert!(error.contains("did not stop within the shutdown timeout (2s)"), "{error}");
+    let error = outcome(&outcomes, "stuck")
+        .error
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        error.contains("did not stop within the shutdown timeout (2s)"),
+        "{error}"
+    );
     assert_eq!(outcome(&outcomes, "fine").error, None);
     assert!(fine_written.load(Ordering::Relaxed) > 0);
 }

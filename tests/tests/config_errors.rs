@@ -106,18 +106,32 @@ fn a_byte_order_mark_at_the_start_of_a_file_is_accepted() {
     )
     .unwrap();
     let out = ferry_output(dir.path(), &["validate", "bom.yaml"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn a_missing_path_does_not_hide_the_errors_of_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("bad.yaml"), "name: bad\nsource:\n  type: nope\n").unwrap();
+    fs::write(
+        dir.path().join("bad.yaml"),
+        "name: bad\nsource:\n  type: nope\n",
+    )
+    .unwrap();
     let out = ferry_output(dir.path(), &["validate", "gone.yaml", "bad.yaml"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr.contains("gone.yaml:1:1: no such file or folder"), "{stderr}");
-    assert!(stderr.contains("bad.yaml:3:9: source.type: unknown source type `nope`"), "{stderr}");
+    assert!(
+        stderr.contains("gone.yaml:1:1: no such file or folder"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bad.yaml:3:9: source.type: unknown source type `nope`"),
+        "{stderr}"
+    );
 }
 
 #[test]

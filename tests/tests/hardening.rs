@@ -56,7 +56,10 @@ fn an_unbalanced_csv_quote_costs_only_its_own_line() {
     pipeline(d, "none.yaml", &yaml("none", "out/none.jsonl"));
     let (status, log) = run_to_end(d, &["run", "--once", "none.yaml"], Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains("bad record at") && log.contains("never closes"), "{log}");
+    assert!(
+        log.contains("bad record at") && log.contains("never closes"),
+        "{log}"
+    );
     assert_eq!(read_jsonl(&d.join("out/none.jsonl")).len(), 1);
 }
 
@@ -84,7 +87,12 @@ fn a_daemon_loses_no_row_behind_an_unbalanced_quote() {
     });
     f.signal(SIGTERM);
     let status = f.wait_for_exit(Duration::from_secs(30)).expect("stops");
-    assert!(done, "rows out: {}\n{}", count_lines(&d.join("out/q.jsonl")), f.log_text());
+    assert!(
+        done,
+        "rows out: {}\n{}",
+        count_lines(&d.join("out/q.jsonl")),
+        f.log_text()
+    );
     assert!(status.success(), "{}", f.log_text());
     let out = read_jsonl(&d.join("out/q.jsonl"));
     assert_eq!(out.len(), ROWS + 1);
@@ -145,7 +153,9 @@ fn two_writers_of_one_output_are_refused() {
         pipeline(
             &d.join("p"),
             &format!("{name}.yaml"),
-            &format!("name: {name}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: file\n  path: out/shared.jsonl\n"),
+            &format!(
+                "name: {name}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: file\n  path: out/shared.jsonl\n"
+            ),
         );
     }
     // Two pipelines in one set of files: validate names both.
@@ -159,16 +169,26 @@ fn two_writers_of_one_output_are_refused() {
     // One pipeline under two data folders: the second daemon is refused by
     // the lock on the output, with a message that says so.
     let mut first = Ferry::start(d, &["run", "--data-dir", "data1", "p/one.yaml"]);
-    assert!(wait_until(Duration::from_secs(30), || count_lines(&d.join("out/shared.jsonl")) == 10));
+    assert!(wait_until(Duration::from_secs(30), || count_lines(
+        &d.join("out/shared.jsonl")
+    ) == 10));
     let (status, log) = run_to_end(
         d,
         &["run", "--once", "--data-dir", "data2", "p/one.yaml"],
         Duration::from_secs(30),
     );
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains("is already being written by another pipeline or ferry process"), "{log}");
+    assert!(
+        log.contains("is already being written by another pipeline or ferry process"),
+        "{log}"
+    );
     first.signal(SIGTERM);
-    assert!(first.wait_for_exit(Duration::from_secs(30)).unwrap().success());
+    assert!(
+        first
+            .wait_for_exit(Duration::from_secs(30))
+            .unwrap()
+            .success()
+    );
     assert_eq!(count_lines(&d.join("out/shared.jsonl")), 10);
 }
 
@@ -177,7 +197,9 @@ fn files_whose_names_are_not_utf8_are_read() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fs::create_dir_all(d.join("in")).unwrap();
-    let odd = d.join("in").join(std::ffi::OsStr::from_bytes(b"f\xfe.jsonl"));
+    let odd = d
+        .join("in")
+        .join(std::ffi::OsStr::from_bytes(b"f\xfe.jsonl"));
     write_test_input(&odd, "odd", 100);
     write_test_input(&d.join("in/plain.jsonl"), "plain", 100);
     pipeline(
@@ -225,13 +247,19 @@ fn sigterm_does_not_wait_for_a_poll_interval() {
         "name: slow\nsource:\n  type: file\n  path: in/*.jsonl\n  poll_interval: 24h\nsink:\n  type: file\n  path: out/s.jsonl\n",
     );
     let mut f = Ferry::start(d, &["run", "slow.yaml"]);
-    assert!(wait_until(Duration::from_secs(30), || count_lines(&d.join("out/s.jsonl")) == 10));
+    assert!(wait_until(Duration::from_secs(30), || count_lines(
+        &d.join("out/s.jsonl")
+    ) == 10));
     std::thread::sleep(Duration::from_millis(500));
     let asked = Instant::now();
     f.signal(SIGTERM);
     let status = f.wait_for_exit(Duration::from_secs(20)).expect("stops");
     assert!(status.success(), "{}", f.log_text());
-    assert!(asked.elapsed() < Duration::from_secs(10), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
 }
 
 /// A sink server that accepts connections and never answers: SIGTERM ends
@@ -254,7 +282,9 @@ fn a_sink_that_never_answers_is_abandoned_at_the_shutdown_timeout() {
     pipeline(
         d,
         "es.yaml",
-        &format!("name: es\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: elasticsearch\n  urls: [http://{addr}]\n  index: never\n  timeout: 24h\n"),
+        &format!(
+            "name: es\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: elasticsearch\n  urls: [http://{addr}]\n  index: never\n  timeout: 24h\n"
+        ),
     );
     let mut f = Ferry::start(d, &["run", "--shutdown-timeout", "2s", "es.yaml"]);
     std::thread::sleep(Duration::from_secs(2));
@@ -264,8 +294,14 @@ fn a_sink_that_never_answers_is_abandoned_at_the_shutdown_timeout() {
     let took = asked.elapsed();
     let log = f.log_text();
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "{took:?}");
-    assert!(log.contains("did not stop within the shutdown timeout (2s)"), "{log}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(
+        log.contains("did not stop within the shutdown timeout (2s)"),
+        "{log}"
+    );
     assert!(log.contains("pipeline es failed"), "{log}");
     drop(held);
 }
@@ -329,7 +365,13 @@ fn secrets_from_the_environment_are_never_printed() {
     }
     // Running: the server is unreachable (retried until stopped), the URI
     // is malformed, the path holds the value.
-    for file in ["pg.yaml", "mongo.yaml", "path.yaml", "kafka.yaml", "es.yaml"] {
+    for file in [
+        "pg.yaml",
+        "mongo.yaml",
+        "path.yaml",
+        "kafka.yaml",
+        "es.yaml",
+    ] {
         let mut f = Ferry::start_with_env(d, &["run", "--once", file], &env);
         if f.wait_for_exit(Duration::from_secs(3)).is_none() {
             f.signal(SIGTERM);
@@ -358,8 +400,14 @@ fn a_pipeline_reading_its_output_through_a_link_or_its_default_dead_letters_is_s
     );
     let (status, log) = run_to_end(d, &["run", "--once", "link.yaml"], Duration::from_secs(30));
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains("written by this pipeline: it would read its own output back"), "{log}");
-    assert!(count_lines(&d.join("out/o.jsonl")) <= 1, "it read its own output");
+    assert!(
+        log.contains("written by this pipeline: it would read its own output back"),
+        "{log}"
+    );
+    assert!(
+        count_lines(&d.join("out/o.jsonl")) <= 1,
+        "it read its own output"
+    );
 
     pipeline(
         d,
@@ -380,7 +428,10 @@ fn a_pipeline_reading_its_output_through_a_link_or_its_default_dead_letters_is_s
     );
     let (code, text) = validate(&odd, &["loop.yaml"]);
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("which source.path (out/*.jsonl) reads"), "{text}");
+    assert!(
+        text.contains("which source.path (out/*.jsonl) reads"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -421,5 +472,8 @@ fn an_option_librdkafka_does_not_know_is_refused_at_validate() {
     let (code, text) = validate(d, &["k.yaml"]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("k.yaml:8:21: source.options.no.such.option: librdkafka refuses it: No such configuration property"), "{text}");
-    assert!(text.contains("source.options.fetch.wait.max.ms: librdkafka refuses it"), "{text}");
+    assert!(
+        text.contains("source.options.fetch.wait.max.ms: librdkafka refuses it"),
+        "{text}"
+    );
 }

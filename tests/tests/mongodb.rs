@@ -705,9 +705,21 @@ fn what_bson_cannot_hold_is_a_refused_record() {
     assert!(status.success(), "{}", f.log_text());
     assert_eq!(mongodb_count(&db, "c"), 21);
     let dead = read_jsonl(&d.join("dlq.jsonl"));
-    let seqs: Vec<u64> = dead.iter().map(|e| e["record"]["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = dead
+        .iter()
+        .map(|e| e["record"]["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, [5, 9], "{dead:?}");
-    assert!(dead[0]["error"].as_str().unwrap().contains("NUL"), "{dead:?}");
-    assert!(dead[1]["error"].as_str().unwrap().contains("would round it"), "{dead:?}");
+    assert!(
+        dead[0]["error"].as_str().unwrap().contains("NUL"),
+        "{dead:?}"
+    );
+    assert!(
+        dead[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("would round it"),
+        "{dead:?}"
+    );
     drop_database(&db);
 }

@@ -782,7 +782,9 @@ fn exact_numbers_reach_numeric_columns_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let table = format!("ferry_exact_{}", fastrand::u32(..));
-    psql(&format!("CREATE TABLE {table} (id int PRIMARY KEY, n numeric)"));
+    psql(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, n numeric)"
+    ));
     fs::create_dir_all(d.join("in")).unwrap();
     let values = [
         "18446744073709551616",
@@ -800,8 +802,15 @@ fn exact_numbers_reach_numeric_columns_exactly() {
     file_to_postgres(d, &table, "");
     run_once(d, "pg.yaml");
     for (i, v) in values.iter().enumerate() {
-        let same = psql(&format!("SELECT n = '{v}'::numeric FROM {table} WHERE id = {i}"));
-        assert_eq!(same, "t", "{v} arrived as {}", psql(&format!("SELECT n FROM {table} WHERE id = {i}")));
+        let same = psql(&format!(
+            "SELECT n = '{v}'::numeric FROM {table} WHERE id = {i}"
+        ));
+        assert_eq!(
+            same,
+            "t",
+            "{v} arrived as {}",
+            psql(&format!("SELECT n FROM {table} WHERE id = {i}"))
+        );
     }
     drop_tables(&[&table], &[&table]);
 }
@@ -830,13 +839,20 @@ fn a_missing_field_takes_the_default_whatever_the_batch_split() {
         });
     }
     fs::write(d.join("in/a.jsonl"), text).unwrap();
-    file_to_postgres(d, &table, "errors:\n  tolerance: all\n  dead_letter: dlq.jsonl\n");
+    file_to_postgres(
+        d,
+        &table,
+        "errors:\n  tolerance: all\n  dead_letter: dlq.jsonl\n",
+    );
     run_once(d, "pg.yaml");
     assert_eq!(read_jsonl(&d.join("dlq.jsonl")).len(), 1);
     let by_kind = psql(&format!(
         "SELECT id % 4, count(*), string_agg(DISTINCT coalesce(v, 'NULL'), ','), string_agg(DISTINCT w::text, ',') FROM {table} GROUP BY 1 ORDER BY 1"
     ));
-    assert_eq!(by_kind, "0|50|given|7\n1|50|dflt|7\n2|50|NULL|1\n3|49|dflt|3", "{by_kind}");
+    assert_eq!(
+        by_kind, "0|50|given|7\n1|50|dflt|7\n2|50|NULL|1\n3|49|dflt|3",
+        "{by_kind}"
+    );
     drop_tables(&[&table], &[&table]);
 }
 
@@ -853,7 +869,9 @@ fn connections_are_named_after_their_pipeline() {
     let mut f = start(d, &["run", "pg.yaml"]);
     let app = format!("ferry/{table}");
     let seen = wait_until(Duration::from_secs(30), || {
-        psql(&format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'")) != "0"
+        psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"
+        )) != "0"
     });
     f.signal(libc::SIGTERM);
     f.wait_for_exit(Duration::from_secs(30)).expect("stops");
@@ -870,7 +888,9 @@ fn one_pipeline_run_twice_into_one_table_stores_each_row_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let table = format!("ferry_twice_{}", fastrand::u32(..));
-    psql(&format!("CREATE TABLE {table} (file text, seq bigint, pad text)"));
+    psql(&format!(
+        "CREATE TABLE {table} (file text, seq bigint, pad text)"
+    ));
     fs::create_dir_all(d.join("in")).unwrap();
     write_test_input(&d.join("in/a.jsonl"), "a", 100_000);
     file_to_postgres(d, &table, "delivery:\n  batch_size: 5000\n");
@@ -881,11 +901,17 @@ fn one_pipeline_run_twice_into_one_table_stores_each_row_once() {
         assert!(status.success(), "{}", f.log_text());
     }
     assert_eq!(
-        psql(&format!("SELECT count(*), count(DISTINCT seq) FROM {table}")),
+        psql(&format!(
+            "SELECT count(*), count(DISTINCT seq) FROM {table}"
+        )),
         "100000|100000"
     );
-    let raced = first.log_text().contains("another process committed positions")
-        || second.log_text().contains("another process committed positions");
+    let raced = first
+        .log_text()
+        .contains("another process committed positions")
+        || second
+            .log_text()
+            .contains("another process committed positions");
     eprintln!("a commit lost the race and was rolled back: {raced}");
     drop_tables(&[&table], &[&table]);
 }
@@ -913,7 +939,9 @@ fn a_row_whose_id_was_taken_before_its_transaction_wrote_is_not_skipped() {
     // values: use one up first, so the slow writer's nextval takes none.
     psql(&format!("SELECT nextval('{table}_id_seq')"));
     let mut f = start(d, &["run", "src.yaml"]);
-    assert!(wait_until(Duration::from_secs(30), || f.log_text().contains("pipeline started")));
+    assert!(wait_until(Duration::from_secs(30), || f
+        .log_text()
+        .contains("pipeline started")));
     let slow = {
         let table = table.clone();
         std::thread::spawn(move || {
@@ -926,7 +954,9 @@ fn a_row_whose_id_was_taken_before_its_transaction_wrote_is_not_skipped() {
     std::thread::sleep(Duration::from_millis(700));
     psql(&format!("INSERT INTO {table} (writer, n) VALUES (2, 0)"));
     slow.join().unwrap();
-    let both = wait_until(Duration::from_secs(20), || count_lines(&d.join("out.jsonl")) >= 2);
+    let both = wait_until(Duration::from_secs(20), || {
+        count_lines(&d.join("out.jsonl")) >= 2
+    });
     f.signal(libc::SIGTERM);
     f.wait_for_exit(Duration::from_secs(30)).expect("stops");
     let ids: Vec<u64> = read_jsonl(&d.join("out.jsonl"))

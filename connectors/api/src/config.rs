@@ -228,7 +228,10 @@ pub struct SinkPlugin {
 /// Where a sink that writes documents takes each document's id from
 /// (`id:` in a MongoDB or Elasticsearch sink).
 #[derive(Debug, Clone, serde::Deserialize, PartialEq)]
-#[serde(untagged, expecting = "expected `position`, `none`, or `{field: name}`")]
+#[serde(
+    untagged,
+    expecting = "expected `position`, `none`, or `{field: name}`"
+)]
 pub enum IdSpec {
     /// `position` (the default: [`crate::Position::id`], so a replay
     /// writes the same ids) or `none` (the server chooses: at-least-once).
@@ -276,7 +279,11 @@ pub fn redact_url(url: &str) -> String {
             Some(p) => (p, &part[p.len()..]),
             None => (part, ""),
         };
-        let name = param.trim_start_matches('?').split('=').next().unwrap_or("");
+        let name = param
+            .trim_start_matches('?')
+            .split('=')
+            .next()
+            .unwrap_or("");
         if param.contains('=') && name.to_ascii_lowercase().ends_with("password") {
             let keep = &param[..param.find('=').expect("checked") + 1];
             out.push_str(keep);

@@ -27,7 +27,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text)
         .map_err(|_| format!("`{text}` is not a duration; write e.g. 250ms, 30s, 5m, 1h 30m"))?;
     if d > MAX {
-        return Err(format!("`{text}` is longer than the longest duration ferry takes (24h)"));
+        return Err(format!(
+            "`{text}` is longer than the longest duration ferry takes (24h)"
+        ));
     }
     Ok(d)
 }
@@ -59,9 +61,19 @@ mod tests {
     fn durations_are_bounded() {
         assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse("24h"), Ok(MAX));
-        assert!(parse("5000000000000000h").unwrap_err().contains("is not a duration")
-            || parse("5000000000000000h").unwrap_err().contains("longer than"));
-        assert!(parse("25h").unwrap_err().contains("longer than the longest"));
+        assert!(
+            parse("5000000000000000h")
+                .unwrap_err()
+                .contains("is not a duration")
+                || parse("5000000000000000h")
+                    .unwrap_err()
+                    .contains("longer than")
+        );
+        assert!(
+            parse("25h")
+                .unwrap_err()
+                .contains("longer than the longest")
+        );
         assert!(parse("soon").unwrap_err().contains("is not a duration"));
     }
 }

@@ -31,7 +31,10 @@ pub struct ByteSize(pub usize);
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(untagged, expecting = "expected a size: a number of bytes, or e.g. 5MB, 512KB")]
+        #[serde(
+            untagged,
+            expecting = "expected a size: a number of bytes, or e.g. 5MB, 512KB"
+        )]
         enum Raw {
             Number(usize),
             Text(String),
@@ -230,16 +233,25 @@ impl SinkConfig for ElasticsearchSinkConfig {
             problems.push(ConfigProblem::at("bulk", "max_bytes must be at least 1KB"));
         }
         if self.bulk.flush_interval.is_some_and(|d| d.is_zero()) {
-            problems.push(ConfigProblem::at("bulk", "flush_interval must be more than 0"));
+            problems.push(ConfigProblem::at(
+                "bulk",
+                "flush_interval must be more than 0",
+            ));
         }
         if self.timeout.is_zero() {
             problems.push(ConfigProblem::at("timeout", "must be more than 0"));
         }
         if self.retry.max_retries > 1000 {
-            problems.push(ConfigProblem::at("retry", "max_retries must be at most 1000"));
+            problems.push(ConfigProblem::at(
+                "retry",
+                "max_retries must be at most 1000",
+            ));
         }
         if self.retry.initial_backoff.is_zero() {
-            problems.push(ConfigProblem::at("retry", "initial_backoff must be more than 0"));
+            problems.push(ConfigProblem::at(
+                "retry",
+                "initial_backoff must be more than 0",
+            ));
         }
         if self.retry.initial_backoff > self.retry.max_backoff {
             problems.push(ConfigProblem::at(

@@ -93,7 +93,11 @@ impl SourceConfig for FileSourceConfig {
     }
 
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
-        Ok(Box::new(FileSource::new(self.clone(), ctx.once, ctx.writes.clone())))
+        Ok(Box::new(FileSource::new(
+            self.clone(),
+            ctx.once,
+            ctx.writes.clone(),
+        )))
     }
 }
 

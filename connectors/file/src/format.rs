@@ -151,7 +151,10 @@ pub(crate) fn parse_csv_row(line: &[u8]) -> Result<Vec<String>, String> {
     // return, and what followed it would be dropped unseen.
     let mut more = csv::StringRecord::new();
     if reader.read_record(&mut more).unwrap_or(true) {
-        return Err("more than one CSV row on this line (a carriage return inside a field must be quoted)".into());
+        return Err(
+            "more than one CSV row on this line (a carriage return inside a field must be quoted)"
+                .into(),
+        );
     }
     Ok(row.iter().map(str::to_string).collect())
 }

@@ -147,9 +147,7 @@ mod tests {
     #[test]
     fn names_that_are_not_utf8_match_too() {
         let dir = tempfile::tempdir().unwrap();
-        let odd = dir
-            .path()
-            .join(std::ffi::OsStr::from_bytes(b"f\xfe.jsonl"));
+        let odd = dir.path().join(std::ffi::OsStr::from_bytes(b"f\xfe.jsonl"));
         fs::write(&odd, "{}\n").unwrap();
         fs::write(dir.path().join("a.jsonl"), "{}\n").unwrap();
         fs::write(dir.path().join("a.txt"), "{}\n").unwrap();

@@ -481,7 +481,10 @@ mod tests {
             "{err}"
         );
         drop(first);
-        sink(path).open().await.expect("free again once the first is gone");
+        sink(path)
+            .open()
+            .await
+            .expect("free again once the first is gone");
     }
 
     #[tokio::test]

@@ -21,8 +21,8 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::paths::{Glob, watch_root};
 use crate::format::{BOM, CsvHeader, CsvRow, Parsed, parse_line};
+use crate::paths::{Glob, watch_root};
 use crate::{FileSourceConfig, Format};
 
 /// How many leading bytes of a file identify it beside its inode (a new file
@@ -159,7 +159,9 @@ pub fn read_whole_file(
     format: Format,
     max_line_bytes: usize,
 ) -> Result<Vec<SourceItem>, ConnectorError> {
-    let pattern = path.to_string_lossy().replace(['*', '?', '[', ']', '{', '}'], "?");
+    let pattern = path
+        .to_string_lossy()
+        .replace(['*', '?', '[', ']', '{', '}'], "?");
     let mut tail = Tail {
         glob: Glob::new(&pattern)
             .map_err(|e| ConnectorError::Fatal(format!("invalid glob {pattern:?}: {e}")))?,
@@ -262,7 +264,13 @@ impl Tail {
                 }
                 continue;
             }
-            match Tailed::open(path.clone(), id, &self.committed, self.format, self.max_line_bytes) {
+            match Tailed::open(
+                path.clone(),
+                id,
+                &self.committed,
+                self.format,
+                self.max_line_bytes,
+            ) {
                 Ok(f) => self.files.push(f),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(ConnectorError::io(format!("opening {}", path.display()), e)),
@@ -525,16 +533,18 @@ impl Tailed {
         format: Format,
         why: &str,
     ) -> Result<(), ConnectorError> {
-        let first = self.first_newline.take().expect("a row past its first line");
+        let first = self
+            .first_newline
+            .take()
+            .expect("a row past its first line");
         let at_start = self.pos == 0;
         let mut line = &self.pending[..first - 1];
         if at_start {
             line = line.strip_prefix(BOM).unwrap_or(line);
         }
         let raw = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
-        let error = format!(
-            "a quoted CSV field opened on this line {why}; only this line is skipped"
-        );
+        let error =
+            format!("a quoted CSV field opened on this line {why}; only this line is skipped");
         if format == Format::Csv && matches!(self.csv_header, CsvHeader::Unread) {
             self.csv_header = CsvHeader::Bad(format!("header row: {error}"));
         }
@@ -557,7 +567,9 @@ impl Tailed {
         let at_start = self.pos == 0;
         let position = self.advance(line_len);
         if self.dropped > 0 {
-            let error = format!("line of {line_len} bytes is longer than max_line_bytes ({max_line}); only its start is kept here");
+            let error = format!(
+                "line of {line_len} bytes is longer than max_line_bytes ({max_line}); only its start is kept here"
+            );
             if format == Format::Csv && matches!(self.csv_header, CsvHeader::Unread) {
                 // Without its header no row of the file can be read: the
                 // next row must not take its place.
@@ -639,7 +651,9 @@ fn read_csv_header(file: &File, max_line: usize) -> io::Result<CsvHeader> {
         state.feed(&row[before..]);
         if row.len() > max_line + 1 || (row.len() > max_line && row.last() != Some(&b'\n')) {
             // The first run refused this header as longer than max_line_bytes.
-            return Ok(CsvHeader::Bad("header row longer than max_line_bytes".into()));
+            return Ok(CsvHeader::Bad(
+                "header row longer than max_line_bytes".into(),
+            ));
         }
         if !state.open() {
             break;
@@ -829,7 +843,11 @@ mod tests {
         let v = values(&got);
         assert_eq!(v[0], r#"{"id":"1","v":"a"}"#);
         assert!(v[1].starts_with("INVALID 2,\"oops"), "{}", v[1]);
-        assert_eq!(v.len(), 2 + 37, "every row after the bad line is read: {v:?}");
+        assert_eq!(
+            v.len(),
+            2 + 37,
+            "every row after the bad line is read: {v:?}"
+        );
         assert_eq!(v[38], r#"{"id":"39","v":"x"}"#);
     }
 
@@ -925,6 +943,9 @@ mod tests {
         again.open(&committed).await.unwrap();
         let rest = again.poll(100).await.unwrap();
         assert_eq!(rest.len(), 1);
-        assert!(matches!(&rest[0], SourceItem::Invalid(i) if i.error.contains("header")), "{rest:?}");
+        assert!(
+            matches!(&rest[0], SourceItem::Invalid(i) if i.error.contains("header")),
+            "{rest:?}"
+        );
     }
 }

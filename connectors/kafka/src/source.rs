@@ -428,7 +428,9 @@ fn headers_of(headers: &BorrowedHeaders) -> Vec<(String, Vec<u8>)> {
             if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
                 return None;
             }
-            let name = std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned();
+            let name = std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned();
             let value = if value.is_null() {
                 Vec::new()
             } else {

@@ -102,13 +102,11 @@ fn unstorable(v: &Value, path: &mut String) -> Result<(), String> {
             }
             Ok(())
         }
-        Value::Number(n) if n.as_i64().is_none() && !exact_double(&n.to_string()) => {
-            Err(format!(
-                "the number {n} in `{}` is not a 64-bit integer and a double would round it: \
+        Value::Number(n) if n.as_i64().is_none() && !exact_double(&n.to_string()) => Err(format!(
+            "the number {n} in `{}` is not a 64-bit integer and a double would round it: \
                  MongoDB would not store it exactly",
-                path.trim_end_matches('.')
-            ))
-        }
+            path.trim_end_matches('.')
+        )),
         _ => Ok(()),
     }
 }
@@ -137,7 +135,10 @@ fn normalize_decimal(text: &str) -> Option<(String, i64)> {
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     let digits = format!("{int}{frac}");
     let lead = digits.len() - digits.trim_start_matches('0').len();
-    let trimmed = digits.trim_start_matches('0').trim_end_matches('0').to_string();
+    let trimmed = digits
+        .trim_start_matches('0')
+        .trim_end_matches('0')
+        .to_string();
     if trimmed.is_empty() {
         return Some((String::new(), 0));
     }
@@ -325,7 +326,10 @@ mod tests {
     #[test]
     fn what_bson_cannot_hold_exactly_is_named() {
         for ok in [r#"{"a":1,"b":[0.1,1.5e3,-9223372036854775808],"c":{"d":12.50}}"#] {
-            assert_eq!(unstorable(&serde_json::from_str(ok).unwrap(), &mut String::new()), Ok(()));
+            assert_eq!(
+                unstorable(&serde_json::from_str(ok).unwrap(), &mut String::new()),
+                Ok(())
+            );
         }
         for (bad, says) in [
             (r#"{"a":{"x\u0000y":1}}"#, "NUL"),
@@ -333,7 +337,8 @@ mod tests {
             (r#"{"n":{"v":[0.12345678901234567890]}}"#, "`n.v`"),
             (r#"{"huge":1e400}"#, "1e+400"),
         ] {
-            let e = unstorable(&serde_json::from_str(bad).unwrap(), &mut String::new()).unwrap_err();
+            let e =
+                unstorable(&serde_json::from_str(bad).unwrap(), &mut String::new()).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
     }

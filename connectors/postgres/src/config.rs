@@ -65,7 +65,10 @@ pub enum Columns {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged, expecting = "expected `auto`, or a mapping of record field to column")]
+#[serde(
+    untagged,
+    expecting = "expected `auto`, or a mapping of record field to column"
+)]
 enum ColumnsRepr {
     Word(String),
     Map(std::collections::BTreeMap<String, String>),
@@ -355,7 +358,10 @@ impl SourceConfig for PostgresSourceConfig {
     }
 
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
-        Ok(Box::new(PostgresSource::new(self.clone(), ctx.pipeline.clone())))
+        Ok(Box::new(PostgresSource::new(
+            self.clone(),
+            ctx.pipeline.clone(),
+        )))
     }
 
     async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {

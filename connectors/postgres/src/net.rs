@@ -22,8 +22,8 @@ use crate::sink::db_error;
 /// itself `ferry/<pipeline>` (`application_name`), so an operator finds it
 /// in `pg_stat_activity`; a URL that sets `application_name` keeps its own.
 pub(crate) async fn connect(url: &str, pipeline: &str) -> Result<PgConnection, ConnectorError> {
-    let mut options = PgConnectOptions::from_str(url)
-        .map_err(|e| db_error("reading the PostgreSQL URL", e))?;
+    let mut options =
+        PgConnectOptions::from_str(url).map_err(|e| db_error("reading the PostgreSQL URL", e))?;
     if options.get_application_name().is_none() {
         options = options.application_name(&format!("ferry/{pipeline}"));
     }

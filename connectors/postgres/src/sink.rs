@@ -558,7 +558,10 @@ impl PostgresSink {
     /// on an upsert's update it keeps its value) whatever the rows around
     /// it hold; a field that is `null` is NULL. So how a batch is split
     /// (a refused row splits it) never changes what a row becomes.
-    fn column_runs<'r>(&self, rows: &'r [Record]) -> Vec<(&'r [Record], Vec<(String, String, bool)>)> {
+    fn column_runs<'r>(
+        &self,
+        rows: &'r [Record],
+    ) -> Vec<(&'r [Record], Vec<(String, String, bool)>)> {
         let present = |r: &Record| -> Vec<bool> {
             self.mapping
                 .iter()
@@ -803,7 +806,10 @@ fn fits_a_double(text: &str) -> bool {
         .filter(u8::is_ascii_digit)
         .skip_while(|&b| b == b'0')
         .count();
-    digits <= 15 && text.parse::<f64>().is_ok_and(|f| f.is_finite() && (f != 0.0 || digits == 0))
+    digits <= 15
+        && text
+            .parse::<f64>()
+            .is_ok_and(|f| f.is_finite() && (f != 0.0 || digits == 0))
 }
 
 /// The part of a name PostgreSQL keeps: 63 bytes (on a character boundary).
@@ -1139,7 +1145,10 @@ mod tests {
             assert_eq!(fits_a_double(text), fits, "{text}");
         }
         assert_eq!(identifier_prefix(&"x".repeat(70)).len(), 63);
-        assert_eq!(identifier_prefix(&format!("{}é", "x".repeat(62))), "x".repeat(62));
+        assert_eq!(
+            identifier_prefix(&format!("{}é", "x".repeat(62))),
+            "x".repeat(62)
+        );
     }
 
     #[test]

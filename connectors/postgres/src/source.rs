@@ -154,7 +154,12 @@ impl PostgresSource {
             let cursor: Vec<String> = (1..=n)
                 .map(|i| row.try_get::<String, _>(i))
                 .collect::<Result<_, _>>()
-                .map_err(|e| db_error(&format!("reading the cursor of {}", self.config.origin()), e))?;
+                .map_err(|e| {
+                    db_error(
+                        &format!("reading the cursor of {}", self.config.origin()),
+                        e,
+                    )
+                })?;
             let position = Position {
                 partition: self.partition.clone(),
                 offset: Self::offset_of(&cursor),
@@ -201,9 +206,17 @@ impl PostgresSource {
             s.parse::<u64>()
                 .map_err(|e| ConnectorError::Fatal(format!("snapshot xid {s:?}: {e}")))
         };
-        let xmin = parse(row.try_get(0).map_err(|e| db_error("reading the snapshot", e))?)?;
-        let xmax = parse(row.try_get(1).map_err(|e| db_error("reading the snapshot", e))?)?;
-        let max: Option<Vec<String>> = row.try_get(2).map_err(|e| db_error("reading the snapshot", e))?;
+        let xmin = parse(
+            row.try_get(0)
+                .map_err(|e| db_error("reading the snapshot", e))?,
+        )?;
+        let xmax = parse(
+            row.try_get(1)
+                .map_err(|e| db_error("reading the snapshot", e))?,
+        )?;
+        let max: Option<Vec<String>> = row
+            .try_get(2)
+            .map_err(|e| db_error("reading the snapshot", e))?;
         // A transaction writing to the source's tables holds a row-exclusive
         // lock on them from the start of its statement, before its sequence
         // value (or timestamp) is taken; but it has no transaction id, and so
@@ -361,7 +374,11 @@ impl Source for PostgresSource {
             texts.join(", "),
             not_null.join(" AND "),
             desc.join(", "),
-            watched.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+            watched
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
         );
 
         if let Some(p) = committed.get(&self.partition.key) {

@@ -60,9 +60,7 @@ pub(crate) fn own_problems(p: &PipelineConfig) -> Vec<(String, String)> {
         }
     }
     if let Some(dl) = writes.iter().find(|w| w.key == "errors.dead_letter")
-        && let Some(out) = writes
-            .iter()
-            .find(|w| w.key != dl.key && w.path == dl.path)
+        && let Some(out) = writes.iter().find(|w| w.key != dl.key && w.path == dl.path)
     {
         problems.push((
             dl.key.clone(),

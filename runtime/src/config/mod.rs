@@ -681,8 +681,10 @@ impl Loader<'_> {
         for _ in 0..200 {
             let err = match parse(&value) {
                 Ok(t) => {
-                    let skipped: Vec<&Vec<PathSegment>> =
-                        removed.iter().chain(stand_ins.iter().map(|(p, _)| p)).collect();
+                    let skipped: Vec<&Vec<PathSegment>> = removed
+                        .iter()
+                        .chain(stand_ins.iter().map(|(p, _)| p))
+                        .collect();
                     let mut clean = !failed;
                     for (p, at) in check(&t) {
                         if skipped.iter().any(|s| p.path.starts_with(s)) {
@@ -696,10 +698,7 @@ impl Loader<'_> {
                 Err(e) => e,
             };
             failed = true;
-            if let Some(slot) = stand_ins
-                .iter_mut()
-                .find(|(p, _)| err.path.starts_with(p))
-            {
+            if let Some(slot) = stand_ins.iter_mut().find(|(p, _)| err.path.starts_with(p)) {
                 // The stand-in has the wrong type (or shape): try the next.
                 slot.1 += 1;
                 let Some(stand_in) = stand_in(slot.1) else {
