@@ -290,15 +290,14 @@ async fn run_attempt(
     let (read, source) = match reader.await {
         Ok((result, source)) => (result, Some(source)),
         Err(e) => {
-            let message = match e.try_into_panic() {
-                Ok(panic) => crate::panic_message(&*panic),
-                Err(e) => e.to_string(),
-            };
-            let e = PipelineError::Panicked {
-                task: "source",
-                message,
-            };
-            (Err(e), None)
+            let message = crate::join_error_message(e);
+            (
+                Err(PipelineError::Panicked {
+                    task: "source",
+                    message,
+                }),
+                None,
+            )
         }
     };
     if let Some(mut source) = source {

@@ -120,8 +120,8 @@ pub async fn run(
             once: options.once,
         };
         let name = p.name.clone();
-        let task = tasks.spawn(async move { (name, run_pipeline(Arc::new(p), env).await) });
-        names.insert(task.id(), all.last().expect("just pushed").0.clone());
+        let task = tasks.spawn(run_pipeline(Arc::new(p), env));
+        names.insert(task.id(), name);
     }
 
     let mut progress = Progress::new(&all);
@@ -148,18 +148,15 @@ pub async fn run(
                 let _ = stop_tx.send(true);
             }
             _ = overdue => {
-                let late: Vec<String> = {
-                    let mut late: Vec<String> = names.values().cloned().collect();
-                    late.sort();
-                    late
-                };
-                for name in &late {
+                let mut late: Vec<String> = names.values().cloned().collect();
+                late.sort();
+                for name in late {
                     let e = format!(
                         "did not stop within the shutdown timeout ({}); abandoned (its committed positions are safe: what it wrote since is read again at the next start)",
                         humantime::format_duration(options.shutdown_timeout)
                     );
                     tracing::error!(pipeline = %name, "{e}");
-                    errors.push((name.clone(), e));
+                    errors.push((name, e));
                 }
                 tasks.abort_all();
                 break;
@@ -167,24 +164,19 @@ pub async fn run(
             _ = ticker.tick() => progress.report(&all),
             joined = tasks.join_next_with_id() => match joined {
                 None => break,
-                Some(Ok((id, (name, result)))) => {
-                    names.remove(&id);
+                Some(joined) => {
+                    let (id, result) = match joined {
+                        Ok((id, result)) => (id, result.map_err(|e| e.to_string())),
+                        Err(e) => (e.id(), Err(format!("panicked: {} (a bug in ferry: please report it)", join_error_message(e)))),
+                    };
+                    let name = names.remove(&id).unwrap_or_else(|| "?".into());
                     match result {
                         Ok(()) => tracing::info!(pipeline = %name, "pipeline stopped"),
                         Err(e) => {
                             tracing::error!(pipeline = %name, "pipeline failed: {e}");
-                            errors.push((name, e.to_string()));
+                            errors.push((name, e));
                         }
                     }
-                }
-                Some(Err(e)) => {
-                    let name = names.remove(&e.id()).unwrap_or_else(|| "?".into());
-                    let e = match e.try_into_panic() {
-                        Ok(panic) => format!("panicked: {} (a bug in ferry: please report it)", panic_message(&*panic)),
-                        Err(e) => format!("its task ended: {e}"),
-                    };
-                    tracing::error!(pipeline = %name, "pipeline failed: {e}");
-                    errors.push((name, e));
                 }
             },
         }
@@ -202,6 +194,14 @@ pub async fn run(
             dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
         })
         .collect())
+}
+
+/// What ended a task: its panic's message, or why it was cancelled.
+pub(crate) fn join_error_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(panic) => panic_message(&*panic),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// The message of a panic, from its payload (`panic!` with a literal gives

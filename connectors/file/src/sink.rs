@@ -386,6 +386,19 @@ mod tests {
         )
     }
 
+    /// `transactional: false`, as `format`.
+    fn plain_sink(path: PathBuf, format: Format, columns: Option<Vec<String>>) -> FileSink {
+        FileSink::new(
+            FileSinkConfig {
+                path,
+                format,
+                transactional: false,
+                columns,
+            },
+            "t".into(),
+        )
+    }
+
     #[tokio::test]
     async fn uncommitted_output_is_cut_away_on_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -430,15 +443,7 @@ mod tests {
         let path = dir.path().join("o.jsonl");
         // What a full disk left: a whole record, then half of the next.
         fs::write(&path, "{\"n\":1}\n{\"id\":72").unwrap();
-        let mut s = FileSink::new(
-            FileSinkConfig {
-                path: path.clone(),
-                format: Format::Json,
-                transactional: false,
-                columns: None,
-            },
-            "t".into(),
-        );
+        let mut s = plain_sink(path.clone(), Format::Json, None);
         assert_eq!(s.open().await.unwrap(), None);
         s.write(&[record(2)]).await.unwrap();
         s.commit(&positions_to(2)).await.unwrap();
@@ -451,14 +456,10 @@ mod tests {
         let path = dir.path().join("o.csv");
         // A row whose quoted value holds newlines, cut after one of them.
         fs::write(&path, "id,v\n1,\"line1\nline2\n").unwrap();
-        let mut s = FileSink::new(
-            FileSinkConfig {
-                path: path.clone(),
-                format: Format::Csv,
-                transactional: false,
-                columns: Some(vec!["id".into(), "v".into()]),
-            },
-            "t".into(),
+        let mut s = plain_sink(
+            path.clone(),
+            Format::Csv,
+            Some(vec!["id".into(), "v".into()]),
         );
         s.open().await.unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "id,v\n");

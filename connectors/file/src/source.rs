@@ -537,25 +537,18 @@ impl Tailed {
             .first_newline
             .take()
             .expect("a row past its first line");
-        let at_start = self.pos == 0;
-        let mut line = &self.pending[..first - 1];
-        if at_start {
-            line = line.strip_prefix(BOM).unwrap_or(line);
-        }
-        let raw = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
+        let line = line_content(&self.pending[..first - 1], self.pos == 0);
+        let raw = String::from_utf8_lossy(line).into_owned();
         let error =
             format!("a quoted CSV field opened on this line {why}; only this line is skipped");
-        if format == Format::Csv && matches!(self.csv_header, CsvHeader::Unread) {
-            self.csv_header = CsvHeader::Bad(format!("header row: {error}"));
-        }
+        self.refuse_header(format, &error);
         let position = self.advance(first as u64);
         out.push(SourceItem::Invalid(Invalid {
             raw,
             error,
             position,
         }));
-        self.pending.clear();
-        self.csv_row = CsvRow::default();
+        self.clear_pending();
         self.reader
             .seek(SeekFrom::Start(self.pos))
             .map_err(|e| ConnectorError::io(format!("seeking {}", self.path.display()), e))?;
@@ -570,24 +563,14 @@ impl Tailed {
             let error = format!(
                 "line of {line_len} bytes is longer than max_line_bytes ({max_line}); only its start is kept here"
             );
-            if format == Format::Csv && matches!(self.csv_header, CsvHeader::Unread) {
-                // Without its header no row of the file can be read: the
-                // next row must not take its place.
-                self.csv_header = CsvHeader::Bad(format!("header row: {error}"));
-            }
+            self.refuse_header(format, &error);
             out.push(SourceItem::Invalid(Invalid {
                 raw: String::from_utf8_lossy(&self.pending).into_owned(),
                 error,
                 position,
             }));
         } else {
-            let mut line = &self.pending[..self.pending.len() - 1];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
-            if at_start {
-                line = line.strip_prefix(BOM).unwrap_or(line);
-            }
+            let line = line_content(&self.pending[..self.pending.len() - 1], at_start);
             match parse_line(format, line, &mut self.csv_header) {
                 Parsed::Record(v) => out.push(SourceItem::Record(Record::new(v, position))),
                 Parsed::Skip => {}
@@ -598,11 +581,25 @@ impl Tailed {
                 })),
             }
         }
+        self.clear_pending();
+    }
+
+    /// Nothing of the next line or row read yet.
+    fn clear_pending(&mut self) {
         self.pending.clear();
         self.dropped = 0;
         self.csv_row = CsvRow::default();
         self.first_newline = None;
         self.warned_unterminated = None;
+    }
+
+    /// The line that was to be the CSV header is a bad record: without its
+    /// header no row of the file can be read, and the next row must not
+    /// take its place.
+    fn refuse_header(&mut self, format: Format, error: &str) {
+        if format == Format::Csv && matches!(self.csv_header, CsvHeader::Unread) {
+            self.csv_header = CsvHeader::Bad(format!("header row: {error}"));
+        }
     }
 
     /// At end of file: if the file is now shorter than what was read, it was
@@ -621,15 +618,23 @@ impl Tailed {
                 .seek(SeekFrom::Start(0))
                 .map_err(|e| ConnectorError::io(format!("seeking {}", self.path.display()), e))?;
             self.pos = 0;
-            self.pending.clear();
-            self.dropped = 0;
+            self.clear_pending();
             self.fingerprint = None;
             self.csv_header = CsvHeader::Unread;
-            self.csv_row = CsvRow::default();
-            self.first_newline = None;
             self.refresh_partition();
         }
         Ok(())
+    }
+}
+
+/// A line without its newline, carriage return and (at the start of the
+/// file) byte-order mark.
+fn line_content(line: &[u8], at_start: bool) -> &[u8] {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if at_start {
+        line.strip_prefix(BOM).unwrap_or(line)
+    } else {
+        line
     }
 }
 

@@ -562,38 +562,28 @@ impl PostgresSink {
         &self,
         rows: &'r [Record],
     ) -> Vec<(&'r [Record], Vec<(String, String, bool)>)> {
-        let present = |r: &Record| -> Vec<bool> {
-            self.mapping
-                .iter()
-                .map(|(f, c, _)| self.config.key.contains(c) || r.value.get(f.as_str()).is_some())
-                .collect()
-        };
+        // Compared row to row without building anything: this runs for
+        // every record.
+        let has = |r: &Record, f: &str| r.value.get(f).is_some();
+        let same_fields =
+            |a: &Record, b: &Record| self.mapping.iter().all(|(f, _, _)| has(a, f) == has(b, f));
         let mut runs = Vec::new();
         let mut start = 0;
-        let mut mask: Option<Vec<bool>> = None;
-        for (i, r) in rows.iter().enumerate() {
-            let m = present(r);
-            if mask.as_ref().is_some_and(|prev| *prev != m) {
-                let prev = mask.take().expect("checked");
-                runs.push((&rows[start..i], self.columns_in(&prev)));
+        for i in 1..=rows.len() {
+            if i == rows.len() || !same_fields(&rows[start], &rows[i]) {
+                let cols: Vec<(String, String, bool)> = self
+                    .mapping
+                    .iter()
+                    .filter(|(f, c, _)| self.config.key.contains(c) || has(&rows[start], f))
+                    .cloned()
+                    .collect();
+                if !cols.is_empty() {
+                    runs.push((&rows[start..i], cols));
+                }
                 start = i;
             }
-            mask = Some(m);
         }
-        if let Some(m) = mask {
-            runs.push((&rows[start..], self.columns_in(&m)));
-        }
-        runs.retain(|(_, cols)| !cols.is_empty());
         runs
-    }
-
-    fn columns_in(&self, mask: &[bool]) -> Vec<(String, String, bool)> {
-        self.mapping
-            .iter()
-            .zip(mask)
-            .filter(|(_, present)| **present)
-            .map(|(m, _)| m.clone())
-            .collect()
     }
 
     /// Rows in COPY's text format.
@@ -990,8 +980,9 @@ impl Sink for PostgresSink {
         // short, the transaction is rolled back with its rows, and the
         // pipeline starts again from what that process committed. So two
         // writers never store a row twice.
-        let (mut moved, mut from, mut to) = (Vec::new(), Vec::new(), Vec::new());
-        let mut from_owner: Vec<Option<String>> = Vec::new();
+        let (mut moved, mut to) = (Vec::new(), Vec::new());
+        let (mut from, mut from_owner): (Vec<Option<String>>, Vec<Option<String>>) =
+            (Vec::new(), Vec::new());
         let (mut added, mut added_to) = (Vec::new(), Vec::new());
         for p in positions.iter() {
             let text = serde_json::to_string(p).expect("positions serialize");
@@ -1000,24 +991,17 @@ impl Sink for PostgresSink {
             if self.stored.get(&p.partition.key) == Some(&text) {
                 continue;
             }
+            let old = self.stored.get(&p.partition.key).cloned();
             let owner = self.handed_over.remove(&p.partition.key);
-            match (self.stored.get(&p.partition.key), owner) {
-                (Some(old), owner) => {
-                    moved.push(p.partition.key.clone());
-                    from.push(old.clone());
-                    from_owner.push(owner);
-                    to.push(text.clone());
-                }
-                (None, Some(owner)) => {
-                    moved.push(p.partition.key.clone());
-                    from.push(owner);
-                    from_owner.push(None);
-                    to.push(text.clone());
-                }
-                (None, None) => {
-                    added.push(p.partition.key.clone());
-                    added_to.push(text.clone());
-                }
+            if old.is_none() && owner.is_none() {
+                added.push(p.partition.key.clone());
+                added_to.push(text.clone());
+            } else {
+                // Stored over either value (a NULL matches nothing).
+                moved.push(p.partition.key.clone());
+                from.push(old);
+                from_owner.push(owner);
+                to.push(text.clone());
             }
             // A commit that fails drops the sink: no need to undo.
             self.stored.insert(p.partition.key.clone(), text);

@@ -823,53 +823,38 @@ fn stand_in(kind: usize) -> Option<Value> {
 
 /// Sets the value at `path` (its parent must be an object).
 fn insert_at(value: &mut Value, path: &[PathSegment], new: Value) -> bool {
-    let Some((PathSegment::Key(last), parents)) = path.split_last() else {
-        return false;
-    };
-    let mut v = value;
-    for seg in parents {
-        v = match (seg, v) {
-            (PathSegment::Key(k), Value::Object(m)) => match m.get_mut(k) {
-                Some(x) => x,
-                None => return false,
-            },
-            (PathSegment::Index(i), Value::Array(a)) => match a.get_mut(*i) {
-                Some(x) => x,
-                None => return false,
-            },
-            _ => return false,
-        };
-    }
-    match v {
-        Value::Object(m) => {
-            m.insert(last.clone(), new);
+    match parent_object(value, path) {
+        Some((map, key)) => {
+            map.insert(key.clone(), new);
             true
         }
-        _ => false,
+        None => false,
     }
 }
 
 fn remove_at(value: &mut Value, path: &[PathSegment]) -> bool {
-    let Some((last, parents)) = path.split_last() else {
-        return false;
+    parent_object(value, path).is_some_and(|(map, key)| map.remove(key).is_some())
+}
+
+/// The object holding the last key of `path`, and that key.
+fn parent_object<'v, 'p>(
+    value: &'v mut Value,
+    path: &'p [PathSegment],
+) -> Option<(&'v mut serde_json::Map<String, Value>, &'p String)> {
+    let (PathSegment::Key(last), parents) = path.split_last()? else {
+        return None;
     };
     let mut v = value;
     for seg in parents {
         v = match (seg, v) {
-            (PathSegment::Key(k), Value::Object(m)) => match m.get_mut(k) {
-                Some(x) => x,
-                None => return false,
-            },
-            (PathSegment::Index(i), Value::Array(a)) => match a.get_mut(*i) {
-                Some(x) => x,
-                None => return false,
-            },
-            _ => return false,
+            (PathSegment::Key(k), Value::Object(m)) => m.get_mut(k)?,
+            (PathSegment::Index(i), Value::Array(a)) => a.get_mut(*i)?,
+            _ => return None,
         };
     }
-    match (last, v) {
-        (PathSegment::Key(k), Value::Object(m)) => m.remove(k).is_some(),
-        _ => false,
+    match v {
+        Value::Object(m) => Some((m, last)),
+        _ => None,
     }
 }
 
