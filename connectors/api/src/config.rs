@@ -78,6 +78,31 @@ pub struct BuildContext {
     /// dead-letter file): a source reading local files must not read these
     /// (a link or another name can hide them from the check at load time).
     pub writes: Vec<PathBuf>,
+    /// The pipeline's `retries` counter, for the retries a connector makes by
+    /// itself (a client library reconnecting, a request sent again): the
+    /// operator sees them beside the runtime's restarts.
+    pub retries: Retries,
+}
+
+/// Counts a connector's own retries into its pipeline's `retries`.
+#[derive(Debug, Clone, Default)]
+pub struct Retries(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Retries {
+    /// Counts into `counter`.
+    pub fn new(counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Retries {
+        Retries(counter)
+    }
+
+    /// One more retry.
+    pub fn count(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Whether ferry is stopping, for connectors that wait by themselves.

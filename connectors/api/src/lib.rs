@@ -45,8 +45,8 @@ pub mod fs;
 mod record;
 
 pub use config::{
-    BuildContext, ConfigProblem, Delivery, FieldError, IdName, IdSpec, PathSegment, SinkConfig,
-    SinkPlugin, SourceConfig, SourcePlugin, Stopping, deserialize, redact_url,
+    BuildContext, ConfigProblem, Delivery, FieldError, IdName, IdSpec, PathSegment, Retries,
+    SinkConfig, SinkPlugin, SourceConfig, SourcePlugin, Stopping, deserialize, redact_url,
 };
 pub use error::ConnectorError;
 pub use flush::{Flush, FlushRequest, FlushRequests, Flushed};

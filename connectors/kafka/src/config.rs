@@ -91,10 +91,17 @@ fn librdkafka_reason(e: &rdkafka::error::KafkaError) -> String {
     }
 }
 
+/// How often clients refresh the cluster's metadata unless `options` say
+/// otherwise: a topic created (or matching `topic_pattern`) after start, a
+/// deleted topic, new partitions are seen within this. librdkafka's default
+/// is 5 minutes; a metadata request is small.
+const METADATA_REFRESH_MS: &str = "10000";
+
 /// A client config with `brokers` and the pass-through options.
 pub(crate) fn client_config(brokers: &str, options: &BTreeMap<String, Value>) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
+    c.set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS);
     for (k, v) in options {
         if let Some(text) = option_text(v) {
             c.set(k, text);
@@ -159,6 +166,14 @@ impl KafkaSourceConfig {
         }
     }
 
+    /// `[a, b]` or `the topics matching p`, for messages.
+    pub(crate) fn describe_topics(&self) -> String {
+        match &self.topic_pattern {
+            Some(p) => format!("the topics matching {p}"),
+            None => format!("[{}]", self.topics.join(", ")),
+        }
+    }
+
     pub(crate) fn group(&self, pipeline: &str) -> String {
         self.group_id
             .clone()
@@ -210,6 +225,7 @@ impl SourceConfig for KafkaSourceConfig {
         Ok(Box::new(crate::source::KafkaSource::new(
             self.clone(),
             &ctx.pipeline,
+            ctx.retries.clone(),
         )))
     }
 
@@ -289,8 +305,13 @@ impl SinkConfig for KafkaSinkConfig {
         Delivery::AtLeastOnce
     }
 
-    async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
-        Ok(Box::new(crate::sink::KafkaSink::new(self.clone())))
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
+        Ok(Box::new(crate::sink::KafkaSink::new(
+            self.clone(),
+            &ctx.pipeline,
+            ctx.retries.clone(),
+            ctx.stopping.clone(),
+        )))
     }
 
     async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {

@@ -13,7 +13,9 @@
 //! again). A message the broker refuses goes through the error-tolerance
 //! path.
 
+mod client;
 mod config;
+mod librdkafka;
 mod sink;
 mod source;
 

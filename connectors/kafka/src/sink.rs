@@ -4,26 +4,82 @@
 //! every message of it, so it can report the ones the broker refused (too
 //! large, invalid) by index; the others are durable when it returns, and
 //! `commit` has nothing left to wait for but a final flush.
+//!
+//! While the brokers cannot be reached librdkafka keeps the messages and
+//! retries by itself; the sink reports that as it happens ([`Troubles`]),
+//! gives a message up after `message.timeout.ms` (30 s unless set: the
+//! write fails, retriably, and the runtime starts again from the committed
+//! positions), and stops waiting as soon as ferry stops.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_api::{ConnectorError, Payload, Positions, Record, Rejected, Sink, Value};
+use ferry_api::{
+    ConnectorError, Payload, Positions, Record, Rejected, Retries, Sink, Stopping, Value,
+};
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 
+use crate::client::Troubles;
 use crate::config::{KafkaSinkConfig, SinkFormat, TopicSpec, client_config};
+
+/// How long librdkafka keeps trying to deliver a message, unless the
+/// pipeline's `options` say otherwise (librdkafka's default is 5 minutes,
+/// during which a write would wait without a word).
+const MESSAGE_TIMEOUT_MS: &str = "30000";
+
+/// The producer's reports go to the pipeline's log and `retries`.
+pub(crate) struct SinkCtx(Arc<Troubles>);
+
+impl ClientContext for SinkCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.client_error(&error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.0.log(level, facility, message);
+    }
+}
 
 pub(crate) struct KafkaSink {
     config: KafkaSinkConfig,
-    producer: Option<FutureProducer>,
+    producer: Option<FutureProducer<SinkCtx>>,
+    troubles: Arc<Troubles>,
+    stopping: Stopping,
 }
 
 impl KafkaSink {
-    pub(crate) fn new(config: KafkaSinkConfig) -> Self {
+    pub(crate) fn new(
+        config: KafkaSinkConfig,
+        pipeline: &str,
+        retries: Retries,
+        stopping: Stopping,
+    ) -> Self {
         KafkaSink {
             config,
             producer: None,
+            troubles: Arc::new(Troubles::new(pipeline, retries)),
+            stopping,
+        }
+    }
+
+    /// Waits for one delivery, or until ferry stops.
+    async fn delivered(
+        &self,
+        delivery: DeliveryFuture,
+    ) -> Result<Result<(), KafkaError>, ConnectorError> {
+        tokio::select! {
+            result = delivery => match result {
+                Ok(Ok(_)) => Ok(Ok(())),
+                Ok(Err((e, _))) => Ok(Err(e)),
+                Err(_) => Err(ConnectorError::Retriable(
+                    "the producer went away before delivering".into(),
+                )),
+            },
+            _ = self.stopping.wait() => Err(stopping_error()),
         }
     }
 
@@ -58,6 +114,13 @@ fn refused(e: &KafkaError) -> bool {
     )
 }
 
+fn stopping_error() -> ConnectorError {
+    ConnectorError::Retriable(
+        "ferry is stopping: not waiting for the broker's acknowledgements (nothing of this write is committed)"
+            .into(),
+    )
+}
+
 fn text_of(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -72,8 +135,13 @@ impl Sink for KafkaSink {
         // Idempotence keeps librdkafka's own retries from writing a message
         // twice or out of order; it implies acks=all.
         c.set("enable.idempotence", "true").set("acks", "all");
-        let producer: FutureProducer = c
-            .create()
+        if !self.config.options.contains_key("message.timeout.ms")
+            && !self.config.options.contains_key("delivery.timeout.ms")
+        {
+            c.set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
+        }
+        let producer: FutureProducer<SinkCtx> = c
+            .create_with_context(SinkCtx(self.troubles.clone()))
             .map_err(|e| ConnectorError::Fatal(format!("creating the Kafka producer: {e}")))?;
         self.producer = Some(producer);
         Ok(None)
@@ -122,7 +190,9 @@ impl Sink for KafkaSink {
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        if !self.stopping.sleep(Duration::from_millis(5)).await {
+                            return Err(stopping_error());
+                        }
                     }
                     Err((e, _)) if refused(&e) => {
                         rejected.push(Rejected {
@@ -140,19 +210,17 @@ impl Sink for KafkaSink {
             }
         }
         for (i, delivery) in pending {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) if refused(&e) => rejected.push(Rejected {
+            match self.delivered(delivery).await? {
+                Ok(()) => {}
+                Err(e) if refused(&e) => rejected.push(Rejected {
                     index: i,
                     error: ConnectorError::Fatal(format!("the broker refused the message: {e}")),
                 }),
-                Ok(Err((e, _))) => {
-                    return Err(ConnectorError::Retriable(format!("producing: {e}")));
-                }
-                Err(_) => {
-                    return Err(ConnectorError::Retriable(
-                        "the producer went away before delivering".into(),
-                    ));
+                Err(e) => {
+                    return Err(ConnectorError::Retriable(format!(
+                        "producing to Kafka at {}: {e}",
+                        self.config.brokers
+                    )));
                 }
             }
         }
@@ -165,10 +233,16 @@ impl Sink for KafkaSink {
         Ok(())
     }
 
+    /// Every write waited for its deliveries, so what is still queued
+    /// belongs to a write that failed or was cut short by a stop: nothing of
+    /// it was committed, and the source sends it again. It is dropped
+    /// rather than waited for (with the brokers gone that wait was the
+    /// message timeout).
     async fn close(&mut self) {
         if let Some(producer) = self.producer.take() {
             let _ = tokio::task::spawn_blocking(move || {
-                let _ = producer.flush(Duration::from_secs(10));
+                producer.purge(PurgeConfig::default().queue().inflight());
+                let _ = producer.flush(Duration::from_secs(1));
             })
             .await;
         }

@@ -42,15 +42,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use ferry_api::{
-    ConnectorError, Flush, Invalid, Partition, Payload, Position, Positions, Record, Source,
-    SourceItem, Value,
+    ConnectorError, Flush, Invalid, Partition, Payload, Position, Positions, Record, Retries,
+    Source, SourceItem, Value,
 };
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
+use crate::client::Troubles;
 use crate::config::{Format, KafkaSourceConfig, Start, client_config};
 
 type Tp = (String, i32);
@@ -71,7 +73,6 @@ struct Gate {
 
 /// What the consumer's rebalance callback, the polling thread and the
 /// source share.
-#[derive(Default)]
 struct Shared {
     /// The next offset to read of each partition, known durable in the sink.
     durable: Mutex<HashMap<Tp, i64>>,
@@ -88,7 +89,9 @@ struct Shared {
     closing: AtomicBool,
     /// Asks the runtime to make durable what the source handed over.
     flush: OnceLock<Flush>,
-    warnings: Warnings,
+    troubles: Troubles,
+    /// The first assignment came: this member is in the group.
+    joined: AtomicBool,
     /// The group took partitions away without a revocation (this member's
     /// session expired): what is in the pipeline may already be another
     /// member's to write.
@@ -100,6 +103,20 @@ struct Shared {
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Shared {
+    fn new(troubles: Troubles) -> Shared {
+        Shared {
+            durable: Mutex::default(),
+            gate: Mutex::default(),
+            generation: AtomicU64::default(),
+            next: Mutex::default(),
+            closing: AtomicBool::default(),
+            flush: OnceLock::new(),
+            troubles,
+            joined: AtomicBool::default(),
+            lost: AtomicBool::default(),
+        }
+    }
+
     /// Has the runtime write and commit all it was handed, and records what
     /// became durable. `None` when that could not be done (the pipeline is
     /// stopping or failing): the durable map is then all there is to know.
@@ -130,42 +147,11 @@ struct Ctx {
 
 impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
-        // librdkafka retries broker connections by itself, so these are
-        // reported, not fatal.
-        self.shared
-            .warnings
-            .warn(&format!("kafka: {reason} ({error})"));
+        self.shared.troubles.client_error(&error, reason);
     }
-}
 
-/// Reports a broker problem without flooding the log: while a broker is
-/// down librdkafka repeats the same error many times a second. The same
-/// message is logged again only after [`Self::EVERY`], with the count of
-/// repeats; a different one at once.
-#[derive(Default)]
-struct Warnings {
-    last: Mutex<Option<(String, std::time::Instant, u64)>>,
-}
-
-impl Warnings {
-    const EVERY: Duration = Duration::from_secs(10);
-
-    fn warn(&self, message: &str) {
-        let mut last = self.last.lock().expect("not poisoned");
-        match last.as_mut() {
-            Some((text, at, repeats)) if text == message && at.elapsed() < Self::EVERY => {
-                *repeats += 1;
-            }
-            Some((text, at, repeats)) if text == message => {
-                tracing::warn!(repeats = *repeats, "{message} (again)");
-                *at = std::time::Instant::now();
-                *repeats = 0;
-            }
-            _ => {
-                *last = Some((message.to_string(), std::time::Instant::now(), 0));
-                tracing::warn!("{message}");
-            }
-        }
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.shared.troubles.log(level, facility, message);
     }
 }
 
@@ -189,6 +175,9 @@ impl ConsumerContext for Ctx {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if !self.shared.joined.swap(true, Ordering::SeqCst) {
+                    tracing::info!(partitions = tpl.count(), "kafka: joined the group");
+                }
                 let shared = self.shared.flush("on assignment").unwrap_or_default();
                 let mut durable = self.shared.durable.lock().expect("not poisoned").clone();
                 // Other writers' positions: a previous owner that died after
@@ -291,9 +280,13 @@ impl ConsumerContext for Ctx {
                     }
                 }
                 if commit.count() > 0
-                    && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
+                    && let Err(e) = commit_within(consumer, &commit, &self.shared.closing)
                 {
-                    tracing::warn!(error = %e, "kafka: committing offsets of revoked partitions");
+                    // Safe all the same: the positions are durable with
+                    // the sink's data (or in ferry's offset store), and an
+                    // assignment starts after the further of those and
+                    // the group's.
+                    tracing::warn!(partitions = ?revoked, "kafka: committing offsets of revoked partitions: {e}");
                 }
                 let mut next = self.shared.next.lock().expect("not poisoned");
                 for tp in &revoked {
@@ -312,6 +305,64 @@ impl ConsumerContext for Ctx {
                 }
             }
         }
+    }
+}
+
+/// How long a revocation waits for the group to confirm its commit: while
+/// running, and once the source is closing (ferry stopping, or the
+/// pipeline starting again).
+const REVOKE_COMMIT_LIMIT: Duration = Duration::from_secs(30);
+const REVOKE_COMMIT_LIMIT_CLOSING: Duration = Duration::from_secs(5);
+
+/// Commits `offsets` and waits for the coordinator's answer, but not for
+/// ever: rdkafka's synchronous commit has no timeout, and with the
+/// coordinator gone it held a stopping source for 45 s
+/// (`WaitingForCoordinator`). The answer comes on a queue of its own,
+/// polled in slices so that a close during the wait shortens it.
+fn commit_within(
+    consumer: &BaseConsumer<Ctx>,
+    offsets: &TopicPartitionList,
+    closing: &AtomicBool,
+) -> Result<(), String> {
+    use rdkafka::bindings as rd;
+    let started = std::time::Instant::now();
+    let rk = consumer.client().native_ptr();
+    // SAFETY: `rk` is a live client for the whole call (borrowed), the
+    // queue is made and destroyed here, and librdkafka copies `offsets`
+    // before `rd_kafka_commit_queue` returns; an answer that comes after
+    // the queue is destroyed is dropped by librdkafka (the request holds
+    // its own reference to the queue).
+    unsafe {
+        let queue = rd::rd_kafka_queue_new(rk);
+        let err = rd::rd_kafka_commit_queue(rk, offsets.ptr(), queue, None, std::ptr::null_mut());
+        let result = if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+            Err(rdkafka::error::RDKafkaErrorCode::from(err).to_string())
+        } else {
+            loop {
+                let limit = if closing.load(Ordering::SeqCst) {
+                    REVOKE_COMMIT_LIMIT_CLOSING
+                } else {
+                    REVOKE_COMMIT_LIMIT
+                };
+                if started.elapsed() >= limit {
+                    break Err(format!(
+                        "no answer from the group coordinator within {limit:?}"
+                    ));
+                }
+                let event = rd::rd_kafka_queue_poll(queue, 100);
+                if event.is_null() {
+                    continue;
+                }
+                let err = rd::rd_kafka_event_error(event);
+                rd::rd_kafka_event_destroy(event);
+                break match err {
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+                    e => Err(rdkafka::error::RDKafkaErrorCode::from(e).to_string()),
+                };
+            }
+        };
+        rd::rd_kafka_queue_destroy(queue);
+        result
     }
 }
 
@@ -522,7 +573,7 @@ struct Chunk {
 }
 
 impl KafkaSource {
-    pub(crate) fn new(config: KafkaSourceConfig, pipeline: &str) -> Self {
+    pub(crate) fn new(config: KafkaSourceConfig, pipeline: &str, retries: Retries) -> Self {
         KafkaSource {
             group: config.group(pipeline),
             converter: Some(Converter {
@@ -531,12 +582,31 @@ impl KafkaSource {
                 last: None,
             }),
             config,
-            shared: Arc::default(),
+            shared: Arc::new(Shared::new(Troubles::new(pipeline, retries))),
             consumer: None,
             poller: None,
             caught_up: false,
             report_idle: false,
         }
+    }
+
+    fn report_consume_error(&self, e: &KafkaError) {
+        let code = e.rdkafka_error_code();
+        if Troubles::is_connection(code) {
+            return;
+        }
+        let kind = code.map_or_else(|| "consume".to_string(), |c| format!("consume {c:?}"));
+        let message = match code {
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+                format!(
+                    "kafka: a topic of {} does not exist (deleted, or not created yet): {e}; \
+                     the source reads it when it exists",
+                    self.config.describe_topics()
+                )
+            }
+            _ => format!("kafka: consuming: {e}; librdkafka keeps retrying"),
+        };
+        self.shared.troubles.report(&kind, &message);
     }
 
     /// Stops the polling thread (within one poll timeout).
@@ -711,7 +781,9 @@ impl Source for KafkaSource {
         consumer
             .subscribe(&topics)
             .map_err(|e| ConnectorError::Fatal(format!("subscribing to {topics:?}: {e}")))?;
-        tracing::info!(group = %self.group, topics = ?topics, "kafka: joined the group");
+        // Joined once the group assigns partitions (the rebalance callback
+        // says so): a broker that cannot be reached shows as troubles first.
+        tracing::info!(group = %self.group, topics = ?topics, "kafka: subscribed; joining the group");
         self.consumer = Some(Arc::new(consumer));
         Ok(())
     }
@@ -786,9 +858,7 @@ impl Source for KafkaSource {
         if let Some(e) = error {
             // Broker trouble shows here as well as in the error callback;
             // librdkafka keeps retrying, so does the source.
-            if items.is_empty() {
-                self.shared.warnings.warn(&format!("kafka: consuming: {e}"));
-            }
+            self.report_consume_error(&e);
         }
         Ok(items)
     }
