@@ -339,8 +339,14 @@ fn fault_proxy(upstream: String, schedule: Schedule) -> (String, Arc<Faults>) {
                             continue;
                         }
                     }
-                    let n = faults.requests.fetch_add(1, Ordering::SeqCst);
+                    // The schedule counts bulk requests only: the sink
+                    // also asks `GET /` when it opens.
                     let bulk = request.starts_with(b"POST /_bulk");
+                    let n = if bulk {
+                        faults.requests.fetch_add(1, Ordering::SeqCst)
+                    } else {
+                        0
+                    };
                     let fault = if !bulk {
                         None
                     } else if n < faulty {
@@ -487,6 +493,10 @@ fn validate_checks_the_cluster_and_the_mapping() {
         write("fresh", &url, "not-there-yet", "position");
         write("down", "http://127.0.0.1:9", &idx, "position");
         write("objectid", &url, &idx, "{field: customer}");
+        // A path below the server's root: every request would go below it.
+        write("path", &format!("{url}/nope"), &idx, "position");
+        // Something that answers HTTP, but not as Elasticsearch does.
+        write("other", &not_elasticsearch(), &idx, "position");
         let out = ferry_output(d, &["validate", "--check-connections", "."]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{server}: {stderr}");
@@ -503,11 +513,55 @@ fn validate_checks_the_cluster_and_the_mapping() {
             "{server}: {stderr}"
         );
         assert!(
-            stderr.contains("2 connection problem(s)"),
+            stderr.contains("./path.yaml: pipeline path: sink (elasticsearch):")
+                && stderr.contains("a path in the URL is a prefix of every request"),
             "{server}: {stderr}"
         );
+        assert!(
+            stderr.contains("./other.yaml: pipeline other: sink (elasticsearch):")
+                && stderr.contains("without a version.number"),
+            "{server}: {stderr}"
+        );
+        assert!(
+            stderr.contains("4 connection problem(s)"),
+            "{server}: {stderr}"
+        );
+        // `run` asks the same question before writing: the same answer.
+        for (name, says) in [
+            ("path", "a path in the URL"),
+            ("other", "without a version.number"),
+        ] {
+            let (status, log) = run_to_end(
+                d,
+                &["run", "--once", &format!("{name}.yaml")],
+                Duration::from_secs(30),
+            );
+            assert!(
+                !status.success() && log.contains(says),
+                "{server}: {name}: {log}"
+            );
+        }
         drop_index(&url, &idx);
     }
+}
+
+/// An HTTP server that answers every request with 200 and `{}`.
+fn not_elasticsearch() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                while read_request(&mut s).is_some() {
+                    if respond(&mut s, "200 OK", b"{}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
 }
 
 /// `auth: {username, password: ${ENV}}` reaches the cluster as Basic

@@ -926,3 +926,46 @@ fn kafka_over_tls() {
     assert!(status.success(), "{}", f.log_text());
     assert_eq!(count_lines(&d.join("untrusted.jsonl")), 0);
 }
+
+/// `validate --check-connections` names a topic a source would wait for
+/// (it said ok), and leaves a sink's missing topic alone (the broker may
+/// create it on the first write).
+#[test]
+fn check_connections_names_a_missing_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (there, missing) = (topic("there"), topic("missing"));
+    create_topic(&kafka_brokers(), &there, 1);
+    fs::write(
+        d.join("read.yaml"),
+        format!(
+            "name: read\nsource:\n  type: kafka\n  brokers: ${{KAFKA_BROKERS}}\n  topics: [{there}, {missing}]\nsink:\n  type: file\n  path: out.jsonl\n"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        d.join("write.yaml"),
+        format!(
+            "name: write\nsource:\n  type: generate\n  count: 1\nsink:\n  type: kafka\n  brokers: ${{KAFKA_BROKERS}}\n  topic: {missing}\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(ferry_bin())
+        .args(["validate", "--check-connections", "read.yaml", "write.yaml"])
+        .current_dir(d)
+        .env("KAFKA_BROKERS", kafka_brokers())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "read.yaml: pipeline read: source (kafka): no topic {missing} at"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&there) && !stderr.contains("write.yaml"),
+        "{stderr}"
+    );
+}

@@ -723,3 +723,52 @@ fn what_bson_cannot_hold_is_a_refused_record() {
     );
     drop_database(&db);
 }
+
+/// SIGTERM at random moments of a daemon writing to MongoDB and reading a
+/// change stream of it, 16 times: every stop is clean — exit 0, no panic.
+/// The driver panicked at the process's exit in about 1 run in 16
+/// (`connection_requester.rs`, a connection requested of a pool whose
+/// worker was already gone) while ferry still exited 0; the clients are now
+/// shut down before they are dropped.
+#[test]
+fn stopping_never_panics_the_driver() {
+    let db = database("stop");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("pipelines")).unwrap();
+    fs::write(
+        d.join("pipelines/write.yaml"),
+        format!(
+            "name: write\nsource:\n  type: generate\n  rate: 5000\n  template: {{\"seq\": \"{{{{seq}}}}\"}}\nsink:\n  type: mongodb\n  uri: ${{MONGODB_URI}}\n  database: {db}\n  collection: items\ndelivery:\n  flush_interval: 20ms\n"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        d.join("pipelines/watch.yaml"),
+        format!(
+            "name: watch\nsource:\n  type: mongodb\n  uri: ${{MONGODB_URI}}\n  database: {db}\n  collection: items\n  snapshot: never\nsink:\n  type: file\n  path: changes.jsonl\n"
+        ),
+    )
+    .unwrap();
+    for round in 0..16 {
+        let mut f = start(d, &["run", "pipelines"]);
+        assert!(
+            wait_until(Duration::from_secs(30), || f
+                .log_text()
+                .matches("pipeline started")
+                .count()
+                == 2),
+            "round {round}: not started:\n{}",
+            f.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(fastrand::u64(50..1500)));
+        f.signal(libc::SIGTERM);
+        let status = f.wait_for_exit(Duration::from_secs(30)).expect("stops");
+        let log = f.log_text();
+        assert!(
+            status.success() && !log.contains("panicked"),
+            "round {round}: {status:?}\n{log}"
+        );
+    }
+    drop_database(&db);
+}

@@ -392,43 +392,89 @@ impl ElasticsearchSink {
 
 /// `ferry validate --check-connections`: the cluster answers, and an
 /// existing index's mapping can hold the configured id field.
+/// GET on `path` below the configured URL (a path in the URL is kept as a
+/// prefix of every request).
+async fn get(
+    transport: &Transport,
+    shown: &str,
+    path: &str,
+) -> Result<elasticsearch::http::response::Response, ConnectorError> {
+    transport
+        .send(
+            Method::Get,
+            path,
+            HeaderMap::new(),
+            None::<&()>,
+            None::<Vec<u8>>,
+            None,
+        )
+        .await
+        .map_err(|e| {
+            ConnectorError::Retriable(format!(
+                "no answer from Elasticsearch at {shown}: {}",
+                chain(&e)
+            ))
+        })
+}
+
+/// What answers at the configured URL: `Elasticsearch 8.15.3` or
+/// `OpenSearch 3.8.0`, from `GET /`. The same question for
+/// `--check-connections` and for opening the sink, so the two agree: a URL
+/// whose path is wrong, or a server that is neither, fails both alike.
+/// `None`: the credentials may not ask (403: no `monitor` privilege, which
+/// writing does not need).
+pub(crate) async fn identify(
+    transport: &Transport,
+    shown: &str,
+) -> Result<Option<String>, ConnectorError> {
+    let root = get(transport, shown, "/").await?;
+    let status = root.status_code().as_u16();
+    let text = root.text().await.unwrap_or_default();
+    let excerpt: String = text.chars().take(200).collect();
+    match status {
+        200..=299 => {}
+        403 => return Ok(None),
+        429 | 500.. => {
+            return Err(ConnectorError::Retriable(format!(
+                "Elasticsearch at {shown} answered GET / with {status}: {excerpt}"
+            )));
+        }
+        401 => {
+            return Err(ConnectorError::Fatal(format!(
+                "Elasticsearch at {shown} refused the credentials: 401 (check `auth`)"
+            )));
+        }
+        _ => {
+            return Err(ConnectorError::Fatal(format!(
+                "{shown} answered GET / with {status}: not an Elasticsearch or OpenSearch root \
+                 (a path in the URL is a prefix of every request: is it right?)"
+            )));
+        }
+    }
+    let about: Value = serde_json::from_str(&text).unwrap_or_default();
+    let version = &about["version"];
+    let Some(number) = version["number"].as_str() else {
+        return Err(ConnectorError::Fatal(format!(
+            "{shown} answered GET / without a version.number, unlike Elasticsearch and OpenSearch: \
+             is it one? ({excerpt})"
+        )));
+    };
+    let product = match version["distribution"].as_str() {
+        Some("opensearch") => "OpenSearch",
+        _ => "Elasticsearch",
+    };
+    Ok(Some(format!("{product} {number}")))
+}
+
 pub(crate) async fn check(config: &ElasticsearchSinkConfig) -> Result<(), ConnectorError> {
     let transport = transport(config)?;
     let shown = config.shown_urls();
-    let get = |path: String| {
-        let (transport, shown) = (&transport, &shown);
-        async move {
-            transport
-                .send(
-                    Method::Get,
-                    &path,
-                    HeaderMap::new(),
-                    None::<&()>,
-                    None::<Vec<u8>>,
-                    None,
-                )
-                .await
-                .map_err(|e| {
-                    ConnectorError::Retriable(format!(
-                        "no answer from Elasticsearch at {shown}: {}",
-                        chain(&e)
-                    ))
-                })
-        }
-    };
-    let root = get("/".to_string()).await?;
-    if !root.status_code().is_success() {
-        return Err(ConnectorError::Fatal(format!(
-            "Elasticsearch at {} answered GET / with {}",
-            config.shown_urls(),
-            root.status_code()
-        )));
-    }
+    identify(&transport, &shown).await?;
     let template = IndexTemplate::parse(&config.index).map_err(ConnectorError::Fatal)?;
     if !template.is_static() {
         return Ok(());
     }
-    let mapping = get(format!("/{}/_mapping", config.index)).await?;
+    let mapping = get(&transport, &shown, &format!("/{}/_mapping", config.index)).await?;
     if mapping.status_code().as_u16() == 404 {
         return Ok(());
     }
@@ -455,6 +501,13 @@ pub(crate) async fn check(config: &ElasticsearchSinkConfig) -> Result<(), Connec
 #[async_trait]
 impl Sink for ElasticsearchSink {
     async fn open(&mut self) -> Result<Option<Positions>, ConnectorError> {
+        match identify(&self.transport, &self.shown).await? {
+            Some(server) => tracing::info!("elasticsearch: {server} at {}", self.shown),
+            None => tracing::info!(
+                "elasticsearch: {} does not say what it is to these credentials (403 on GET /); writing all the same",
+                self.shown
+            ),
+        }
         Ok(None)
     }
 

@@ -230,7 +230,7 @@ impl SourceConfig for KafkaSourceConfig {
     }
 
     async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
-        crate::check_brokers(&self.brokers, &self.options, &ctx.pipeline).await
+        crate::check_brokers(&self.brokers, &self.options, &ctx.pipeline, &self.topics).await
     }
 }
 
@@ -314,7 +314,9 @@ impl SinkConfig for KafkaSinkConfig {
         )))
     }
 
+    /// The brokers only: a missing topic may be created by the broker on
+    /// the first write (`auto.create.topics.enable`).
     async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
-        crate::check_brokers(&self.brokers, &self.options, &ctx.pipeline).await
+        crate::check_brokers(&self.brokers, &self.options, &ctx.pipeline, &[]).await
     }
 }

@@ -28,25 +28,47 @@ use ferry_api::{ConnectorError, SinkPlugin, SourcePlugin, Value, deserialize};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 /// `ferry validate --check-connections`: the cluster answers a metadata
-/// request.
+/// request, and each of `topics` exists in it (a source would wait for a
+/// missing one without reading anything). The request asks for all topics:
+/// asking for one by name lets a broker with auto-creation create it.
 pub(crate) async fn check_brokers(
     brokers: &str,
     options: &BTreeMap<String, Value>,
     pipeline: &str,
+    topics: &[String],
 ) -> Result<(), ConnectorError> {
     let mut c = config::client_config(brokers, options);
     c.set("group.id", format!("ferry-check-{pipeline}"));
     let brokers = brokers.to_string();
+    let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = c
             .create()
             .map_err(|e| ConnectorError::Fatal(format!("creating a Kafka client: {e}")))?;
-        consumer
+        let metadata = consumer
             .fetch_metadata(None, Duration::from_secs(10))
-            .map(|_| ())
             .map_err(|e| {
                 ConnectorError::Retriable(format!("no answer from Kafka at {brokers}: {e}"))
-            })
+            })?;
+        let exists = |t: &str| {
+            metadata
+                .topics()
+                .iter()
+                .any(|m| m.name() == t && m.error().is_none())
+        };
+        let missing: Vec<&str> = topics
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !exists(t))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(ConnectorError::Fatal(format!(
+                "no topic {} at {brokers} (the source would wait for it, reading nothing)",
+                missing.join(", ")
+            )))
+        }
     })
     .await
     .map_err(|e| ConnectorError::Fatal(format!("the check failed: {e}")))?

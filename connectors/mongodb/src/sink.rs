@@ -259,6 +259,12 @@ fn is_id_index(error: &Document, message: &str) -> bool {
 
 #[async_trait]
 impl Sink for MongoSink {
+    async fn close(&mut self) {
+        if let Some(db) = self.db.take() {
+            crate::client::shut_down(db.client().clone()).await;
+        }
+    }
+
     /// Positions live in ferry's offset store: ids make replays harmless.
     async fn open(&mut self) -> Result<Option<Positions>, ConnectorError> {
         let shown = self.config.redacted_uri();

@@ -633,6 +633,8 @@ impl Source for ChangeStreamSource {
 
     async fn close(&mut self) {
         self.phase = Phase::Closed;
-        self.conn = None;
+        if let Some(conn) = self.conn.take() {
+            crate::client::shut_down(conn.client.clone()).await;
+        }
     }
 }
