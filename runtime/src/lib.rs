@@ -331,8 +331,13 @@ pub fn delivery_guarantee(p: &PipelineConfig) -> String {
             );
         }
     };
-    match p.source.delivery_caveat() {
-        Some(caveat) => format!("{guarantee}; but {caveat}"),
-        None => guarantee,
+    let caveats: Vec<&str> = [p.source.delivery_caveat(), p.sink.delivery_caveat()]
+        .into_iter()
+        .flatten()
+        .collect();
+    if caveats.is_empty() {
+        guarantee
+    } else {
+        format!("{guarantee}; but {}", caveats.join("; and "))
     }
 }

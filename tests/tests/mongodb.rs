@@ -772,3 +772,77 @@ fn stopping_never_panics_the_driver() {
     }
     drop_database(&db);
 }
+
+/// `id: {field: key}` with `write: insert`: a replay (the same record
+/// again) is skipped, a *different* record with a key already stored is
+/// refused and dead-lettered — it was skipped silently, counted in `out`,
+/// while `validate` claimed exactly-once without a word. `validate` now says
+/// what the combination does. And under `id: position` a record's own
+/// `_id` is replaced by the position: said once in the log.
+#[test]
+fn insert_with_field_ids_tells_a_replay_from_a_different_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = database("firstwins");
+    fs::write(
+        d.join("in.jsonl"),
+        "{\"key\": 1, \"v\": \"a\"}\n{\"key\": 2, \"v\": \"b\"}\n{\"key\": 1, \"v\": \"c\"}\n{\"key\": 2, \"v\": \"b\"}\n",
+    )
+    .unwrap();
+    fs::write(
+        d.join("m.yaml"),
+        format!(
+            "name: firstwins\nsource:\n  type: file\n  path: in.jsonl\nsink:\n  type: mongodb\n  uri: ${{MONGODB_URI}}\n  database: {db}\n  collection: c\n  id: {{field: key}}\n  write: insert\nerrors:\n  tolerance: all\n  dead_letter: dlq.jsonl\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(ferry_bin())
+        .args(["validate", "m.yaml"])
+        .current_dir(d)
+        .env("MONGODB_URI", mongodb_uri())
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("a different record with the same id is refused (dead-lettered)"),
+        "{said}"
+    );
+    let mut f = start(d, &["run", "--once", "m.yaml"]);
+    let status = f.wait_for_exit(Duration::from_secs(60)).expect("finishes");
+    assert!(status.success(), "{}", f.log_text());
+    assert_eq!(mongodb_count(&db, "c"), 2);
+    let dead = read_jsonl(&d.join("dlq.jsonl"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["record"]["v"], "c", "{dead:?}");
+    assert!(
+        dead[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("a different document with _id 1"),
+        "{dead:?}"
+    );
+
+    fs::write(
+        d.join("own.jsonl"),
+        "{\"_id\": \"x1\", \"v\": 1}\n{\"_id\": \"x2\", \"v\": 2}\n",
+    )
+    .unwrap();
+    fs::write(
+        d.join("own.yaml"),
+        format!(
+            "name: own\nsource:\n  type: file\n  path: own.jsonl\nsink:\n  type: mongodb\n  uri: ${{MONGODB_URI}}\n  database: {db}\n  collection: own\n"
+        ),
+    )
+    .unwrap();
+    let mut f = start(d, &["run", "--once", "own.yaml"]);
+    let status = f.wait_for_exit(Duration::from_secs(60)).expect("finishes");
+    let log = f.log_text();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        log.matches("records carry an `_id` of their own").count(),
+        1,
+        "{log}"
+    );
+    drop_database(&db);
+}

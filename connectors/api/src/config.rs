@@ -209,6 +209,13 @@ pub trait SinkConfig: Send + Sync + fmt::Debug {
     /// How this sink, as configured, makes replays harmless.
     fn delivery(&self) -> Delivery;
 
+    /// What `validate` should add to the delivery guarantee for this sink
+    /// as configured, if anything (e.g. what becomes of a record that is not
+    /// a replay but shares its id with one written before).
+    fn delivery_caveat(&self) -> Option<&'static str> {
+        None
+    }
+
     /// The longest a record should wait before its batch is written, when
     /// the sink has a setting of its own for it; the pipeline's
     /// `delivery.flush_interval` is shortened to it.

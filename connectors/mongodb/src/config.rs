@@ -98,6 +98,17 @@ impl SinkConfig for MongoSinkConfig {
         }
     }
 
+    fn delivery_caveat(&self) -> Option<&'static str> {
+        match (&self.id, self.write_mode()) {
+            (IdSpec::Field { .. }, WriteMode::Insert) => Some(
+                "with ids from a field and `write: insert` the first record of each id is kept: a replay of it \
+                 is skipped, a different record with the same id is refused (dead-lettered); \
+                 `write: upsert` or `replace` keeps the latest instead",
+            ),
+            _ => None,
+        }
+    }
+
     async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
         Ok(Box::new(crate::sink::MongoSink::new(self.clone())))
     }

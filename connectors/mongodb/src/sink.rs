@@ -23,6 +23,8 @@ const DUPLICATE_KEY: i32 = 11000;
 pub(crate) struct MongoSink {
     config: Arc<MongoSinkConfig>,
     db: Option<Database>,
+    /// A record's own `_id` was replaced (said once per run).
+    told_own_id: std::sync::atomic::AtomicBool,
 }
 
 impl MongoSink {
@@ -30,6 +32,7 @@ impl MongoSink {
         MongoSink {
             config: Arc::new(config),
             db: None,
+            told_own_id: Default::default(),
         }
     }
 
@@ -69,7 +72,24 @@ impl MongoSink {
         };
         // Upserts find the document by _id in the query; the $set part
         // must not touch it.
-        doc.remove("_id");
+        let own = doc.remove("_id");
+        if own.is_some()
+            && !matches!(self.config.id, IdSpec::Field { .. })
+            && !self
+                .told_own_id
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "mongodb: records carry an `_id` of their own; with `id: {}` the document's _id is {} \
+                 and the record's is not stored (`id: {{field: _id}}` keeps it)",
+                if id.is_some() { "position" } else { "none" },
+                if id.is_some() {
+                    "the record's position"
+                } else {
+                    "the server's"
+                },
+            );
+        }
         Ok((id, doc))
     }
 }
@@ -154,6 +174,10 @@ async fn command(
 ) -> Result<Vec<Rejected>, ConnectorError> {
     let indexes: Vec<usize> = docs.iter().map(|(i, _, _)| *i).collect();
     let journaled = doc! {"w": 1, "j": true};
+    // With ids from a field, an insert that finds its _id taken may be a
+    // replay or a different record with the same key: what was sent is
+    // kept to tell them apart.
+    let mut sent: Vec<Document> = Vec::new();
     let command = match config.write_mode() {
         WriteMode::Insert => {
             let documents: Vec<Document> = docs
@@ -165,6 +189,9 @@ async fn command(
                     d
                 })
                 .collect();
+            if matches!(config.id, IdSpec::Field { .. }) {
+                sent = documents.clone();
+            }
             doc! {
                 "insert": &config.collection,
                 "documents": documents,
@@ -204,23 +231,30 @@ async fn command(
         )));
     }
     let mut rejected = Vec::new();
+    // Documents of this command (their places in it) whose _id was taken.
+    let mut taken = Vec::new();
     if let Ok(errors) = reply.get_array("writeErrors") {
         for e in errors {
             let Some(e) = e.as_document() else { continue };
-            let at = e
+            let place = e
                 .get("index")
                 .and_then(|i| i.as_i32().map(i64::from).or_else(|| i.as_i64()))
                 .and_then(|i| usize::try_from(i).ok())
-                .and_then(|i| indexes.get(i).copied());
+                .filter(|&i| i < indexes.len());
+            let at = place.map(|i| indexes[i]);
             let code = e.get_i32("code").unwrap_or(0);
             let message = e.get_str("errmsg").unwrap_or("refused").to_string();
-            // With ids from positions or fields, an insert that finds
-            // its _id taken is a replay of what was written before.
+            // With ids from positions, an insert that finds its _id taken
+            // is a replay of what was written before; with ids from a
+            // field, it is one if the document there is this one.
             if config.write_mode() == WriteMode::Insert
                 && code == DUPLICATE_KEY
                 && config.id != IdSpec::Named(IdName::None)
                 && is_id_index(e, &message)
             {
+                if let (false, Some(place)) = (sent.is_empty(), place) {
+                    taken.push(place);
+                }
                 continue;
             }
             match at {
@@ -238,7 +272,69 @@ async fn command(
             }
         }
     }
+    if !taken.is_empty() {
+        rejected.extend(differing(&db, &config, &sent, &taken, &indexes).await?);
+    }
     Ok(rejected)
+}
+
+/// Of the documents whose _id was taken (`taken`: places in `sent`), those
+/// that differ from the document stored under that _id: refused, as
+/// `write: insert` keeps the first record of each id. The same document is
+/// a replay: nothing to do.
+async fn differing(
+    db: &Database,
+    config: &MongoSinkConfig,
+    sent: &[Document],
+    taken: &[usize],
+    indexes: &[usize],
+) -> Result<Vec<Rejected>, ConnectorError> {
+    let key = |id: &Bson| id.clone().into_relaxed_extjson().to_string();
+    let ids: Vec<Bson> = taken
+        .iter()
+        .filter_map(|&i| sent[i].get("_id").cloned())
+        .collect();
+    let what = format!("reading back {}.{}", config.database, config.collection);
+    let mut cursor = db
+        .collection::<Document>(&config.collection)
+        .find(doc! {"_id": {"$in": ids}})
+        .await
+        .map_err(|e| classify(&what, e))?;
+    let mut stored = std::collections::HashMap::new();
+    while cursor.advance().await.map_err(|e| classify(&what, e))? {
+        let d = cursor
+            .deserialize_current()
+            .map_err(|e| classify(&what, e))?;
+        if let Some(id) = d.get("_id") {
+            stored.insert(key(id), d);
+        }
+    }
+    let mut refused = Vec::new();
+    for &i in taken {
+        let Some(id) = sent[i].get("_id") else {
+            continue;
+        };
+        match stored.get(&key(id)) {
+            Some(there) if *there == sent[i] => {}
+            Some(_) => refused.push(Rejected {
+                index: indexes[i],
+                error: ConnectorError::Fatal(format!(
+                    "a different document with _id {} is already stored: `write: insert` keeps the first record \
+                     of each id (`write: upsert` or `replace` keeps the latest)",
+                    key(id)
+                )),
+            }),
+            // Taken when inserted, gone now (deleted meanwhile): written
+            // again when the batch is.
+            None => {
+                return Err(ConnectorError::Retriable(format!(
+                    "the document with _id {} was there when inserted and is gone now",
+                    key(id)
+                )));
+            }
+        }
+    }
+    Ok(refused)
 }
 
 /// What a command task came back with.
