@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use ferry_api::{ConnectorError, Invalid, Position, Record, Value};
+use base64::Engine as _;
+use ferry_api::{ConnectorError, Invalid, Position, Raw, Record, Value};
 use serde_json::json;
 
 pub struct DeadLetters {
@@ -28,14 +29,17 @@ impl DeadLetters {
     }
 
     /// An entry for input the source could not parse.
+    /// Text input under `raw`; input that is not UTF-8 under `raw_base64`,
+    /// its bytes as they came (standard base64), so either can be replayed.
     pub fn invalid(&self, i: &Invalid) -> Value {
-        self.entry(
-            "source",
-            &i.error,
-            &i.position,
-            "raw",
-            Value::String(i.raw.clone()),
-        )
+        let (field, data) = match &i.raw {
+            Raw::Text(text) => ("raw", text.clone()),
+            Raw::Bytes(bytes) => (
+                "raw_base64",
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            ),
+        };
+        self.entry("source", &i.error, &i.position, field, Value::String(data))
     }
 
     /// An entry for a record the sink refused.

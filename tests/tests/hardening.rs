@@ -477,3 +477,35 @@ fn an_option_librdkafka_does_not_know_is_refused_at_validate() {
         "{text}"
     );
 }
+
+/// Input that is not UTF-8 is dead-lettered with its bytes as they came
+/// (`raw_base64`), not a lossy `raw` with U+FFFD in place of each bad byte:
+/// a dead letter can be replayed. Text stays under `raw`.
+#[test]
+fn a_dead_letter_keeps_the_bytes_of_input_that_is_not_text() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("in")).unwrap();
+    let binary: &[u8] = b"{\"v\": \"\xff\xfe\x00latin-1 \xe9\"}";
+    let mut input = b"{\"v\": 1}\n".to_vec();
+    input.extend_from_slice(binary);
+    input.extend_from_slice(b"\nnot json\n{\"v\": 2}\n");
+    fs::write(d.join("in/b.jsonl"), input).unwrap();
+    pipeline(
+        d,
+        "b.yaml",
+        "name: b\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: file\n  path: out/b.jsonl\nerrors:\n  tolerance: all\n",
+    );
+    let (status, log) = run_to_end(d, &["run", "--once", "b.yaml"], Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    assert_eq!(count_lines(&d.join("out/b.jsonl")), 2);
+    let dead = read_jsonl(&d.join("data/dlq/b.jsonl"));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(dead[0]["raw_base64"].as_str().expect("raw_base64"))
+        .unwrap();
+    assert_eq!(bytes, binary, "{dead:?}");
+    assert!(dead[0].get("raw").is_none(), "{dead:?}");
+    assert_eq!(dead[1]["raw"], "not json", "{dead:?}");
+}

@@ -50,7 +50,9 @@ pub use config::{
 };
 pub use error::ConnectorError;
 pub use flush::{Flush, FlushRequest, FlushRequests, Flushed};
-pub use record::{Invalid, Partition, Payload, Position, Positions, Record, SourceItem, Value};
+pub use record::{
+    Invalid, Partition, Payload, Position, Positions, Raw, Record, SourceItem, Value,
+};
 
 use async_trait::async_trait;
 

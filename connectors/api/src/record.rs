@@ -364,10 +364,47 @@ impl Record {
 /// the runtime can dead-letter it (or stop) and still commit past it.
 #[derive(Debug, Clone)]
 pub struct Invalid {
-    /// The raw input, as text (lossy for binary input, cut to a sane length).
-    pub raw: String,
+    /// The input as it came (as far as the source kept it: an over-long
+    /// line only its start), so that a dead letter can be replayed.
+    pub raw: Raw,
     pub error: String,
     pub position: Position,
+}
+
+/// Input that failed to parse, as it came.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Raw {
+    /// Valid UTF-8.
+    Text(String),
+    /// Anything else: the bytes as they were (a dead letter holds them in
+    /// base64, under a key that says so).
+    Bytes(Vec<u8>),
+}
+
+impl Raw {
+    /// Text when `bytes` are UTF-8, else the bytes themselves.
+    pub fn of(bytes: &[u8]) -> Raw {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Raw::Text(text.to_string()),
+            Err(_) => Raw::Bytes(bytes.to_vec()),
+        }
+    }
+}
+
+impl From<String> for Raw {
+    fn from(text: String) -> Raw {
+        Raw::Text(text)
+    }
+}
+
+impl std::fmt::Display for Raw {
+    /// Text as it is; bytes lossily, for messages only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Raw::Text(t) => f.write_str(t),
+            Raw::Bytes(b) => f.write_str(&String::from_utf8_lossy(b)),
+        }
+    }
 }
 
 /// What a source produces: a record, or input that failed to parse.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ferry_api::{
-    ConnectorError, Invalid, Partition, Position, Positions, Record, Source, SourceItem, Value,
+    ConnectorError, Invalid, Partition, Position, Positions, Raw, Record, Source, SourceItem, Value,
 };
 use notify::{EventKind, RecursiveMode, Watcher};
 use serde_json::json;
@@ -538,7 +538,7 @@ impl Tailed {
             .take()
             .expect("a row past its first line");
         let line = line_content(&self.pending[..first - 1], self.pos == 0);
-        let raw = String::from_utf8_lossy(line).into_owned();
+        let raw = Raw::of(line);
         let error =
             format!("a quoted CSV field opened on this line {why}; only this line is skipped");
         self.refuse_header(format, &error);
@@ -565,7 +565,7 @@ impl Tailed {
             );
             self.refuse_header(format, &error);
             out.push(SourceItem::Invalid(Invalid {
-                raw: String::from_utf8_lossy(&self.pending).into_owned(),
+                raw: Raw::of(&self.pending),
                 error,
                 position,
             }));
@@ -575,7 +575,7 @@ impl Tailed {
                 Parsed::Record(v) => out.push(SourceItem::Record(Record::new(v, position))),
                 Parsed::Skip => {}
                 Parsed::Invalid(error) => out.push(SourceItem::Invalid(Invalid {
-                    raw: String::from_utf8_lossy(line).into_owned(),
+                    raw: Raw::of(line),
                     error,
                     position,
                 })),

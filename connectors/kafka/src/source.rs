@@ -42,7 +42,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use ferry_api::{
-    ConnectorError, Flush, Invalid, Partition, Payload, Position, Positions, Record, Retries,
+    ConnectorError, Flush, Invalid, Partition, Payload, Position, Positions, Raw, Record, Retries,
     Source, SourceItem, Value,
 };
 use rdkafka::config::RDKafkaLogLevel;
@@ -492,9 +492,11 @@ fn headers_of(headers: &BorrowedHeaders) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// The whole message is kept (the broker bounds its size), so that its
+/// dead letter can be replayed.
 fn invalid(raw: &[u8], error: String, position: Position) -> Invalid {
     Invalid {
-        raw: String::from_utf8_lossy(&raw[..raw.len().min(4096)]).into_owned(),
+        raw: Raw::of(raw),
         error,
         position,
     }

@@ -169,7 +169,7 @@ impl PostgresSource {
                 Ok(value) => SourceItem::Record(Record::new(value, position)),
                 // row_to_json always gives JSON; kept for safety, not silence.
                 Err(e) => SourceItem::Invalid(Invalid {
-                    raw: json.chars().take(1024).collect(),
+                    raw: json.chars().take(1024).collect::<String>().into(),
                     error: e.to_string(),
                     position,
                 }),
