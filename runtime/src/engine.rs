@@ -86,7 +86,11 @@ impl PipelineError {
 /// Counters of one pipeline, read by the progress reporter.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Read for the first time in this run.
     pub records_in: AtomicU64,
+    /// Read again after a restart (what the failed attempt had read but
+    /// not committed): apart from `records_in`, so that it tells the truth.
+    pub replayed: AtomicU64,
     pub records_out: AtomicU64,
     pub dead_lettered: AtomicU64,
     /// The runtime's restarts and the connectors' own retries
@@ -184,8 +188,11 @@ pub async fn run_pipeline(p: Arc<PipelineConfig>, env: PipelineEnv) -> Result<()
         env.stop.clone(),
         &p.name,
     );
+    // Items the last attempt read but did not commit: the next one reads
+    // them again first.
+    let mut replays = 0u64;
     loop {
-        match run_attempt(&p, &env, &mut backoff).await {
+        match run_attempt(&p, &env, &mut backoff, &mut replays).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retriable() => {
                 let PipelineError::Connector { stage, source } = &e else {
@@ -203,10 +210,16 @@ pub async fn run_pipeline(p: Arc<PipelineConfig>, env: PipelineEnv) -> Result<()
 /// One life of a pipeline: open the sink, find the committed positions, open
 /// the source there, move records until the source ends, ferry stops, or
 /// something fails.
+///
+/// `replays`: how many of the first items read are a replay of what the
+/// attempt before read but did not commit; set, at the end, to what this one
+/// read but did not commit. (A count, not positions: sources replay in the
+/// order they read, and positions need not be comparable.)
 async fn run_attempt(
     p: &PipelineConfig,
     env: &PipelineEnv,
     backoff: &mut Backoff,
+    replays: &mut u64,
 ) -> Result<(), PipelineError> {
     let dead_letter_path = p.dead_letter_path(&env.data_dir);
     let mut writes: Vec<PathBuf> = p.sink.local_outputs().into_iter().map(|(_, f)| f).collect();
@@ -273,6 +286,7 @@ async fn run_attempt(
         stats.clone(),
         p.delivery.batch_size.min(CHUNK),
         env.once,
+        *replays,
     ));
     let mut writer = Writer {
         p,
@@ -289,15 +303,20 @@ async fn run_attempt(
         backoff,
         commits: commits_tx,
         in_flight: None,
+        committed_items: 0,
     };
     // The flush requests go with the writer: a source asking for a flush
     // once it is gone (leaving its group in `close`) learns so at once.
     let written = writer.run(Inbox { rx, received: 0 }, flush_requests).await;
     let committed = writer.commits.borrow().clone();
+    let committed_items = writer.committed_items;
     drop(writer);
     // The writer dropped the channel: the reader stops at its next turn.
     let (read, source) = match reader.await {
-        Ok((result, source)) => (result, Some(source)),
+        Ok((result, source, read)) => {
+            *replays = read.saturating_sub(committed_items);
+            (result, Some(source))
+        }
         Err(e) => {
             let message = crate::join_error_message(e);
             (
@@ -321,6 +340,8 @@ async fn run_attempt(
     written.and(read)
 }
 
+/// Returns, with the source, how many items it read.
+#[allow(clippy::too_many_arguments)]
 async fn read_loop(
     mut source: Box<dyn Source>,
     tx: mpsc::Sender<Vec<SourceItem>>,
@@ -329,7 +350,9 @@ async fn read_loop(
     stats: Arc<Stats>,
     max: usize,
     once: bool,
-) -> (Result<(), PipelineError>, Box<dyn Source>) {
+    mut replays: u64,
+) -> (Result<(), PipelineError>, Box<dyn Source>, u64) {
+    let mut read = 0u64;
     let result = loop {
         // The writer gone (it failed, or the source ended) is as good as a
         // stop. Checked every turn, not only when a send fails: a source at
@@ -361,15 +384,18 @@ async fn read_loop(
             }
             continue;
         }
-        stats
-            .records_in
-            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        let n = items.len() as u64;
+        read += n;
+        let again = n.min(replays);
+        replays -= again;
+        stats.replayed.fetch_add(again, Ordering::Relaxed);
+        stats.records_in.fetch_add(n - again, Ordering::Relaxed);
         tokio::select! {
             sent = tx.send(items) => if sent.is_err() { break Ok(()) },
             _ = stop.wait_for(|s| *s) => break Ok(()),
         }
     };
-    (result, source)
+    (result, source, read)
 }
 
 /// What has been written since the last commit.
@@ -401,6 +427,8 @@ struct Writer<'a> {
     /// A commit the sink has started but not yet made durable (at most
     /// one), with what becomes committed when it resolves.
     in_flight: Option<InFlight>,
+    /// Items committed in this attempt.
+    committed_items: u64,
 }
 
 /// The writer's end of the source's channel, counting the items received
@@ -684,6 +712,7 @@ impl Writer<'_> {
             }
             Err(e) => return Err(e.into()),
         }
+        self.committed_items += open.items as u64;
         self.stats
             .records_out
             .fetch_add(open.records_out, Ordering::Relaxed);

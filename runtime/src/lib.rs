@@ -86,8 +86,12 @@ pub struct RunOptions {
 pub struct PipelineOutcome {
     pub name: String,
     pub error: Option<String>,
+    /// Read for the first time, and read again after restarts.
+    pub records_in: u64,
+    pub replayed: u64,
     pub records_out: u64,
     pub dead_lettered: u64,
+    pub retries: u64,
 }
 
 /// Runs `pipelines` until `shutdown` resolves (then every pipeline stops
@@ -190,8 +194,11 @@ pub async fn run(
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|(_, e)| e.clone()),
+            records_in: stats.records_in.load(Ordering::Relaxed),
+            replayed: stats.replayed.load(Ordering::Relaxed),
             records_out: stats.records_out.load(Ordering::Relaxed),
             dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
+            retries: stats.retries.load(Ordering::Relaxed),
         })
         .collect())
 }
@@ -255,8 +262,12 @@ impl Progress {
             let out = s.records_out.load(Ordering::Relaxed);
             let rate = (out - self.last_out[i]) as f64 / secs;
             self.last_out[i] = out;
+            let replayed = match s.replayed.load(Ordering::Relaxed) {
+                0 => String::new(),
+                n => format!(" (and {n} read again after restarts)"),
+            };
             tracing::info!(
-                "{name}: in {} out {} ({rate:.0} records/s), dead-lettered {}, retries {}, committed {}",
+                "{name}: in {}{replayed} out {} ({rate:.0} records/s), dead-lettered {}, retries {}, committed {}",
                 s.records_in.load(Ordering::Relaxed),
                 out,
                 s.dead_lettered.load(Ordering::Relaxed),
