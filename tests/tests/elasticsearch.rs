@@ -455,6 +455,16 @@ fn retries_through_429_503_and_dropped_connections() {
             log.contains("starting again from the committed positions"),
             "{server}: {log}"
         );
+        // Every request the sink sent again counts in the pipeline's
+        // `retries`, beside the restarts.
+        let retries: u64 = log
+            .lines()
+            .rfind(|l| l.contains(" f: in "))
+            .and_then(|l| l.split("retries ").nth(1))
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(retries >= t + u + x, "{server}: retries {retries}: {log}");
         assert_eq!(es_count(&url, &idx), N, "{server}: _count");
         assert!(
             es_seqs(&url, &idx) == (0..N).collect::<Vec<_>>(),

@@ -969,3 +969,37 @@ fn check_connections_names_a_missing_topic() {
         "{stderr}"
     );
 }
+
+/// A topic created after the source started, matching its `topic_pattern`,
+/// is read within seconds: clients refresh metadata every 10 s unless told
+/// otherwise (librdkafka's default, 5 minutes, left it unread that long).
+#[test]
+fn a_topic_created_after_start_is_read_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let prefix = format!("ferry_later_{}", fastrand::u32(..));
+    let first = format!("{prefix}_a");
+    create_topic(&kafka_brokers(), &first, 1);
+    produce(d, &first, "a", 10);
+    fs::write(
+        d.join("consume.yaml"),
+        format!(
+            "name: consume\nsource:\n  type: kafka\n  brokers: ${{KAFKA_BROKERS}}\n  topic_pattern: \"{prefix}_.*\"\n{FAST_GROUP}sink:\n  type: file\n  path: out.jsonl\ndelivery:\n  flush_interval: 100ms\n"
+        ),
+    )
+    .unwrap();
+    let mut f = start(d, &["run", "consume.yaml"]);
+    let out = d.join("out.jsonl");
+    assert!(
+        wait_until(Duration::from_secs(60), || count_lines(&out) == 10),
+        "{}",
+        f.log_text()
+    );
+    let later = format!("{prefix}_b");
+    create_topic(&kafka_brokers(), &later, 1);
+    produce(d, &later, "b", 10);
+    // Two refresh intervals and a rebalance, well short of 5 minutes.
+    let read = wait_until(Duration::from_secs(60), || count_lines(&out) == 20);
+    stops_cleanly(&mut f);
+    assert!(read, "the later topic was not read:\n{}", f.log_text());
+}

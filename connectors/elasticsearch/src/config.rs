@@ -292,6 +292,7 @@ impl SinkConfig for ElasticsearchSinkConfig {
         Ok(Box::new(crate::sink::ElasticsearchSink::new(
             self.clone(),
             ctx.stopping.clone(),
+            ctx.retries.clone(),
         )?))
     }
 

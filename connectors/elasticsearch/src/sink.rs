@@ -154,16 +154,20 @@ pub(crate) struct ElasticsearchSink {
     transport: Transport,
     shown: String,
     stopping: ferry_api::Stopping,
+    /// The pipeline's `retries`: each bulk request sent again counts.
+    retries: ferry_api::Retries,
 }
 
 impl ElasticsearchSink {
     pub(crate) fn new(
         config: ElasticsearchSinkConfig,
         stopping: ferry_api::Stopping,
+        retries: ferry_api::Retries,
     ) -> Result<Self, ConnectorError> {
         let template = IndexTemplate::parse(&config.index).map_err(ConnectorError::Fatal)?;
         Ok(ElasticsearchSink {
             stopping,
+            retries,
             transport: transport(&config)?,
             shown: config.shown_urls(),
             template,
@@ -375,6 +379,7 @@ impl ElasticsearchSink {
                 )));
             }
             let wait = self.backoff(attempt - 1);
+            self.retries.count();
             tracing::warn!(
                 "elasticsearch: {why}; retry {attempt} of {} in {} ms",
                 self.config.retry.max_retries,
@@ -390,8 +395,6 @@ impl ElasticsearchSink {
     }
 }
 
-/// `ferry validate --check-connections`: the cluster answers, and an
-/// existing index's mapping can hold the configured id field.
 /// GET on `path` below the configured URL (a path in the URL is kept as a
 /// prefix of every request).
 async fn get(
@@ -466,6 +469,8 @@ pub(crate) async fn identify(
     Ok(Some(format!("{product} {number}")))
 }
 
+/// `ferry validate --check-connections`: the cluster answers, and an
+/// existing index's mapping can hold the configured id field.
 pub(crate) async fn check(config: &ElasticsearchSinkConfig) -> Result<(), ConnectorError> {
     let transport = transport(config)?;
     let shown = config.shown_urls();

@@ -10,7 +10,9 @@
 //! (`a_deleted_topic_is_an_error_of_its_pipeline_only`).
 //!
 //! The binaries are linked with `--wrap=rd_kafka_metadata_cache_find`
-//! (`build.rs` of this crate and of the runtime): every call from another
+//! (the `build.rs` of every package whose binaries link this crate: this
+//! one, `runtime`, `fuzz`, `fuzz/libfuzzer`; without it the link fails on
+//! `__real_rd_kafka_metadata_cache_find`): every call from another
 //! librdkafka file lands in [`__wrap_rd_kafka_metadata_cache_find`], which
 //! answers "not in the cache" for a missing name — the path librdkafka
 //! already takes for an unknown topic (it logs it and skips the entry) —
