@@ -997,7 +997,9 @@ fn a_topic_created_after_start_is_read_within_seconds() {
     );
     let later = format!("{prefix}_b");
     create_topic(&kafka_brokers(), &later, 1);
-    produce(d, &later, "b", 10);
+    // Its own folder: the running ferry holds the data folder of `d`.
+    fs::create_dir_all(d.join("producer")).unwrap();
+    produce(&d.join("producer"), &later, "b", 10);
     // Two refresh intervals and a rebalance, well short of 5 minutes.
     let read = wait_until(Duration::from_secs(60), || count_lines(&out) == 20);
     stops_cleanly(&mut f);
