@@ -472,9 +472,16 @@ impl Writer<'_> {
         let result = self.run_inner(rx, flushes).await;
         // A commit still in flight must settle before this attempt ends: a
         // restart reads the positions back from the sink, and a commit
-        // landing after that read would make its records replay.
+        // landing after that read would make its records replay. If it
+        // made its records durable, its positions move (and are counted)
+        // even though the attempt is failing.
         if let Some(f) = self.in_flight.take() {
-            let _ = f.durable.await;
+            let settled = f.durable.await;
+            if let Err(e) = self.durable(f.open, settled)
+                && result.is_ok()
+            {
+                return Err(e);
+            }
         }
         result
     }

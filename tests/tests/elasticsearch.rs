@@ -536,7 +536,11 @@ fn validate_checks_the_cluster_and_the_mapping() {
             stderr.contains("4 connection problem(s)"),
             "{server}: {stderr}"
         );
-        // `run` asks the same question before writing: the same answer.
+        // `run` asks the same question before writing: the same answer
+        // (though the servers take `POST /nope/_bulk`, `nope` read as a
+        // default index).
+        fs::create_dir_all(d.join("in")).unwrap();
+        write_test_input(&d.join("in/a.jsonl"), "a", 10);
         for (name, says) in [
             ("path", "a path in the URL"),
             ("other", "without a version.number"),

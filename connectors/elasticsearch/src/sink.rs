@@ -420,24 +420,35 @@ async fn get(
         })
 }
 
-/// What answers at the configured URL: `Elasticsearch 8.15.3` or
-/// `OpenSearch 3.8.0`, from `GET /`. The same question for
-/// `--check-connections` and for opening the sink, so the two agree: a URL
-/// whose path is wrong, or a server that is neither, fails both alike.
-/// `None`: the credentials may not ask (403: no `monitor` privilege, which
-/// writing does not need).
-pub(crate) async fn identify(
-    transport: &Transport,
-    shown: &str,
-) -> Result<Option<String>, ConnectorError> {
+/// What answered `GET /` at the configured URL.
+pub(crate) enum Server {
+    /// `Elasticsearch 8.15.3`, `OpenSearch 3.8.0`.
+    Known(String),
+    /// It would not say (403: credentials without the `monitor` privilege,
+    /// which writing does not need).
+    Unsaid { status: u16, hint: &'static str },
+}
+
+/// What answers at the configured URL, from `GET /`: the same question for
+/// `--check-connections` and for opening the sink, so the two agree. A
+/// server that answers as neither Elasticsearch nor OpenSearch do (a 200
+/// without `version.number`), and a URL whose path is not a cluster's root
+/// (404: Elasticsearch would even take `POST /nope/_bulk`, reading `nope`
+/// as a default index), fail both; a 403 passes both.
+pub(crate) async fn identify(transport: &Transport, shown: &str) -> Result<Server, ConnectorError> {
     let root = get(transport, shown, "/").await?;
     let status = root.status_code().as_u16();
     let text = root.text().await.unwrap_or_default();
     let excerpt: String = text.chars().take(200).collect();
     match status {
         200..=299 => {}
-        403 => return Ok(None),
-        429 | 500.. => {
+        403 => {
+            return Ok(Server::Unsaid {
+                status,
+                hint: "credentials without the `monitor` privilege; writing does not need it",
+            });
+        }
+        408 | 429 | 500.. => {
             return Err(ConnectorError::Retriable(format!(
                 "Elasticsearch at {shown} answered GET / with {status}: {excerpt}"
             )));
@@ -449,8 +460,8 @@ pub(crate) async fn identify(
         }
         _ => {
             return Err(ConnectorError::Fatal(format!(
-                "{shown} answered GET / with {status}: not an Elasticsearch or OpenSearch root \
-                 (a path in the URL is a prefix of every request: is it right?)"
+                "{shown} answered GET / with {status}: {excerpt} (not a cluster's root: a path in the URL \
+                 is a prefix of every request, is it right?)"
             )));
         }
     }
@@ -466,7 +477,7 @@ pub(crate) async fn identify(
         Some("opensearch") => "OpenSearch",
         _ => "Elasticsearch",
     };
-    Ok(Some(format!("{product} {number}")))
+    Ok(Server::Known(format!("{product} {number}")))
 }
 
 /// `ferry validate --check-connections`: the cluster answers, and an
@@ -507,9 +518,9 @@ pub(crate) async fn check(config: &ElasticsearchSinkConfig) -> Result<(), Connec
 impl Sink for ElasticsearchSink {
     async fn open(&mut self) -> Result<Option<Positions>, ConnectorError> {
         match identify(&self.transport, &self.shown).await? {
-            Some(server) => tracing::info!("elasticsearch: {server} at {}", self.shown),
-            None => tracing::info!(
-                "elasticsearch: {} does not say what it is to these credentials (403 on GET /); writing all the same",
+            Server::Known(server) => tracing::info!("elasticsearch: {server} at {}", self.shown),
+            Server::Unsaid { status, hint } => tracing::warn!(
+                "elasticsearch: {} answered GET / with {status} ({hint}); writing all the same",
                 self.shown
             ),
         }

@@ -31,6 +31,9 @@ use crate::config::{KafkaSinkConfig, SinkFormat, TopicSpec, client_config};
 /// during which a write would wait without a word).
 const MESSAGE_TIMEOUT_MS: &str = "30000";
 
+/// How long a write still waits for acknowledgements once ferry stops.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
 /// The producer's reports go to the pipeline's log and `retries`.
 pub(crate) struct SinkCtx(Arc<Troubles>);
 
@@ -79,7 +82,12 @@ impl KafkaSink {
                     "the producer went away before delivering".into(),
                 )),
             },
-            _ = self.stopping.wait() => Err(stopping_error()),
+            // Acknowledgements due any moment are still taken: giving them
+            // up would send their records again after the restart.
+            _ = async {
+                self.stopping.wait().await;
+                tokio::time::sleep(STOP_GRACE).await;
+            } => Err(stopping_error()),
         }
     }
 
@@ -235,14 +243,16 @@ impl Sink for KafkaSink {
 
     /// Every write waited for its deliveries, so what is still queued
     /// belongs to a write that failed or was cut short by a stop: nothing of
-    /// it was committed, and the source sends it again. It is dropped
-    /// rather than waited for (with the brokers gone that wait was the
-    /// message timeout).
+    /// it was committed, and the source sends it again. It gets a second to
+    /// be delivered, then is dropped rather than waited for (with the
+    /// brokers gone that wait was the message timeout).
     async fn close(&mut self) {
         if let Some(producer) = self.producer.take() {
             let _ = tokio::task::spawn_blocking(move || {
-                producer.purge(PurgeConfig::default().queue().inflight());
-                let _ = producer.flush(Duration::from_secs(1));
+                if producer.flush(Duration::from_secs(1)).is_err() {
+                    producer.purge(PurgeConfig::default().queue().inflight());
+                    let _ = producer.flush(Duration::from_millis(100));
+                }
             })
             .await;
         }

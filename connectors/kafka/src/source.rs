@@ -308,6 +308,9 @@ impl ConsumerContext for Ctx {
     }
 }
 
+/// How long closing waits for the consumer to leave its group.
+const CLOSE_LIMIT: Duration = Duration::from_secs(10);
+
 /// How long a revocation waits for the group to confirm its commit: while
 /// running, and once the source is closing (ferry stopping, or the
 /// pipeline starting again).
@@ -901,18 +904,33 @@ impl Source for KafkaSource {
         let _ = self.shared.flush.set(flush);
     }
 
+    /// Leaves the group, but does not wait for ever: with the coordinator
+    /// gone, librdkafka keeps a commit waiting for it up to the session
+    /// timeout (45 s by default) and will not close before. Past
+    /// [`CLOSE_LIMIT`] the consumer is left to finish on its own thread; what
+    /// it would commit is durable with the sink's data already, and it owns
+    /// no partition any more (the revocation ran first).
     async fn close(&mut self) {
         let thread = self.stop_polling();
         if let Some(consumer) = self.consumer.take() {
-            // Leaving the group runs the revocation (a blocking commit), on
+            // Leaving the group runs the revocation (a bounded commit), on
             // this thread once the polling thread let go of the consumer.
-            let _ = tokio::task::spawn_blocking(move || {
+            let leave = tokio::task::spawn_blocking(move || {
                 if let Some(thread) = thread {
                     let _ = thread.join();
                 }
                 drop(consumer)
-            })
-            .await;
+            });
+            if tokio::time::timeout(CLOSE_LIMIT, leave).await.is_err() {
+                self.shared.troubles.report(
+                    "close",
+                    &format!(
+                        "kafka: the consumer did not leave group {} within {CLOSE_LIMIT:?} \
+                         (is the coordinator gone?); not waiting for it",
+                        self.group
+                    ),
+                );
+            }
         }
     }
 }

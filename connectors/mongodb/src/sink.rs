@@ -314,8 +314,18 @@ async fn differing(
         let Some(id) = sent[i].get("_id") else {
             continue;
         };
-        match stored.get(&key(id)) {
-            Some(there) if *there == sent[i] => {}
+        let there = match stored.get(&key(id)) {
+            Some(there) => Some(there.clone()),
+            // The server matched it under another form (5 and 5.0 are one
+            // _id to it): asked by that _id itself.
+            None => db
+                .collection::<Document>(&config.collection)
+                .find_one(doc! {"_id": id.clone()})
+                .await
+                .map_err(|e| classify(&what, e))?,
+        };
+        match there {
+            Some(there) if there == sent[i] => {}
             Some(_) => refused.push(Rejected {
                 index: indexes[i],
                 error: ConnectorError::Fatal(format!(
