@@ -215,38 +215,59 @@ pub async fn run_pipeline(p: Arc<PipelineConfig>, env: PipelineEnv) -> Result<()
 /// attempt before read but did not commit; set, at the end, to what this one
 /// read but did not commit. (A count, not positions: sources replay in the
 /// order they read, and positions need not be comparable.)
+///
+/// Whatever was built is closed, however the attempt ends: the sink once it
+/// was built (even if its `open` failed), the source once it was built.
 async fn run_attempt(
     p: &PipelineConfig,
     env: &PipelineEnv,
     backoff: &mut Backoff,
     replays: &mut u64,
 ) -> Result<(), PipelineError> {
-    let dead_letter_path = p.dead_letter_path(&env.data_dir);
+    let ctx = build_context(p, env);
+    let mut sink = p
+        .sink
+        .build(&ctx)
+        .await
+        .map_err(|e| PipelineError::connector("opening the sink", e))?;
+    let result = with_sink(p, env, backoff, replays, &ctx, &mut *sink).await;
+    sink.close().await;
+    result
+}
+
+fn build_context(p: &PipelineConfig, env: &PipelineEnv) -> BuildContext {
     let mut writes: Vec<PathBuf> = p.sink.local_outputs().into_iter().map(|(_, f)| f).collect();
-    writes.push(dead_letter_path.clone());
-    let ctx = BuildContext {
+    writes.push(p.dead_letter_path(&env.data_dir));
+    BuildContext {
         pipeline: p.name.clone(),
         data_dir: env.data_dir.clone(),
         once: env.once,
         stopping: ferry_api::Stopping::new(env.stop.clone()),
         writes,
         retries: ferry_api::Retries::new(env.stats.retries.clone()),
-    };
-    let stats = &env.stats;
-    let mut sink = p
-        .sink
-        .build(&ctx)
-        .await
-        .map_err(|e| PipelineError::connector("opening the sink", e))?;
-    let sink_positions = sink
-        .open()
-        .await
-        .map_err(|e| PipelineError::connector("opening the sink", e))?;
+    }
+}
 
+/// Where an attempt starts, and who holds the truth of it.
+struct Resume {
+    positions: Positions,
+    /// The sink keeps the positions with its data (the store mirrors them).
+    kept_by_sink: bool,
+    /// The store still says "reset": its first save must be durable.
+    reset_pending: bool,
+}
+
+/// The committed positions: the sink's when it keeps them, else the
+/// store's; nothing after `ferry offsets reset`.
+fn resume_positions(
+    p: &PipelineConfig,
+    env: &PipelineEnv,
+    from_sink: Option<Positions>,
+) -> Result<Resume, PipelineError> {
     let stored = env.store.load(&p.name)?;
     let reset_pending = stored.as_ref().is_some_and(|s| s.reset);
-    let kept_by_sink = sink_positions.is_some();
-    let positions = match (stored, sink_positions) {
+    let kept_by_sink = from_sink.is_some();
+    let positions = match (stored, from_sink) {
         _ if reset_pending => {
             tracing::info!(pipeline = %p.name, "offsets were reset: starting from the beginning of the source");
             Positions::new()
@@ -255,29 +276,75 @@ async fn run_attempt(
         (Some(s), None) => s.positions,
         (None, None) => Positions::new(),
     };
-    stats.set_committed(&positions);
+    Ok(Resume {
+        positions,
+        kept_by_sink,
+        reset_pending,
+    })
+}
 
+/// The attempt once its sink is built: the sink is closed by the caller.
+async fn with_sink(
+    p: &PipelineConfig,
+    env: &PipelineEnv,
+    backoff: &mut Backoff,
+    replays: &mut u64,
+    ctx: &BuildContext,
+    sink: &mut dyn Sink,
+) -> Result<(), PipelineError> {
+    let from_sink = sink
+        .open()
+        .await
+        .map_err(|e| PipelineError::connector("opening the sink", e))?;
+    let resume = resume_positions(p, env, from_sink)?;
+    env.stats.set_committed(&resume.positions);
     let mut source = p
         .source
-        .build(&ctx)
+        .build(ctx)
         .await
         .map_err(|e| PipelineError::connector("opening the source", e))?;
     let (flush, flush_requests) = Flush::channel();
     source.attach_flush(flush);
-    source
-        .open(&positions)
-        .await
-        .map_err(|e| PipelineError::connector("opening the source", e))?;
+    if let Err(e) = source.open(&resume.positions).await {
+        source.close().await;
+        return Err(PipelineError::connector("opening the source", e));
+    }
     tracing::info!(
         pipeline = %p.name,
         source = %p.source.describe(),
         sink = %p.sink.describe(),
-        resume = %stats.committed(),
+        resume = %env.stats.committed(),
         "pipeline started"
     );
+    move_records(
+        p,
+        env,
+        backoff,
+        replays,
+        sink,
+        source,
+        flush_requests,
+        resume,
+    )
+    .await
+}
 
+/// The source task and the writer, until the source ends, ferry stops, or
+/// either fails; then the source's last acknowledgement and its `close`.
+#[allow(clippy::too_many_arguments)]
+async fn move_records(
+    p: &PipelineConfig,
+    env: &PipelineEnv,
+    backoff: &mut Backoff,
+    replays: &mut u64,
+    sink: &mut dyn Sink,
+    source: Box<dyn Source>,
+    flush_requests: FlushRequests,
+    resume: Resume,
+) -> Result<(), PipelineError> {
+    let stats = &env.stats;
     let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
-    let (commits_tx, commits_rx) = watch::channel(positions.clone());
+    let (commits_tx, commits_rx) = watch::channel(resume.positions.clone());
     let reader = tokio::spawn(read_loop(
         source,
         tx,
@@ -290,15 +357,15 @@ async fn run_attempt(
     ));
     let mut writer = Writer {
         p,
-        sink: &mut *sink,
+        sink,
         store: &env.store,
-        dead_letters: DeadLetters::new(dead_letter_path, &p.name),
+        dead_letters: DeadLetters::new(p.dead_letter_path(&env.data_dir), &p.name),
         open: Open {
-            positions,
+            positions: resume.positions,
             ..Open::default()
         },
-        kept_by_sink,
-        reset_pending,
+        kept_by_sink: resume.kept_by_sink,
+        reset_pending: resume.reset_pending,
         stats,
         backoff,
         commits: commits_tx,
@@ -317,6 +384,7 @@ async fn run_attempt(
             *replays = read.saturating_sub(committed_items);
             (result, Some(source))
         }
+        // The source went down with its task: it cannot be closed.
         Err(e) => {
             let message = crate::join_error_message(e);
             (
@@ -336,7 +404,6 @@ async fn run_attempt(
         }
         source.close().await;
     }
-    sink.close().await;
     written.and(read)
 }
 

@@ -106,7 +106,10 @@ pub trait Source: Send {
     /// group) keeps it; others ignore it.
     fn attach_flush(&mut self, _flush: Flush) {}
 
-    /// Called once when the pipeline stops, after the last commit.
+    /// Called once at the end of each life of the source, after the last
+    /// commit: when the pipeline stops, and before every restart after a
+    /// failure (a new source is then built and opened) — also when `open`
+    /// itself failed. Not called when the source's task panicked.
     async fn close(&mut self) {}
 }
 
@@ -177,7 +180,10 @@ pub trait Sink: Send {
         Ok(Vec::new())
     }
 
-    /// Called once when the pipeline stops or is restarted.
+    /// Called once at the end of each life of the sink, whatever ended it:
+    /// the pipeline stopping, a restart after a failure — also when `open`
+    /// itself failed, or the source could not be opened. A commit in flight
+    /// has settled by then.
     async fn close(&mut self) {}
 }
 
