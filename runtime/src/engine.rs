@@ -77,9 +77,27 @@ impl PipelineError {
         PipelineError::Connector { stage, source }
     }
 
-    /// Worth starting the pipeline again from its committed positions.
+    /// Worth starting the pipeline again from its committed positions: a
+    /// connector's retriable error, and the offset store's I/O errors (a
+    /// full disk is the same trouble whoever meets it); not a store file
+    /// that is not one, nor a bad record, nor a panic.
     fn is_retriable(&self) -> bool {
-        matches!(self, PipelineError::Connector { source, .. } if source.is_retriable())
+        match self {
+            PipelineError::Connector { source, .. } => source.is_retriable(),
+            PipelineError::Offsets(OffsetStoreError::Io { .. }) => true,
+            _ => false,
+        }
+    }
+
+    /// What was being done, for the retry's log line.
+    fn stage(&self) -> &'static str {
+        match self {
+            PipelineError::Connector { stage, .. } | PipelineError::BadRecord { stage, .. } => {
+                stage
+            }
+            PipelineError::Offsets(_) => "the offset store",
+            PipelineError::Panicked { task, .. } => task,
+        }
     }
 }
 
@@ -140,7 +158,13 @@ impl Backoff {
     }
 
     /// Reports the failure and waits. False: ferry is stopping, give up.
-    async fn wait(&mut self, what: &str, error: &ConnectorError, stats: &Stats) -> bool {
+    async fn wait(&mut self, error: &PipelineError, stats: &Stats) -> bool {
+        let what = error.stage();
+        // The connector's own words: the stage is said apart.
+        let error = match error {
+            PipelineError::Connector { source, .. } => source.to_string(),
+            other => other.to_string(),
+        };
         if *self.stop.borrow() {
             // Cut short by the stop itself (a write that stopped waiting for
             // its server): not a failure to retry.
@@ -195,10 +219,7 @@ pub async fn run_pipeline(p: Arc<PipelineConfig>, env: PipelineEnv) -> Result<()
         match run_attempt(&p, &env, &mut backoff, &mut replays).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retriable() => {
-                let PipelineError::Connector { stage, source } = &e else {
-                    unreachable!("checked")
-                };
-                if !backoff.wait(stage, source, &env.stats).await {
+                if !backoff.wait(&e, &env.stats).await {
                     return Ok(());
                 }
             }
@@ -544,7 +565,7 @@ impl Writer<'_> {
         // even though the attempt is failing.
         if let Some(f) = self.in_flight.take() {
             let settled = f.durable.await;
-            if let Err(e) = self.durable(f.open, settled)
+            if let Err(e) = self.durable(f.open, settled).await
                 && result.is_ok()
             {
                 return Err(e);
@@ -619,7 +640,7 @@ impl Writer<'_> {
                 }
                 Next::Durable(result) => {
                     let f = self.in_flight.take().expect("was in flight");
-                    self.durable(f.open, result)?;
+                    self.durable(f.open, result).await?;
                 }
                 // The source stopped: commit what was written, then end.
                 Next::Items(None) => return self.commit().await,
@@ -725,7 +746,7 @@ impl Writer<'_> {
         match self.in_flight.take() {
             Some(f) => {
                 let result = f.durable.await;
-                self.durable(f.open, result)
+                self.durable(f.open, result).await
             }
             None => Ok(()),
         }
@@ -760,8 +781,9 @@ impl Writer<'_> {
     }
 
     /// A commit resolved. If it is durable, now, and only now, its positions
-    /// move.
-    fn durable(
+    /// move. The offset store's write (an fsync when it holds the truth)
+    /// runs on a blocking thread, not on the async workers.
+    async fn durable(
         &mut self,
         open: Open,
         result: Result<Result<(), ConnectorError>, tokio::task::JoinError>,
@@ -774,12 +796,21 @@ impl Writer<'_> {
                 )
             })?
             .map_err(|e| PipelineError::connector("committing to the sink", e))?;
-        match self.store.save(
-            &self.p.name,
-            &open.positions,
-            self.kept_by_sink,
-            self.reset_pending,
-        ) {
+        let (store, name, positions) = (
+            self.store.clone(),
+            self.p.name.clone(),
+            open.positions.clone(),
+        );
+        let (kept_by_sink, durable) = (self.kept_by_sink, self.reset_pending);
+        let saved = tokio::task::spawn_blocking(move || {
+            store.save(&name, &positions, kept_by_sink, durable)
+        })
+        .await
+        .map_err(|e| PipelineError::Panicked {
+            task: "offset store",
+            message: crate::join_error_message(e),
+        })?;
+        match saved {
             Ok(()) => self.reset_pending = false,
             Err(e) if self.kept_by_sink => {
                 tracing::warn!(pipeline = %self.p.name, error = %e, "could not mirror offsets")

@@ -476,3 +476,41 @@ async fn close_is_called_on_every_path() {
     assert_eq!(script.journal.events(), ["sink.open", "sink.close"]);
     assert_eq!(script.journal.count("source."), 0);
 }
+
+/// The offset store failing to write (here: its temp file's name taken by
+/// a folder, as a full disk would fail it) is retried like a connector's
+/// trouble — it stopped the pipeline for good — and once it can write
+/// again the pipeline finishes, every record committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_store_that_cannot_write_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("offsets/script.json.tmp");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let script = Arc::new(Script::new(1_000));
+    let journal = script.journal.clone();
+    let unblock = {
+        let blocker = blocker.clone();
+        async move {
+            // Two lives: the first failed on the store.
+            while journal.count("source.open") < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            std::fs::remove_dir(&blocker).unwrap();
+            std::future::pending::<()>().await
+        }
+    };
+    let run = run_once(
+        pipeline(&script, 100, Tolerance::None),
+        dir.path(),
+        std::future::pending(),
+    );
+    let o = tokio::select! {
+        o = run => o,
+        _ = unblock => unreachable!(),
+    };
+    assert_eq!(o.error, None, "{:?}", script.journal.events());
+    assert!(o.retries >= 1, "{o:?}");
+    let stored = std::fs::read_to_string(dir.path().join("offsets/script.json")).unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["positions"]["n"]["offset"], 1_000, "{stored}");
+}
