@@ -29,6 +29,7 @@ struct Manifest {
     positions: Positions,
 }
 
+#[derive(Clone)]
 pub(crate) struct FileSink {
     config: FileSinkConfig,
     pipeline: String,
@@ -108,9 +109,11 @@ impl FileSink {
     }
 }
 
-#[async_trait]
-impl Sink for FileSink {
-    async fn open(&mut self) -> Result<Option<Positions>, ConnectorError> {
+impl FileSink {
+    /// `open`, on a blocking thread: opening, locking, repairing and
+    /// truncating the output and writing the first manifest are file
+    /// system calls and fsyncs, not for the async workers.
+    fn open_blocking(&mut self) -> Result<Option<Positions>, ConnectorError> {
         let dir = ferry_api::fs::parent_dir(&self.config.path);
         fs::create_dir_all(dir)
             .map_err(|e| ConnectorError::io(format!("creating {}", dir.display()), e))?;
@@ -170,6 +173,21 @@ impl Sink for FileSink {
         self.file = Some(Arc::new(file));
         Ok(positions)
     }
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    async fn open(&mut self) -> Result<Option<Positions>, ConnectorError> {
+        let mut opening = self.clone();
+        let (opened, positions) = tokio::task::spawn_blocking(move || {
+            let positions = opening.open_blocking();
+            (opening, positions)
+        })
+        .await
+        .map_err(|e| ConnectorError::Fatal(format!("opening the file sink panicked: {e}")))?;
+        *self = opened;
+        positions
+    }
 
     async fn write(&mut self, batch: &[Record]) -> Result<Vec<Rejected>, ConnectorError> {
         let file = self.file.clone().expect("write after open");
@@ -186,13 +204,22 @@ impl Sink for FileSink {
         for record in batch {
             write_record(self.config.format, &record.value, columns, &mut self.buf);
         }
-        if let Err(e) = file.write_all_at(&self.buf, self.written_len) {
-            // A full disk takes part of the batch: cut it off again, so the
-            // replay after the retry appends whole lines, never onto half a
-            // line. Should even that fail, the next open cuts it.
-            let _ = file.set_len(self.written_len);
-            return Err(self.path_err("writing", e));
-        }
+        // The write itself on a blocking thread (page cache, but a slow or
+        // full disk blocks it); the buffer goes along and comes back.
+        let (buf, at) = (std::mem::take(&mut self.buf), self.written_len);
+        let (buf, written) = tokio::task::spawn_blocking(move || {
+            let written = file.write_all_at(&buf, at).inspect_err(|_| {
+                // A full disk takes part of the batch: cut it off again, so
+                // the replay after the retry appends whole lines, never onto
+                // half a line. Should even that fail, the next open cuts it.
+                let _ = file.set_len(at);
+            });
+            (buf, written)
+        })
+        .await
+        .map_err(|e| ConnectorError::Fatal(format!("writing the file sink panicked: {e}")))?;
+        self.buf = buf;
+        written.map_err(|e| self.path_err("writing", e))?;
         self.written_len += self.buf.len() as u64;
         Ok(Vec::new())
     }
