@@ -1,0 +1,69 @@
+//! The source task: polls the source and hands chunks to the writer,
+//! tells the source what was committed, ends at a stop or when the writer
+//! is gone.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ferry_api::{Positions, Source, SourceItem};
+use tokio::sync::{mpsc, watch};
+
+use super::{PipelineError, Stats};
+
+/// Returns, with the source, how many items it read.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn read_loop(
+    mut source: Box<dyn Source>,
+    tx: mpsc::Sender<Vec<SourceItem>>,
+    mut commits: watch::Receiver<Positions>,
+    mut stop: watch::Receiver<bool>,
+    stats: Arc<Stats>,
+    max: usize,
+    once: bool,
+    mut replays: u64,
+) -> (Result<(), PipelineError>, Box<dyn Source>, u64) {
+    let mut read = 0u64;
+    let result = loop {
+        // The writer gone (it failed, or the source ended) is as good as a
+        // stop. Checked every turn, not only when a send fails: a source at
+        // its end never sends again, and the restart waits for this task.
+        if *stop.borrow() || tx.is_closed() {
+            break Ok(());
+        }
+        if commits.has_changed().unwrap_or(false) {
+            let positions = commits.borrow_and_update().clone();
+            if let Err(e) = source.committed(&positions).await {
+                tracing::warn!(error = %e, "source could not acknowledge a commit");
+            }
+        }
+        // A poll may wait (a file source's poll interval, a server that does
+        // not answer): shutdown does not wait for it. Dropping a poll loses
+        // nothing: what it read is not committed, so the next start reads
+        // it again.
+        let polled = tokio::select! {
+            polled = source.poll(max) => polled,
+            _ = stop.wait_for(|s| *s) => break Ok(()),
+        };
+        let items = match polled {
+            Ok(items) => items,
+            Err(e) => break Err(PipelineError::connector("reading the source", e)),
+        };
+        if items.is_empty() {
+            if once && source.idle() {
+                break Ok(());
+            }
+            continue;
+        }
+        let n = items.len() as u64;
+        read += n;
+        let again = n.min(replays);
+        replays -= again;
+        stats.replayed.fetch_add(again, Ordering::Relaxed);
+        stats.records_in.fetch_add(n - again, Ordering::Relaxed);
+        tokio::select! {
+            sent = tx.send(items) => if sent.is_err() { break Ok(()) },
+            _ = stop.wait_for(|s| *s) => break Ok(()),
+        }
+    };
+    (result, source, read)
+}

@@ -1,0 +1,43 @@
+//! The counters of one pipeline, read by the progress reporter.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use ferry_api::Positions;
+
+/// Counters of one pipeline, read by the progress reporter.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Read for the first time in this run.
+    pub records_in: AtomicU64,
+    /// Read again after a restart (what the failed attempt had read but
+    /// not committed): apart from `records_in`, so that it tells the truth.
+    pub replayed: AtomicU64,
+    pub records_out: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// The runtime's restarts and the connectors' own retries
+    /// ([`ferry_api::Retries`]).
+    pub retries: Arc<AtomicU64>,
+    // A std mutex: held only to swap a short string, never across an await.
+    committed: Mutex<String>,
+}
+
+impl Stats {
+    pub fn committed(&self) -> String {
+        self.committed.lock().expect("not poisoned").clone()
+    }
+
+    pub(super) fn set_committed(&self, positions: &Positions) {
+        let mut descs: Vec<String> = positions.iter().map(|p| p.describe()).collect();
+        let text = match descs.len() {
+            0 => "nothing yet".to_string(),
+            1..=2 => descs.join(", "),
+            n => {
+                descs.truncate(2);
+                format!("{} and {} more", descs.join(", "), n - 2)
+            }
+        };
+        *self.committed.lock().expect("not poisoned") = text;
+    }
+}

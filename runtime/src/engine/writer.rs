@@ -1,0 +1,367 @@
+//! The sink task: writes what the source handed over, applies the error
+//! tolerance, dead-letters, commits every batch and moves the committed
+//! positions only once a commit settled durable.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use ferry_api::{
+    ConnectorError, FlushRequest, FlushRequests, Flushed, Positions, Record, Sink, SourceItem,
+    Value,
+};
+use tokio::sync::{mpsc, watch};
+
+use super::backoff::Backoff;
+use super::{PipelineError, Stats, WRITE_MAX};
+use crate::config::{PipelineConfig, Tolerance};
+use crate::dead_letter::DeadLetters;
+use crate::offsets::OffsetStore;
+
+/// What has been written since the last commit.
+#[derive(Default)]
+pub(super) struct Uncommitted {
+    /// Committed positions advanced past every item written since.
+    pub(super) positions: Positions,
+    pub(super) items: usize,
+    pub(super) records_out: u64,
+    pub(super) dead: Vec<Value>,
+    /// When the first item since the last commit arrived.
+    pub(super) since: Option<Instant>,
+}
+
+pub(super) struct Writer<'a> {
+    pub(super) p: &'a PipelineConfig,
+    pub(super) sink: &'a mut dyn Sink,
+    pub(super) store: &'a OffsetStore,
+    pub(super) dead_letters: DeadLetters,
+    /// Since the last commit; `positions` starts as the committed ones.
+    pub(super) open: Uncommitted,
+    pub(super) kept_by_sink: bool,
+    /// The store still says "reset": its first save must be durable.
+    pub(super) reset_pending: bool,
+    pub(super) stats: &'a Stats,
+    pub(super) backoff: &'a mut Backoff,
+    /// The committed positions, watched by the source task.
+    pub(super) commits: watch::Sender<Positions>,
+    /// A commit the sink has started but not yet made durable (at most
+    /// one), with what becomes committed when it resolves.
+    pub(super) in_flight: Option<InFlight>,
+    /// Items committed in this attempt.
+    pub(super) committed_items: u64,
+}
+
+/// The writer's end of the source's channel, counting the items received
+/// in this attempt: a flush has everything the source handed over once
+/// that count reaches [`FlushRequest::handed`].
+pub(super) struct Inbox {
+    pub(super) rx: mpsc::Receiver<Vec<SourceItem>>,
+    pub(super) received: u64,
+}
+
+impl Inbox {
+    async fn recv(&mut self) -> Option<Vec<SourceItem>> {
+        let items = self.rx.recv().await?;
+        self.received += items.len() as u64;
+        Some(items)
+    }
+
+    /// A chunk already waiting, if any.
+    fn try_recv(&mut self) -> Option<Vec<SourceItem>> {
+        let items = self.rx.try_recv().ok()?;
+        self.received += items.len() as u64;
+        Some(items)
+    }
+}
+
+pub(super) struct InFlight {
+    durable: tokio::task::JoinHandle<Result<(), ConnectorError>>,
+    open: Uncommitted,
+}
+
+/// What the writer waits for next.
+enum Next {
+    Items(Option<Vec<SourceItem>>),
+    FlushDue,
+    Durable(Result<Result<(), ConnectorError>, tokio::task::JoinError>),
+    Flush(Option<FlushRequest>),
+}
+
+impl Writer<'_> {
+    pub(super) async fn run(
+        &mut self,
+        rx: Inbox,
+        flushes: FlushRequests,
+    ) -> Result<(), PipelineError> {
+        let result = self.run_inner(rx, flushes).await;
+        // A commit still in flight must settle before this attempt ends: a
+        // restart reads the positions back from the sink, and a commit
+        // landing after that read would make its records replay. If it
+        // made its records durable, its positions move (and are counted)
+        // even though the attempt is failing.
+        if let Some(f) = self.in_flight.take() {
+            let settled = f.durable.await;
+            if let Err(e) = self.durable(f.open, settled).await
+                && result.is_ok()
+            {
+                return Err(e);
+            }
+        }
+        result
+    }
+
+    async fn run_inner(
+        &mut self,
+        mut rx: Inbox,
+        mut flushes: FlushRequests,
+    ) -> Result<(), PipelineError> {
+        let mut flushes_open = true;
+        loop {
+            let due = self
+                .open
+                .since
+                .map(|since| since + self.p.delivery.flush_interval);
+            let durable = async {
+                match self.in_flight.as_mut() {
+                    Some(f) => (&mut f.durable).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                items = rx.recv() => Next::Items(items),
+                _ = async {
+                    match due {
+                        Some(due) => tokio::time::sleep_until(due.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => Next::FlushDue,
+                result = durable => Next::Durable(result),
+                request = flushes.recv(), if flushes_open => Next::Flush(request),
+            };
+            match next {
+                Next::FlushDue => self.commit().await?,
+                Next::Flush(None) => flushes_open = false,
+                Next::Flush(Some(request)) => {
+                    // Everything the source handed over: what is queued,
+                    // and what its polls returned that is still on its way
+                    // (the read task sends it: it does not wait on the
+                    // source for that). An error drops the request: the
+                    // source learns nothing was promised.
+                    let mut items = Vec::new();
+                    while let Some(more) = rx.try_recv() {
+                        items.extend(more);
+                    }
+                    while rx.received < request.handed {
+                        match rx.recv().await {
+                            Some(more) => items.extend(more),
+                            None => {
+                                request.reply(Err("the source stopped".into()));
+                                return self.commit().await;
+                            }
+                        }
+                    }
+                    if !items.is_empty() {
+                        self.write(items).await?;
+                    }
+                    self.commit().await?;
+                    let shared =
+                        self.sink.shared_positions().await.map_err(|e| {
+                            PipelineError::connector("reading the sink's positions", e)
+                        })?;
+                    tracing::debug!(pipeline = %self.p.name, "flushed for the source");
+                    request.reply(Ok(Flushed {
+                        committed: self.commits.borrow().clone(),
+                        shared,
+                    }));
+                }
+                Next::Durable(result) => {
+                    let f = self.in_flight.take().expect("was in flight");
+                    self.durable(f.open, result).await?;
+                }
+                // The source stopped: commit what was written, then end.
+                Next::Items(None) => return self.commit().await,
+                Next::Items(Some(mut items)) => {
+                    // A backlog is written in fewer, larger writes: every
+                    // write costs the sink round trips (a savepoint, a COPY),
+                    // whatever its size. Only chunks already waiting are
+                    // taken, so a quiet stream is not delayed.
+                    while items.len() < WRITE_MAX {
+                        match rx.try_recv() {
+                            Some(more) => items.extend(more),
+                            None => break,
+                        }
+                    }
+                    self.write(items).await?;
+                    if self.open.items >= self.p.delivery.batch_size {
+                        // The next batch is written while this one is made
+                        // durable.
+                        self.start_commit().await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one chunk. With `tolerance: none` a bad item commits what came
+    /// before it and stops the pipeline.
+    async fn write(&mut self, mut items: Vec<SourceItem>) -> Result<(), PipelineError> {
+        let bad_at = match self.p.errors.tolerance {
+            Tolerance::None => items
+                .iter()
+                .position(|it| matches!(it, SourceItem::Invalid(_))),
+            Tolerance::All => None,
+        };
+        let bad = bad_at.and_then(|i| items.drain(i..).next());
+        self.open.since.get_or_insert_with(Instant::now);
+        self.open.items += items.len();
+        self.open
+            .positions
+            .advance_all(items.iter().map(SourceItem::position));
+        let mut records: Vec<Record> = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                SourceItem::Record(r) => records.push(r),
+                SourceItem::Invalid(i) => self.open.dead.push(self.dead_letters.invalid(&i)),
+            }
+        }
+        let mut rejected = self
+            .sink
+            .write(&records)
+            .await
+            .map_err(|e| PipelineError::connector("writing to the sink", e))?;
+        // The indices come from the connector (and may come from a server's
+        // answer): in order, each once, and inside the batch.
+        rejected.sort_by_key(|r| r.index);
+        rejected.dedup_by_key(|r| r.index);
+        if let Some(r) = rejected.iter().find(|r| r.index >= records.len()) {
+            return Err(PipelineError::connector(
+                "writing to the sink",
+                ConnectorError::Fatal(format!(
+                    "the sink reported record {} of a batch of {} as refused (a bug in the connector)",
+                    r.index,
+                    records.len()
+                )),
+            ));
+        }
+        if let Some(first) = rejected.first()
+            && self.p.errors.tolerance == Tolerance::None
+        {
+            // Nothing of this batch is committed: it replays up to the bad record next time.
+            return Err(PipelineError::BadRecord {
+                stage: "sink",
+                position: records[first.index].position.describe(),
+                error: first.error.to_string(),
+            });
+        }
+        for r in &rejected {
+            self.open
+                .dead
+                .push(self.dead_letters.rejected(&records[r.index], &r.error));
+        }
+        self.open.records_out += (records.len() - rejected.len()) as u64;
+        if let Some(SourceItem::Invalid(bad)) = bad {
+            self.commit().await?;
+            return Err(PipelineError::BadRecord {
+                stage: "source",
+                position: bad.position.describe(),
+                error: bad.error,
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes everything written since the last commit durable, then moves
+    /// the committed positions.
+    async fn commit(&mut self) -> Result<(), PipelineError> {
+        self.start_commit().await?;
+        self.settle().await
+    }
+
+    /// Waits for the commit in flight, if any, and moves the positions.
+    async fn settle(&mut self) -> Result<(), PipelineError> {
+        match self.in_flight.take() {
+            Some(f) => {
+                let result = f.durable.await;
+                self.durable(f.open, result).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Starts making everything written since the last commit durable,
+    /// after the previous commit settled: commits land in order.
+    async fn start_commit(&mut self) -> Result<(), PipelineError> {
+        self.settle().await?;
+        if self.open.items == 0 {
+            self.open.since = None;
+            return Ok(());
+        }
+        if !self.open.dead.is_empty() {
+            self.dead_letters
+                .append(&self.open.dead)
+                .await
+                .map_err(|e| PipelineError::connector("writing the dead-letter file", e))?;
+        }
+        let pending = self
+            .sink
+            .start_commit(&self.open.positions)
+            .await
+            .map_err(|e| PipelineError::connector("committing to the sink", e))?;
+        let open = std::mem::take(&mut self.open);
+        self.open.positions = open.positions.clone();
+        self.in_flight = Some(InFlight {
+            durable: tokio::spawn(pending),
+            open,
+        });
+        Ok(())
+    }
+
+    /// A commit resolved. If it is durable, now, and only now, its positions
+    /// move. The offset store's write (an fsync when it holds the truth)
+    /// runs on a blocking thread, not on the async workers.
+    async fn durable(
+        &mut self,
+        open: Uncommitted,
+        result: Result<Result<(), ConnectorError>, tokio::task::JoinError>,
+    ) -> Result<(), PipelineError> {
+        result
+            .map_err(|e| {
+                PipelineError::connector(
+                    "committing to the sink",
+                    ConnectorError::Fatal(format!("the commit task failed: {e}")),
+                )
+            })?
+            .map_err(|e| PipelineError::connector("committing to the sink", e))?;
+        let (store, name, positions) = (
+            self.store.clone(),
+            self.p.name.clone(),
+            open.positions.clone(),
+        );
+        let (kept_by_sink, durable) = (self.kept_by_sink, self.reset_pending);
+        let saved = tokio::task::spawn_blocking(move || {
+            store.save(&name, &positions, kept_by_sink, durable)
+        })
+        .await
+        .map_err(|e| PipelineError::Panicked {
+            task: "offset store",
+            message: crate::join_error_message(e),
+        })?;
+        match saved {
+            Ok(()) => self.reset_pending = false,
+            Err(e) if self.kept_by_sink => {
+                tracing::warn!(pipeline = %self.p.name, error = %e, "could not mirror offsets")
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.committed_items += open.items as u64;
+        self.stats
+            .records_out
+            .fetch_add(open.records_out, Ordering::Relaxed);
+        self.stats
+            .dead_lettered
+            .fetch_add(open.dead.len() as u64, Ordering::Relaxed);
+        self.stats.set_committed(&open.positions);
+        self.commits.send_replace(open.positions);
+        self.backoff.reset();
+        Ok(())
+    }
+}
