@@ -6,7 +6,7 @@
 //! are committed to the group only after the sink made the records durable,
 //! never by librdkafka's auto-commit; an assigned partition starts at the
 //! further of the group's offset and the position the sink (or ferry's
-//! offset store) holds. See `source.rs` for the rebalance rules.
+//! offset store) holds. See `source/mod.rs` for the rebalance rules.
 //!
 //! **Sink** (`type: kafka`): an idempotent producer with `acks=all`,
 //! ordered per key; at-least-once (a replay after a crash sends records
