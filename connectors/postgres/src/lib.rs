@@ -24,10 +24,13 @@
 //! row becomes a record whose fields are its columns (`row_to_json` types;
 //! bytea as base64; timestamps as RFC 3339 in UTC).
 
+mod column_types;
 mod config;
+mod copy_text;
 mod net;
 mod sink;
 mod source;
+mod sql;
 
 pub use config::{Columns, Mode, PostgresSinkConfig, PostgresSourceConfig, SourceMode};
 

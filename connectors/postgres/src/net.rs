@@ -16,7 +16,7 @@ use std::str::FromStr;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
-use crate::sink::db_error;
+use crate::sql::db_error;
 
 /// A new connection for `pipeline`, with Nagle's algorithm off. It names
 /// itself `ferry/<pipeline>` (`application_name`), so an operator finds it

@@ -33,7 +33,14 @@ use ferry_api::{
 // validated as plain names and are quoted; values are bound.
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
+use crate::column_types::{column_type, identifier_prefix};
 use crate::config::{Columns, Mode, PostgresSinkConfig, split_table};
+use crate::copy_text::encode;
+use crate::sql::{db_error, is_data_error, is_unique_violation, quote, refusal};
+
+/// Consecutive rows and the columns they give values for: (field, column,
+/// whether the column takes JSON).
+type ColumnRun<'r> = (&'r [Record], Vec<(String, String, bool)>);
 
 /// Per-connection temporary table the rows are COPYed into.
 const STAGE: &str = "ferry_stage";
@@ -226,61 +233,12 @@ fn copy_failed(
 /// conflict stays bounded whatever `delivery.batch_size` is.
 const SENT_MAX: usize = 16 << 20;
 
-/// Maps a database error to retriable (connection trouble, server shutting
-/// down, serialization failure) or fatal, with what was being done.
-pub(crate) fn db_error(context: &str, e: sqlx::Error) -> ConnectorError {
-    let retriable = match &e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            c.starts_with("08")
-                || c.starts_with("53")
-                || c.starts_with("57P")
-                || c == "40001"
-                || c == "40P01"
-        }),
-        _ => false,
-    };
-    let message = format!("{context}: {e}");
-    if retriable {
-        ConnectorError::Retriable(message)
-    } else {
-        ConnectorError::Fatal(message)
-    }
-}
-
-/// A row the database refuses (bad value, NOT NULL, unique, check): SQLSTATE
-/// classes 22 and 23. Anything else is not the row's fault.
-fn is_data_error(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")))
-}
-
-/// A row whose key the target already holds (or any unique index): for
-/// a direct upsert stream, the sign to go through the staging table.
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
-}
-
-/// The database's own words for a refused row.
-fn refusal(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Database(db) => db.message().to_string(),
-        other => other.to_string(),
-    }
-}
-
 /// `"a", "b"`: a COPY's or an INSERT's column list.
 fn column_list(cols: &[(String, String, bool)]) -> String {
     cols.iter()
         .map(|(_, c, _)| quote(c))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-pub(crate) fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 impl PostgresSink {
@@ -558,10 +516,7 @@ impl PostgresSink {
     /// on an upsert's update it keeps its value) whatever the rows around
     /// it hold; a field that is `null` is NULL. So how a batch is split
     /// (a refused row splits it) never changes what a row becomes.
-    fn column_runs<'r>(
-        &self,
-        rows: &'r [Record],
-    ) -> Vec<(&'r [Record], Vec<(String, String, bool)>)> {
+    fn column_runs<'r>(&self, rows: &'r [Record]) -> Vec<ColumnRun<'r>> {
         // Compared row to row without building anything: this runs for
         // every record.
         let has = |r: &Record, f: &str| r.value.get(f).is_some();
@@ -787,57 +742,6 @@ impl PostgresSink {
     }
 }
 
-/// Whether a number written as `text` survives a double: at most 15
-/// significant digits and an exponent a double has.
-fn fits_a_double(text: &str) -> bool {
-    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
-    let digits = mantissa
-        .bytes()
-        .filter(u8::is_ascii_digit)
-        .skip_while(|&b| b == b'0')
-        .count();
-    digits <= 15
-        && text
-            .parse::<f64>()
-            .is_ok_and(|f| f.is_finite() && (f != 0.0 || digits == 0))
-}
-
-/// The part of a name PostgreSQL keeps: 63 bytes (on a character boundary).
-fn identifier_prefix(name: &str) -> &str {
-    let mut end = name.len().min(63);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    &name[..end]
-}
-
-/// The column type `create_table` gives a field, from the batch's values.
-fn column_type(batch: &[Record], field: &str) -> &'static str {
-    let (mut int, mut float, mut bool_, mut text, mut nested) = (false, false, false, false, false);
-    let mut big = false;
-    for r in batch {
-        match r.value.get(field) {
-            None | Some(Value::Null) => {}
-            Some(Value::Number(n)) if n.is_i64() => int = true,
-            // Past bigint, or more digits than a double keeps (numbers are
-            // kept as exact text): numeric holds it.
-            Some(Value::Number(n)) if !n.to_string().contains(['.', 'e', 'E']) => big = true,
-            Some(Value::Number(n)) if !fits_a_double(&n.to_string()) => big = true,
-            Some(Value::Number(_)) => float = true,
-            Some(Value::Bool(_)) => bool_ = true,
-            Some(Value::String(_)) => text = true,
-            Some(_) => nested = true,
-        }
-    }
-    match (int, float, bool_, text, nested) {
-        (_, _, _, _, true) => "jsonb",
-        (_, _, false, false, _) if big => "numeric",
-        (true, false, false, false, _) => "bigint",
-        (_, true, false, false, _) => "double precision",
-        (false, false, true, false, _) => "boolean",
-        _ => "text",
-    }
-}
 #[async_trait]
 impl Sink for PostgresSink {
     async fn open(&mut self) -> Result<Option<Positions>, ConnectorError> {
@@ -1073,88 +977,5 @@ impl Sink for PostgresSink {
 
     async fn close(&mut self) {
         self.close_conn().await;
-    }
-}
-
-/// One value in COPY's text format.
-fn encode(v: &Value, json: bool, out: &mut Vec<u8>) {
-    use std::io::Write;
-    match v {
-        Value::Null => out.extend_from_slice(b"\\N"),
-        // A json column takes any value as JSON text (a string quoted).
-        other if json => escape(other.to_string().as_bytes(), out),
-        Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
-        // Written in place rather than through a String per number.
-        Value::Number(n) => write!(out, "{n}").expect("writing to a Vec"),
-        Value::String(s) => escape(s.as_bytes(), out),
-        other => escape(other.to_string().as_bytes(), out),
-    }
-}
-
-/// Escapes COPY's special bytes, copying the runs between them whole.
-fn escape(bytes: &[u8], out: &mut Vec<u8>) {
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let replacement: &[u8] = match b {
-            b'\\' => b"\\\\",
-            b'\t' => b"\\t",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(replacement);
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn created_columns_hold_their_numbers_exactly() {
-        for (text, fits) in [
-            ("12.5", true),
-            ("0.000123", true),
-            ("1e300", true),
-            ("123456789012345.6", false),
-            ("123456789012345678901234567890.123", false),
-            ("1e400", false),
-            ("1.0e-400", false),
-            ("0.0", true),
-        ] {
-            assert_eq!(fits_a_double(text), fits, "{text}");
-        }
-        assert_eq!(identifier_prefix(&"x".repeat(70)).len(), 63);
-        assert_eq!(
-            identifier_prefix(&format!("{}é", "x".repeat(62))),
-            "x".repeat(62)
-        );
-    }
-
-    #[test]
-    fn copy_text_encoding() {
-        let mut out = Vec::new();
-        for v in [
-            json!(null),
-            json!(true),
-            json!(1.5),
-            json!("a\tb\\c\nd"),
-            json!({"k": [1]}),
-        ] {
-            encode(&v, false, &mut out);
-            out.push(b'|');
-        }
-        for v in [json!("s"), json!(null)] {
-            encode(&v, true, &mut out);
-            out.push(b'|');
-        }
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "\\N|t|1.5|a\\tb\\\\c\\nd|{\"k\":[1]}|\"s\"|\\N|"
-        );
     }
 }

@@ -37,7 +37,7 @@ use ferry_api::{
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
 use crate::config::{PostgresSourceConfig, split_table};
-use crate::sink::{db_error, quote};
+use crate::sql::{db_error, quote};
 
 /// The temporary view a `query:` is wrapped in, so tables and queries are
 /// read the same way.
