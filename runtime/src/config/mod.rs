@@ -20,8 +20,8 @@ use serde::Deserialize;
 
 use crate::registry::Registry;
 pub use env::Secrets;
-pub use loader::path_string;
 use loader::Loader;
+pub use loader::path_string;
 pub use marks::{Loc, Marks};
 
 /// A mistake in a pipeline file, located as precisely as the file allows.

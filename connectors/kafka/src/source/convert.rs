@@ -5,9 +5,9 @@ use super::*;
 /// Turns messages into records; lives on the polling thread.
 pub(super) struct Converter {
     pub(super) format: Format,
-    pub(super) partitions: HashMap<Tp, Arc<Partition>>,
+    pub(super) partitions: HashMap<TopicPartition, Arc<Partition>>,
     /// The partition of the last message: (topic, partition number).
-    pub(super) last: Option<(Tp, Arc<Partition>)>,
+    pub(super) last: Option<(TopicPartition, Arc<Partition>)>,
 }
 
 pub(super) fn text_or_base64(bytes: &[u8]) -> Value {

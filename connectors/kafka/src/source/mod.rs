@@ -66,9 +66,9 @@ use crate::config::{Format, KafkaSourceConfig, Start, client_config};
 
 use convert::{Converter, Read};
 use poll::{Chunk, Poller, poll_ahead};
-use rebalance::{Ctx, Shared};
+use rebalance::{GroupContext, Shared};
 
-type Tp = (String, i32);
+type TopicPartition = (String, i32);
 
 /// Chunks the polling thread reads ahead of the runtime.
 const AHEAD: usize = 2;
@@ -80,7 +80,7 @@ pub(crate) struct KafkaSource {
     config: KafkaSourceConfig,
     group: String,
     shared: Arc<Shared>,
-    consumer: Option<Arc<BaseConsumer<Ctx>>>,
+    consumer: Option<Arc<BaseConsumer<GroupContext>>>,
     /// Until the first poll starts the polling thread.
     converter: Option<Converter>,
     poller: Option<Poller>,
@@ -146,7 +146,7 @@ impl Drop for KafkaSource {
 }
 
 /// `topic/partition` positions → (topic, partition, next offset).
-fn parse_position(p: &Position) -> Option<(Tp, i64)> {
+fn parse_position(p: &Position) -> Option<(TopicPartition, i64)> {
     let topic = p.partition.info.get("topic")?.as_str()?.to_string();
     let partition = i32::try_from(p.partition.info.get("partition")?.as_i64()?).ok()?;
     Some(((topic, partition), p.offset.as_i64()?))
@@ -181,8 +181,8 @@ impl Source for KafkaSource {
                     Start::Latest => "latest",
                 },
             );
-        let consumer: BaseConsumer<Ctx> = c
-            .create_with_context(Ctx {
+        let consumer: BaseConsumer<GroupContext> = c
+            .create_with_context(GroupContext {
                 shared: self.shared.clone(),
             })
             .map_err(|e| ConnectorError::Fatal(format!("creating the Kafka consumer: {e}")))?;

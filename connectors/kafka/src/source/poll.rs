@@ -21,7 +21,7 @@ pub(super) struct Chunk {
 /// The polling thread: reads chunks of up to `max` items until the source
 /// closes, at most [`AHEAD`] chunks ahead of the runtime.
 pub(super) fn poll_ahead(
-    consumer: Arc<BaseConsumer<Ctx>>,
+    consumer: Arc<BaseConsumer<GroupContext>>,
     mut converter: Converter,
     shared: Arc<Shared>,
     max: usize,
@@ -38,7 +38,7 @@ pub(super) fn poll_ahead(
 
 /// One poll: up to `max` items, or what came within half a second.
 pub(super) fn poll_chunk(
-    consumer: &BaseConsumer<Ctx>,
+    consumer: &BaseConsumer<GroupContext>,
     converter: &mut Converter,
     shared: &Shared,
     max: usize,
@@ -111,8 +111,8 @@ pub(super) fn poll_chunk(
 /// fetch response: no broker round trip (rdkafka wraps only the one that
 /// asks the broker). `None` when librdkafka has none.
 pub(super) fn cached_watermarks(
-    consumer: &BaseConsumer<Ctx>,
-    (topic, partition): &Tp,
+    consumer: &BaseConsumer<GroupContext>,
+    (topic, partition): &TopicPartition,
 ) -> Option<(i64, i64)> {
     let topic = std::ffi::CString::new(topic.as_str()).ok()?;
     let (mut lo, mut hi) = (-1i64, -1i64);

@@ -9,7 +9,7 @@ use super::*;
 pub(super) struct Gate {
     /// The partitions this member owns now, with the rebalance generation
     /// that assigned them.
-    pub(super) assigned: HashMap<Tp, u64>,
+    pub(super) assigned: HashMap<TopicPartition, u64>,
     /// Items handed to the runtime since `open` ([`Flush::blocking`]).
     pub(super) handed: u64,
 }
@@ -18,7 +18,7 @@ pub(super) struct Gate {
 /// source share.
 pub(super) struct Shared {
     /// The next offset to read of each partition, known durable in the sink.
-    pub(super) durable: Mutex<HashMap<Tp, i64>>,
+    pub(super) durable: Mutex<HashMap<TopicPartition, i64>>,
     pub(super) gate: Mutex<Gate>,
     /// Bumped (under the gate) by every rebalance: a chunk read in an older
     /// generation is checked against the partitions owned when handed over,
@@ -27,7 +27,7 @@ pub(super) struct Shared {
     /// The next offset this member reads of each owned partition, once
     /// known (the start offset it assigned, then past each message read).
     /// The polling thread's own (the callback runs on it too).
-    pub(super) next: Mutex<HashMap<Tp, i64>>,
+    pub(super) next: Mutex<HashMap<TopicPartition, i64>>,
     /// The source is closing: the polling thread stops.
     pub(super) closing: AtomicBool,
     /// Asks the runtime to make durable what the source handed over.
@@ -84,11 +84,11 @@ impl Shared {
     }
 }
 
-pub(super) struct Ctx {
+pub(super) struct GroupContext {
     pub(super) shared: Arc<Shared>,
 }
 
-impl ClientContext for Ctx {
+impl ClientContext for GroupContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.shared.troubles.client_error(&error, reason);
     }
@@ -98,14 +98,14 @@ impl ClientContext for Ctx {
     }
 }
 
-pub(super) fn tps(tpl: &TopicPartitionList) -> Vec<Tp> {
+pub(super) fn tps(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements()
         .iter()
         .map(|e| (e.topic().to_string(), e.partition()))
         .collect()
 }
 
-impl ConsumerContext for Ctx {
+impl ConsumerContext for GroupContext {
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -263,7 +263,7 @@ pub(super) const REVOKE_COMMIT_LIMIT_CLOSING: Duration = Duration::from_secs(5);
 /// (`WaitingForCoordinator`). The answer comes on a queue of its own,
 /// polled in slices so that a close during the wait shortens it.
 pub(super) fn commit_within(
-    consumer: &BaseConsumer<Ctx>,
+    consumer: &BaseConsumer<GroupContext>,
     offsets: &TopicPartitionList,
     closing: &AtomicBool,
 ) -> Result<(), String> {
