@@ -49,7 +49,7 @@ use crate::offsets::{OffsetStore, OffsetStoreError};
 use backoff::Backoff;
 use reader::read_loop;
 pub use stats::Stats;
-use writer::{Inbox, Uncommitted, Writer};
+use writer::{FromSource, Uncommitted, Writer};
 
 /// Most records a source returns per poll, and so per sink write.
 pub const CHUNK: usize = 1000;
@@ -312,7 +312,9 @@ async fn move_records(
     };
     // The flush requests go with the writer: a source asking for a flush
     // once it is gone (leaving its group in `close`) learns so at once.
-    let written = writer.run(Inbox { rx, received: 0 }, flush_requests).await;
+    let written = writer
+        .run(FromSource { rx, received: 0 }, flush_requests)
+        .await;
     let committed = writer.commits.borrow().clone();
     let committed_items = writer.committed_items;
     drop(writer);

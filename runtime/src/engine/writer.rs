@@ -53,12 +53,12 @@ pub(super) struct Writer<'a> {
 /// The writer's end of the source's channel, counting the items received
 /// in this attempt: a flush has everything the source handed over once
 /// that count reaches [`FlushRequest::handed`].
-pub(super) struct Inbox {
+pub(super) struct FromSource {
     pub(super) rx: mpsc::Receiver<Vec<SourceItem>>,
     pub(super) received: u64,
 }
 
-impl Inbox {
+impl FromSource {
     async fn recv(&mut self) -> Option<Vec<SourceItem>> {
         let items = self.rx.recv().await?;
         self.received += items.len() as u64;
@@ -79,7 +79,7 @@ pub(super) struct InFlight {
 }
 
 /// What the writer waits for next.
-enum Next {
+enum WriterEvent {
     Items(Option<Vec<SourceItem>>),
     FlushDue,
     Durable(Result<Result<(), ConnectorError>, tokio::task::JoinError>),
@@ -89,7 +89,7 @@ enum Next {
 impl Writer<'_> {
     pub(super) async fn run(
         &mut self,
-        rx: Inbox,
+        rx: FromSource,
         flushes: FlushRequests,
     ) -> Result<(), PipelineError> {
         let result = self.run_inner(rx, flushes).await;
@@ -100,7 +100,7 @@ impl Writer<'_> {
         // even though the attempt is failing.
         if let Some(f) = self.in_flight.take() {
             let settled = f.durable.await;
-            if let Err(e) = self.durable(f.open, settled).await
+            if let Err(e) = self.settled(f.open, settled).await
                 && result.is_ok()
             {
                 return Err(e);
@@ -111,7 +111,7 @@ impl Writer<'_> {
 
     async fn run_inner(
         &mut self,
-        mut rx: Inbox,
+        mut rx: FromSource,
         mut flushes: FlushRequests,
     ) -> Result<(), PipelineError> {
         let mut flushes_open = true;
@@ -127,20 +127,20 @@ impl Writer<'_> {
                 }
             };
             let next = tokio::select! {
-                items = rx.recv() => Next::Items(items),
+                items = rx.recv() => WriterEvent::Items(items),
                 _ = async {
                     match due {
                         Some(due) => tokio::time::sleep_until(due.into()).await,
                         None => std::future::pending().await,
                     }
-                } => Next::FlushDue,
-                result = durable => Next::Durable(result),
-                request = flushes.recv(), if flushes_open => Next::Flush(request),
+                } => WriterEvent::FlushDue,
+                result = durable => WriterEvent::Durable(result),
+                request = flushes.recv(), if flushes_open => WriterEvent::Flush(request),
             };
             match next {
-                Next::FlushDue => self.commit().await?,
-                Next::Flush(None) => flushes_open = false,
-                Next::Flush(Some(request)) => {
+                WriterEvent::FlushDue => self.commit().await?,
+                WriterEvent::Flush(None) => flushes_open = false,
+                WriterEvent::Flush(Some(request)) => {
                     // Everything the source handed over: what is queued,
                     // and what its polls returned that is still on its way
                     // (the read task sends it: it does not wait on the
@@ -173,13 +173,13 @@ impl Writer<'_> {
                         shared,
                     }));
                 }
-                Next::Durable(result) => {
+                WriterEvent::Durable(result) => {
                     let f = self.in_flight.take().expect("was in flight");
-                    self.durable(f.open, result).await?;
+                    self.settled(f.open, result).await?;
                 }
                 // The source stopped: commit what was written, then end.
-                Next::Items(None) => return self.commit().await,
-                Next::Items(Some(mut items)) => {
+                WriterEvent::Items(None) => return self.commit().await,
+                WriterEvent::Items(Some(mut items)) => {
                     // A backlog is written in fewer, larger writes: every
                     // write costs the sink round trips (a savepoint, a COPY),
                     // whatever its size. Only chunks already waiting are
@@ -281,7 +281,7 @@ impl Writer<'_> {
         match self.in_flight.take() {
             Some(f) => {
                 let result = f.durable.await;
-                self.durable(f.open, result).await
+                self.settled(f.open, result).await
             }
             None => Ok(()),
         }
@@ -318,7 +318,7 @@ impl Writer<'_> {
     /// A commit resolved. If it is durable, now, and only now, its positions
     /// move. The offset store's write (an fsync when it holds the truth)
     /// runs on a blocking thread, not on the async workers.
-    async fn durable(
+    async fn settled(
         &mut self,
         open: Uncommitted,
         result: Result<Result<(), ConnectorError>, tokio::task::JoinError>,
