@@ -912,6 +912,13 @@ fn kafka_over_tls() {
         ),
     )
     .unwrap();
+    // `--check-connections` names the cause too, not only "transport failure".
+    let out = ferry_output(d, &["validate", "--check-connections", "untrusted.yaml"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && said.contains("certificate verify failed"),
+        "{said}"
+    );
     let mut f = Ferry::start(d, &["run", "untrusted.yaml"]);
     let refused = wait_until(Duration::from_secs(30), || {
         f.log_text().contains("certificate verify failed")

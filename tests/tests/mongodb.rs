@@ -844,5 +844,10 @@ fn insert_with_field_ids_tells_a_replay_from_a_different_record() {
         1,
         "{log}"
     );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("records carry an `_id`") && l.contains("pipeline=own")),
+        "{log}"
+    );
     drop_database(&db);
 }

@@ -42,13 +42,21 @@ pub(crate) async fn check_brokers(
     let brokers = brokers.to_string();
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = c
-            .create()
+        let consumer: BaseConsumer<LastError> = c
+            .create_with_context(LastError::default())
             .map_err(|e| ConnectorError::Fatal(format!("creating a Kafka client: {e}")))?;
         let metadata = consumer
             .fetch_metadata(None, Duration::from_secs(10))
             .map_err(|e| {
-                ConnectorError::Retriable(format!("no answer from Kafka at {brokers}: {e}"))
+                // The metadata call says only "transport failure"; the
+                // client's own report says why (an untrusted certificate,
+                // a refused connection). It is handed over by a poll.
+                let _ = consumer.poll(Duration::from_millis(100));
+                let why = match consumer.context().0.lock() {
+                    Ok(last) => last.clone().map(|r| format!(" ({r})")).unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                ConnectorError::Retriable(format!("no answer from Kafka at {brokers}: {e}{why}"))
             })?;
         let exists = |t: &str| {
             metadata
@@ -74,6 +82,36 @@ pub(crate) async fn check_brokers(
     .await
     .map_err(|e| ConnectorError::Fatal(format!("the check failed: {e}")))?
 }
+
+/// The last error a check's client reported.
+#[derive(Default)]
+struct LastError(std::sync::Mutex<Option<String>>);
+
+impl LastError {
+    fn keep(&self, reason: &str) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(reason.to_string());
+        }
+    }
+}
+
+/// Errors reach a consumer's error callback only when it is polled (the
+/// check polls once after a failed metadata request); librdkafka's log
+/// lines, when its log level lets them through, come from its own threads.
+impl rdkafka::ClientContext for LastError {
+    fn error(&self, _error: rdkafka::error::KafkaError, reason: &str) {
+        self.keep(reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, _facility: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error) {
+            self.keep(message);
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LastError {}
 
 /// The `kafka` source, for the runtime's registry.
 pub fn source_plugin() -> SourcePlugin {

@@ -109,8 +109,11 @@ impl SinkConfig for MongoSinkConfig {
         }
     }
 
-    async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
-        Ok(Box::new(crate::sink::MongoSink::new(self.clone())))
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
+        Ok(Box::new(crate::sink::MongoSink::new(
+            self.clone(),
+            &ctx.pipeline,
+        )))
     }
 
     async fn check(&self, _ctx: &BuildContext) -> Result<(), ConnectorError> {

@@ -22,18 +22,31 @@ const DUPLICATE_KEY: i32 = 11000;
 
 pub(crate) struct MongoSink {
     config: Arc<MongoSinkConfig>,
+    pipeline: String,
     db: Option<Database>,
-    /// A record's own `_id` was replaced (said once per run).
-    told_own_id: std::sync::atomic::AtomicBool,
 }
 
+/// Pipelines told that their records' own `_id` is replaced: once per run
+/// of ferry, not once per restart of the sink.
+static TOLD_OWN_ID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 impl MongoSink {
-    pub(crate) fn new(config: MongoSinkConfig) -> Self {
+    pub(crate) fn new(config: MongoSinkConfig, pipeline: &str) -> Self {
         MongoSink {
             config: Arc::new(config),
+            pipeline: pipeline.to_string(),
             db: None,
-            told_own_id: Default::default(),
         }
+    }
+
+    /// Whether this pipeline is yet to be told (and now counts as told).
+    fn first_to_tell(&self) -> bool {
+        let mut told = TOLD_OWN_ID.lock().unwrap_or_else(|e| e.into_inner());
+        if told.contains(&self.pipeline) {
+            return false;
+        }
+        told.push(self.pipeline.clone());
+        true
     }
 
     /// The document for a record, with its `_id` (none for `id: none`).
@@ -73,13 +86,10 @@ impl MongoSink {
         // Upserts find the document by _id in the query; the $set part
         // must not touch it.
         let own = doc.remove("_id");
-        if own.is_some()
-            && !matches!(self.config.id, IdSpec::Field { .. })
-            && !self
-                .told_own_id
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        if own.is_some() && !matches!(self.config.id, IdSpec::Field { .. }) && self.first_to_tell()
         {
             tracing::warn!(
+                pipeline = %self.pipeline,
                 "mongodb: records carry an `_id` of their own; with `id: {}` the document's _id is {} \
                  and the record's is not stored (`id: {{field: _id}}` keeps it)",
                 if id.is_some() { "position" } else { "none" },
