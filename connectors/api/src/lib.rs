@@ -62,10 +62,23 @@ use async_trait::async_trait;
 /// loop from a single task, with [`committed`](Source::committed) called
 /// between polls whenever a batch became durable, and
 /// [`close`](Source::close) at the end. A source is never polled concurrently.
+///
+/// One source object lives for one *attempt* of its pipeline. After a
+/// retriable failure anywhere (its own, the sink's, the offset store's) the
+/// runtime closes it, waits out a backoff, builds a new one from the config
+/// and opens it at the committed positions: a source keeps nothing across
+/// attempts but what it can find again from those positions.
+///
+/// `open`, `poll`, `committed` and `close` run on the pipeline's source
+/// task, one at a time; `open` runs before that task starts, on the
+/// pipeline's own task. All are async: blocking work (file reads, a
+/// blocking client) goes to `tokio::task::spawn_blocking`.
 #[async_trait]
 pub trait Source: Send {
     /// Called once before the first poll with the positions committed for this
-    /// pipeline (empty on the first run). The source resumes *after* them.
+    /// pipeline (empty on the first run, or after `ferry offsets reset`). The
+    /// source resumes *after* them. An error ends the attempt (`close` is
+    /// still called); a retriable one is tried again with a new source.
     async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError>;
 
     /// Returns up to `max` items in source order (per partition). Returns
@@ -92,9 +105,11 @@ pub trait Source: Send {
         true
     }
 
-    /// Called after `positions` were committed durably. A source whose
-    /// upstream tracks progress (a Kafka consumer group) acknowledges here;
-    /// most sources need not do anything.
+    /// Called after `positions` were committed durably — between polls, and
+    /// once more before `close` with the last committed positions (unless
+    /// the attempt failed). A source whose upstream tracks progress (a Kafka
+    /// consumer group) acknowledges here; most sources need not do anything.
+    /// An error is logged, not retried: the positions are durable anyway.
     async fn committed(&mut self, _positions: &Positions) -> Result<(), ConnectorError> {
         Ok(())
     }
@@ -125,19 +140,28 @@ pub type PendingCommit = std::pin::Pin<
 /// [`start_commit`](Sink::start_commit)), over and over, from a single task;
 /// then [`close`](Sink::close).
 ///
-/// Failure model: when `write` or `commit` returns an error the runtime drops
-/// the sink, and — for a retriable error, after a backoff — builds a new one,
-/// opens it and replays the source from the last committed positions. A sink
-/// never has to retry or roll back by itself; it has to make that replay
-/// harmless: a transactional sink discards what it wrote after its last
-/// commit (in `open`, or by never committing it), an idempotent one
-/// overwrites it.
+/// Failure model: when `write` or `commit` returns an error (or the source
+/// or the offset store fails) the runtime settles a commit still in flight,
+/// closes the sink, and — for a retriable error, after a backoff — builds a
+/// new one, opens it and replays the source from the last committed
+/// positions. A sink never has to retry or roll back by itself (it may
+/// resend what its server asks it to, as Elasticsearch's 429s); it has to
+/// make that replay harmless: a transactional sink discards what it wrote
+/// after its last commit (in `open`, or by never committing it), an
+/// idempotent one overwrites it.
+///
+/// Every method runs on the pipeline's writer task, one at a time; the
+/// future [`start_commit`](Sink::start_commit) returns runs on a task of
+/// its own. Blocking work (file writes, fsyncs) goes to
+/// `tokio::task::spawn_blocking`.
 #[async_trait]
 pub trait Sink: Send {
-    /// Called once before the first write. A transactional sink returns the
-    /// positions it committed together with its data (`Some`, possibly empty)
-    /// and discards anything it wrote after its last commit. Other sinks
-    /// return `None`: the runtime's offset store then holds the positions.
+    /// Called once before the first write, before the source is built. A
+    /// transactional sink returns the positions it committed together with
+    /// its data (`Some`, possibly empty) and discards anything it wrote after
+    /// its last commit. Other sinks return `None`: the runtime's offset store
+    /// then holds the positions. An error ends the attempt (`close` is still
+    /// called); a retriable one is tried again with a new sink.
     async fn open(&mut self) -> Result<Option<Positions>, ConnectorError>;
 
     /// Writes records, in order. Nothing has to be durable yet. Returns the
