@@ -799,13 +799,16 @@ pub fn tls_terminator(port: u16, upstream: &str, certs: &TlsCerts) -> Server {
     Server::spawn(cmd, &format!("127.0.0.1:{port}"))
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked).
+/// A port for a private server (free when asked). Below Linux's ephemeral
+/// range (32768–60999): a port some client connection holds as its local
+/// end would refuse the bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let p = fastrand::u16(20_000..30_000);
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            break p;
+        }
+    }
 }
 
 /// A Tansu broker of one test's own (the binary `scripts/services`

@@ -872,34 +872,30 @@ fn kafka_over_tls() {
         }
         o
     };
-    fs::write(
-        d.join("produce.yaml"),
+    let run_once = |name: &str, yaml: String| {
+        fs::write(d.join(format!("{name}.yaml")), yaml).unwrap();
+        let (status, log) = run_to_end(
+            d,
+            &["run", "--once", &format!("{name}.yaml")],
+            Duration::from_secs(120),
+        );
+        assert!(status.success(), "{log}");
+        log
+    };
+    run_once(
+        "produce",
         format!(
             "name: produce\nsource:\n  type: generate\n  count: 1000\n  template: {{\"file\": \"t\", \"seq\": \"{{{{seq}}}}\"}}\nsink:\n  type: kafka\n  brokers: {brokers}\n  topic: secure\n{}",
             options(true)
         ),
-    )
-    .unwrap();
-    let (status, log) = run_to_end(
-        d,
-        &["run", "--once", "produce.yaml"],
-        Duration::from_secs(120),
     );
-    assert!(status.success(), "{log}");
-    fs::write(
-        d.join("consume.yaml"),
+    let log = run_once(
+        "consume",
         format!(
             "name: consume\nsource:\n  type: kafka\n  brokers: {brokers}\n  topics: [secure]\n{}sink:\n  type: file\n  path: out.jsonl\n",
             options(true)
         ),
-    )
-    .unwrap();
-    let (status, log) = run_to_end(
-        d,
-        &["run", "--once", "consume.yaml"],
-        Duration::from_secs(120),
     );
-    assert!(status.success(), "{log}");
     let (seen, bad) = seq_counts(&d.join("out.jsonl"), 1000);
     assert_eq!(bad, 0);
     assert!(seen.iter().all(|&c| c == 1), "each record once:\n{log}");

@@ -259,18 +259,6 @@ impl Drop for PrivateServer {
     }
 }
 
-/// A port for a private server. Below Linux's ephemeral range
-/// (32768–60999): a port some client connection holds as its local end
-/// would refuse the bind.
-fn free_port() -> u16 {
-    loop {
-        let p = fastrand::u16(20_000..30_000);
-        if std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-            break p;
-        }
-    }
-}
-
 /// generate → MongoDB while the server is killed with SIGKILL and started
 /// again mid-run: ferry reports the failed writes, retries with backoff, and
 /// carries on by itself when the server is back; every record ends up
