@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use ferry_api::Positions;
-use ferry_api::fs::write_atomically;
+use ferry_connector_kit::fs::write_atomically;
 use serde::{Deserialize, Serialize};
 
 const VERSION: u32 = 1;

@@ -14,7 +14,7 @@ use ferry::config::{DeliveryConfig, ErrorsConfig, PipelineConfig, Tolerance};
 use ferry::{PipelineOutcome, RunOptions};
 use ferry_api::{
     BuildContext, ConnectorError, Delivery, Invalid, Partition, PendingCommit, Position, Positions,
-    Raw, Record, Rejected, Sink, SinkConfig, Source, SourceConfig, SourceItem,
+    Raw, Record, Rejected, Sink, SinkConfig, Source, SourceConfig, SourceContext, SourceItem,
 };
 
 /// What the connectors saw, in order: `source.open 0`, `sink.write 3`,
@@ -135,7 +135,11 @@ impl SourceConfig for Scripted {
 
 #[async_trait]
 impl Source for ScriptSource {
-    async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError> {
+    async fn open(
+        &mut self,
+        committed: &Positions,
+        _: &SourceContext,
+    ) -> Result<(), ConnectorError> {
         self.next = offset(committed);
         self.script
             .journal

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ferry::config::{DeliveryConfig, ErrorsConfig, PipelineConfig};
+use ferry::supervisor::{self, Command, PipelineHandle, State, Status};
 use ferry::{PipelineOutcome, RunOptions};
 use ferry_api::{
     BuildContext, ConnectorError, Delivery, Partition, Position, Positions, Record, Rejected, Sink,
-    SinkConfig, Source, SourceConfig, SourceItem,
+    SinkConfig, Source, SourceConfig, SourceContext, SourceItem,
 };
 
 /// What a test connector does wrong.
@@ -27,6 +28,10 @@ enum Fault {
     /// A sink whose second write fails, retriably, until 1,500 records
     /// were written (counting what is written again).
     Flaky,
+    /// A sink whose second write fails with an error no retry cures.
+    Fatal,
+    /// A sink whose every write fails, retriably.
+    Down,
 }
 
 /// `count` records, numbered; replays from its committed position.
@@ -65,7 +70,11 @@ impl SourceConfig for Numbers {
 
 #[async_trait]
 impl Source for NumbersSource {
-    async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError> {
+    async fn open(
+        &mut self,
+        committed: &Positions,
+        _: &SourceContext,
+    ) -> Result<(), ConnectorError> {
         self.next = committed
             .get("numbers")
             .and_then(|p| p.offset.as_u64())
@@ -136,6 +145,10 @@ impl Sink for CounterSink {
             Fault::Flaky if self.writes == 2 && self.written.load(Ordering::Relaxed) < 1_500 => {
                 return Err(ConnectorError::Retriable("flaky".into()));
             }
+            Fault::Fatal if self.writes == 2 => {
+                return Err(ConnectorError::Fatal("the table is gone".into()));
+            }
+            Fault::Down => return Err(ConnectorError::Retriable("server down".into())),
             _ => {}
         }
         self.written
@@ -284,4 +297,148 @@ async fn records_read_again_after_a_restart_are_counted_apart() {
     assert!(o.replayed > 0, "{o:?}");
     assert_eq!(o.records_in, 2_000, "{o:?}");
     assert_eq!(o.records_out, 2_000, "{o:?}");
+}
+
+// The supervisor, driven directly: its states, its commands.
+
+fn supervised(p: PipelineConfig, dir: &std::path::Path, once: bool) -> PipelineHandle {
+    let shared = supervisor::Shared {
+        data_dir: dir.to_path_buf(),
+        store: ferry::offsets::OffsetStore::new(dir),
+        once,
+    };
+    let (handle, task) = supervisor::supervise(Arc::new(p), shared);
+    tokio::spawn(task);
+    handle
+}
+
+/// Waits (at most 20 s) until the pipeline's status satisfies `what`.
+async fn until(handle: &PipelineHandle, what: impl Fn(&Status) -> bool) -> Status {
+    let mut watch = handle.watch();
+    let seen = tokio::time::timeout(Duration::from_secs(20), watch.wait_for(|s| what(s)))
+        .await
+        .unwrap_or_else(|_| panic!("still {:?}", handle.snapshot().status))
+        .expect("the supervisor is alive")
+        .clone();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retriable_failure_is_retrying_with_its_error_then_running_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, _) = pipeline("flaky", 2_000, Fault::None, Fault::Flaky);
+    p.errors.retry_backoff = Duration::from_millis(300);
+    p.errors.retry_backoff_max = Duration::from_millis(300);
+    let handle = supervised(p, dir.path(), true);
+    let retrying = until(&handle, |s| matches!(s.state, State::Retrying { .. })).await;
+    let State::Retrying {
+        error,
+        next_attempt,
+    } = &retrying.state
+    else {
+        unreachable!()
+    };
+    assert!(error.contains("flaky"), "{error}");
+    assert!(
+        *next_attempt > std::time::SystemTime::now() - Duration::from_secs(1),
+        "{retrying:?}"
+    );
+    let stopped = until(&handle, |s| s.state.is_final()).await;
+    assert_eq!(stopped.state, State::Stopped);
+    assert!(stopped.restarts >= 1, "{stopped:?}");
+    assert!(
+        stopped
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.error.contains("flaky")),
+        "{stopped:?}"
+    );
+    let snapshot = handle.snapshot();
+    assert_eq!(snapshot.records_out, 2_000);
+    assert!(snapshot.last_commit.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_error_or_a_panic_is_failed_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fatal, _) = pipeline("fatal", 50_000, Fault::None, Fault::Fatal);
+    let (panics, _) = pipeline("panics", 50_000, Fault::None, Fault::Panic);
+    let fatal = supervised(fatal, dir.path(), true);
+    let panics = supervised(panics, dir.path(), true);
+    for (handle, words) in [
+        (&fatal, "the table is gone"),
+        (&panics, "sink boom at write 3"),
+    ] {
+        let end = until(handle, |s| s.state.is_final()).await;
+        let State::Failed { error } = &end.state else {
+            panic!("{}: {end:?}", handle.name());
+        };
+        assert!(error.contains(words), "{error}");
+        assert_eq!(end.restarts, 0, "{end:?}");
+    }
+    assert!(matches!(
+        panics.snapshot().status.state,
+        State::Failed { error } if error.contains("panicked")
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_ends_a_pipeline_that_waits_to_retry_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, _) = pipeline("down", 1_000, Fault::None, Fault::Down);
+    p.errors.retry_backoff = Duration::from_secs(600);
+    p.errors.retry_backoff_max = Duration::from_secs(600);
+    let handle = supervised(p, dir.path(), false);
+    until(&handle, |s| matches!(s.state, State::Retrying { .. })).await;
+    let asked = Instant::now();
+    assert!(handle.send(Command::Stop).await);
+    let end = until(&handle, |s| s.state.is_final()).await;
+    assert_eq!(end.state, State::Stopped);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
+/// A restart asked for drains the attempt (everything read is written and
+/// committed) and starts a new one from the committed positions: nothing
+/// is read twice, nothing is lost, and it is not counted as a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_drains_and_starts_again_from_the_committed_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, written) = pipeline("endless", u64::MAX, Fault::None, Fault::None);
+    let handle = supervised(p, dir.path(), false);
+    until(&handle, |s| s.state == State::Running).await;
+    while written.load(Ordering::Relaxed) < 5_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first_run = handle.snapshot().status.since;
+    assert!(handle.send(Command::Restart).await);
+    // Running again, in a new attempt (the watch may skip `starting`).
+    until(&handle, |s| {
+        s.state == State::Running && s.since > first_run
+    })
+    .await;
+    let before = handle.snapshot().records_out;
+    while handle.snapshot().records_out < before + 5_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(handle.send(Command::Stop).await);
+    let end = until(&handle, |s| s.state.is_final()).await;
+    assert_eq!(end.state, State::Stopped);
+    assert_eq!(end.restarts, 0, "{end:?}");
+    let s = handle.snapshot();
+    assert_eq!(s.replayed, 0, "{s:?}");
+    assert_eq!(s.records_in, written.load(Ordering::Relaxed), "{s:?}");
+    assert_eq!(s.records_out, s.records_in, "{s:?}");
+    // The store holds exactly what was written.
+    let stored = ferry::offsets::OffsetStore::new(dir.path())
+        .load("endless")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.positions.get("numbers").unwrap().offset.as_u64(),
+        Some(s.records_out)
+    );
 }

@@ -37,22 +37,23 @@
 //! or idempotent (a replayed record overwrites itself). A sink that is neither
 //! is at-least-once, and says so through [`SinkConfig::delivery`].
 
+mod backoff;
 mod config;
 pub mod duration;
 mod error;
-mod flush;
-pub mod fs;
 mod record;
+mod source_context;
 
+pub use backoff::Backoff;
 pub use config::{
-    BuildContext, ConfigProblem, Delivery, FieldError, IdName, IdSpec, PathSegment, Retries,
-    SinkConfig, SinkPlugin, SourceConfig, SourcePlugin, Stopping, deserialize, redact_url,
+    BuildContext, ConfigProblem, Delivery, FieldError, PathSegment, Retries, SinkConfig,
+    SinkPlugin, SourceConfig, SourcePlugin, Stopping, deserialize,
 };
 pub use error::ConnectorError;
-pub use flush::{Flush, FlushRequest, FlushRequests, Flushed};
 pub use record::{
     Invalid, Partition, Payload, Position, Positions, Raw, Record, SourceItem, Value,
 };
+pub use source_context::{Durable, SourceContext, runtime_end};
 
 use async_trait::async_trait;
 
@@ -77,9 +78,15 @@ use async_trait::async_trait;
 pub trait Source: Send {
     /// Called once before the first poll with the positions committed for this
     /// pipeline (empty on the first run, or after `ferry offsets reset`). The
-    /// source resumes *after* them. An error ends the attempt (`close` is
-    /// still called); a retriable one is tried again with a new source.
-    async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError>;
+    /// source resumes *after* them. `ctx` is the runtime's services for this
+    /// attempt (a source whose partitions can move to another process keeps
+    /// it; others ignore it). An error ends the attempt (`close` is still
+    /// called); a retriable one is tried again with a new source.
+    async fn open(
+        &mut self,
+        committed: &Positions,
+        ctx: &SourceContext,
+    ) -> Result<(), ConnectorError>;
 
     /// Returns up to `max` items in source order (per partition). Returns
     /// whatever it has rather than waiting for a full batch, and returns an
@@ -113,13 +120,6 @@ pub trait Source: Send {
     async fn committed(&mut self, _positions: &Positions) -> Result<(), ConnectorError> {
         Ok(())
     }
-
-    /// Called once before [`open`](Source::open) with a handle through
-    /// which the source can have everything it handed over made durable at
-    /// once, and learn the positions a shared sink holds (see [`Flush`]). A
-    /// source whose partitions can move to another process (a Kafka consumer
-    /// group) keeps it; others ignore it.
-    fn attach_flush(&mut self, _flush: Flush) {}
 
     /// Called once at the end of each life of the source, after the last
     /// commit: when the pipeline stops, and before every restart after a
@@ -199,7 +199,8 @@ pub trait Sink: Send {
     /// member's output in the same directory), one set per writer. Asked when
     /// a partition moves to this process, so that it resumes where the
     /// previous owner's sink stopped even if that owner died before telling
-    /// anyone. The default: none besides the runtime's own.
+    /// anyone ([`SourceContext::make_durable_blocking`] reports them). The
+    /// default: none besides the runtime's own.
     async fn shared_positions(&mut self) -> Result<Vec<Positions>, ConnectorError> {
         Ok(Vec::new())
     }

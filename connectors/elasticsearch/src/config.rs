@@ -3,10 +3,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_api::{
-    BuildContext, ConfigProblem, ConnectorError, Delivery, IdName, IdSpec, Sink, SinkConfig,
-    redact_url,
-};
+use ferry_api::{BuildContext, ConfigProblem, ConnectorError, Delivery, Sink, SinkConfig};
+use ferry_connector_kit::{IdName, IdSpec, redact_url};
 use serde::Deserialize;
 
 use crate::index::IndexTemplate;

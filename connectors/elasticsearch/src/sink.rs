@@ -19,7 +19,7 @@
 //! * Any other 4xx item (a mapping or parsing error): refused, with the
 //!   server's reason; the runtime dead-letters it or stops, by `tolerance`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use elasticsearch::auth::Credentials;
@@ -27,9 +27,8 @@ use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::headers::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use elasticsearch::http::transport::{MultiNodeConnectionPool, Transport, TransportBuilder};
 use elasticsearch::http::{Method, Url};
-use ferry_api::{
-    ConnectorError, IdName, IdSpec, Positions, Record, Rejected, Sink, Value, redact_url,
-};
+use ferry_api::{ConnectorError, Positions, Record, Rejected, Sink, Value};
+use ferry_connector_kit::{IdName, IdSpec, redact_url};
 use serde::Deserialize;
 
 use crate::config::{Action, ElasticsearchSinkConfig};
@@ -306,17 +305,6 @@ impl ElasticsearchSink {
             .collect())
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let r = &self.config.retry;
-        let max = r
-            .initial_backoff
-            .saturating_mul(1 << attempt.min(20))
-            .min(r.max_backoff);
-        // Half fixed, half random: retries of many writers spread out, and
-        // none comes back at once.
-        max / 2 + max.mul_f64(fastrand::f64() / 2.0)
-    }
-
     /// Writes `items` (batch index, lines), sending again what the cluster
     /// could not take; returns the documents it refused.
     async fn write_request(
@@ -329,6 +317,12 @@ impl ElasticsearchSink {
         let mut rejected = Vec::new();
         let mut pending: Vec<&(usize, Vec<u8>)> = items.iter().collect();
         let mut attempt = 0;
+        // The runtime's backoff, with this sink's own pace: a resend is
+        // cheaper than a restart of the pipeline.
+        let mut backoff = ferry_api::Backoff::new(
+            self.config.retry.initial_backoff,
+            self.config.retry.max_backoff,
+        );
         loop {
             let mut body = Vec::with_capacity(pending.iter().map(|(_, b)| b.len()).sum());
             for (_, lines) in &pending {
@@ -378,7 +372,7 @@ impl ElasticsearchSink {
                     self.shown, self.config.retry.max_retries
                 )));
             }
-            let wait = self.backoff(attempt - 1);
+            let wait = backoff.next_delay();
             self.retries.count();
             tracing::warn!(
                 "elasticsearch: {why}; retry {attempt} of {} in {} ms",

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ferry_api::fs::write_atomically;
 use ferry_api::{ConnectorError, Positions, Record, Rejected, Sink, Value};
+use ferry_connector_kit::fs::write_atomically;
 use serde::{Deserialize, Serialize};
 
 use crate::format::{write_csv_row, write_record};
@@ -114,7 +114,7 @@ impl FileSink {
     /// truncating the output and writing the first manifest are file
     /// system calls and fsyncs, not for the async workers.
     fn open_blocking(&mut self) -> Result<Option<Positions>, ConnectorError> {
-        let dir = ferry_api::fs::parent_dir(&self.config.path);
+        let dir = ferry_connector_kit::fs::parent_dir(&self.config.path);
         fs::create_dir_all(dir)
             .map_err(|e| ConnectorError::io(format!("creating {}", dir.display()), e))?;
         let file = OpenOptions::new()
@@ -255,7 +255,7 @@ impl Sink for FileSink {
         if !self.config.transactional {
             return Ok(Vec::new());
         }
-        let dir = ferry_api::fs::parent_dir(&self.config.path).to_path_buf();
+        let dir = ferry_connector_kit::fs::parent_dir(&self.config.path).to_path_buf();
         let pipeline = self.pipeline.clone();
         tokio::task::spawn_blocking(move || -> Result<Vec<Positions>, ConnectorError> {
             let entries = fs::read_dir(&dir)

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use ferry_api::{
     BuildContext, ConfigProblem, ConnectorError, Partition, Position, Positions, Record, Source,
-    SourceConfig, SourceItem, SourcePlugin, Value, deserialize,
+    SourceConfig, SourceContext, SourceItem, SourcePlugin, Value, deserialize,
 };
 use serde::Deserialize;
 
@@ -120,7 +120,11 @@ impl GenerateSource {
 
 #[async_trait]
 impl Source for GenerateSource {
-    async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError> {
+    async fn open(
+        &mut self,
+        committed: &Positions,
+        _: &SourceContext,
+    ) -> Result<(), ConnectorError> {
         if let Some(p) = committed.get(PARTITION) {
             self.next = p.offset.as_u64().ok_or_else(|| {
                 ConnectorError::Fatal(format!(

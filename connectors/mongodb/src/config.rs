@@ -2,9 +2,9 @@
 
 use async_trait::async_trait;
 use ferry_api::{
-    BuildContext, ConfigProblem, ConnectorError, Delivery, IdName, IdSpec, Sink, SinkConfig,
-    Source, SourceConfig, redact_url,
+    BuildContext, ConfigProblem, ConnectorError, Delivery, Sink, SinkConfig, Source, SourceConfig,
 };
+use ferry_connector_kit::{IdName, IdSpec, redact_url};
 use serde::Deserialize;
 
 /// How documents are written.

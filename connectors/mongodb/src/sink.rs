@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ferry_api::{ConnectorError, IdName, IdSpec, Positions, Record, Rejected, Sink, Value};
+use ferry_api::{ConnectorError, Positions, Record, Rejected, Sink, Value};
+use ferry_connector_kit::{IdName, IdSpec};
 use mongodb::Database;
 use mongodb::bson::{Bson, Document, doc};
 

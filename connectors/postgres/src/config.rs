@@ -1,8 +1,9 @@
 use async_trait::async_trait;
 use ferry_api::{
     BuildContext, ConfigProblem, ConnectorError, Delivery, PathSegment, Sink, SinkConfig, Source,
-    SourceConfig, redact_url,
+    SourceConfig,
 };
+use ferry_connector_kit::redact_url;
 use serde::Deserialize;
 
 use crate::sink::PostgresSink;
@@ -47,11 +48,29 @@ pub struct PostgresSinkConfig {
     /// with `key` as its primary key.
     #[serde(default)]
     pub create_table: bool,
-    /// Records to write the careful way (a savepoint per chunk) after the
-    /// database refused a row of a streamed batch: shared by the sinks
-    /// built from this config, so the replay isolates the row.
-    #[serde(skip)]
-    pub(crate) careful: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The `postgres` sink of one pipeline as the runtime holds it for the
+/// pipeline's whole run: its settings, and what one life of the sink leaves
+/// to the next.
+#[derive(Debug)]
+pub struct PostgresSinkDefinition {
+    pub settings: PostgresSinkConfig,
+    /// Records the next life writes with a savepoint per chunk: set by a
+    /// life whose COPY the database refused a row of (the transaction is
+    /// lost, the runtime replays the batch into a new sink), so the replay
+    /// isolates the row instead of failing the same way again. In memory:
+    /// after a crash the row is found again the same way.
+    pub(crate) isolate_next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl From<PostgresSinkConfig> for PostgresSinkDefinition {
+    fn from(settings: PostgresSinkConfig) -> Self {
+        PostgresSinkDefinition {
+            settings,
+            isolate_next: Default::default(),
+        }
+    }
 }
 
 /// Which record field goes to which column.
@@ -110,8 +129,40 @@ pub(crate) fn is_identifier(s: &str) -> bool {
 }
 
 #[async_trait]
-impl SinkConfig for PostgresSinkConfig {
+impl SinkConfig for PostgresSinkDefinition {
     fn validate(&self) -> Vec<ConfigProblem> {
+        self.settings.problems()
+    }
+
+    fn describe(&self) -> String {
+        self.settings.describe()
+    }
+
+    fn delivery(&self) -> Delivery {
+        Delivery::Transactional
+    }
+
+    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
+        Ok(Box::new(PostgresSink::new(
+            self.settings.clone(),
+            ctx.pipeline.clone(),
+            self.isolate_next.clone(),
+        )))
+    }
+
+    async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
+        PostgresSink::new(
+            self.settings.clone(),
+            ctx.pipeline.clone(),
+            Default::default(),
+        )
+        .check()
+        .await
+    }
+}
+
+impl PostgresSinkConfig {
+    fn problems(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
         check_url(&self.url, &mut problems);
         if split_table(&self.table).is_none() {
@@ -175,23 +226,6 @@ impl SinkConfig for PostgresSinkConfig {
             redact_url(&self.url),
             self.table
         )
-    }
-
-    fn delivery(&self) -> Delivery {
-        Delivery::Transactional
-    }
-
-    async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
-        Ok(Box::new(PostgresSink::new(
-            self.clone(),
-            ctx.pipeline.clone(),
-        )))
-    }
-
-    async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
-        PostgresSink::new(self.clone(), ctx.pipeline.clone())
-            .check()
-            .await
     }
 }
 
@@ -366,7 +400,12 @@ impl SourceConfig for PostgresSourceConfig {
 
     async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
         let mut source = PostgresSource::new(self.clone(), ctx.pipeline.clone());
-        let opened = source.open(&ferry_api::Positions::new()).await;
+        let opened = source
+            .open(
+                &ferry_api::Positions::new(),
+                &ferry_api::SourceContext::detached(),
+            )
+            .await;
         source.close().await;
         opened
     }

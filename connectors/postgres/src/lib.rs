@@ -32,7 +32,9 @@ mod sink;
 mod source;
 mod sql;
 
-pub use config::{Columns, Mode, PostgresSinkConfig, PostgresSourceConfig, SourceMode};
+pub use config::{
+    Columns, Mode, PostgresSinkConfig, PostgresSinkDefinition, PostgresSourceConfig, SourceMode,
+};
 
 use ferry_api::{SinkPlugin, SourcePlugin, deserialize};
 
@@ -40,7 +42,11 @@ use ferry_api::{SinkPlugin, SourcePlugin, deserialize};
 pub fn sink_plugin() -> SinkPlugin {
     SinkPlugin {
         kind: "postgres",
-        parse: |v| Ok(Box::new(deserialize::<PostgresSinkConfig>(v)?)),
+        parse: |v| {
+            Ok(Box::new(PostgresSinkDefinition::from(deserialize::<
+                PostgresSinkConfig,
+            >(v)?)))
+        },
     }
 }
 

@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ferry_api::{
-    ConnectorError, Invalid, Partition, Position, Positions, Record, Source, SourceItem, Value,
+    ConnectorError, Invalid, Partition, Position, Positions, Record, Source, SourceContext,
+    SourceItem, Value,
 };
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
@@ -256,7 +257,11 @@ impl PostgresSource {
 
 #[async_trait]
 impl Source for PostgresSource {
-    async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError> {
+    async fn open(
+        &mut self,
+        committed: &Positions,
+        _: &SourceContext,
+    ) -> Result<(), ConnectorError> {
         let origin = self.config.origin();
         let mut conn = crate::net::connect(&self.config.url, &self.pipeline).await?;
         // UTC, so timestamps come out as RFC 3339 with +00:00 and cursor

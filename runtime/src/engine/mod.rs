@@ -29,10 +29,10 @@
 
 //!
 //! Files by job: `reader.rs` (the source task), `writer.rs` (writes,
-//! tolerance, commits and their settling), `backoff.rs`, `stats.rs`; this
-//! file owns a pipeline's life: its attempts, what each opens and closes.
+//! tolerance, commits and their settling), `stats.rs`; this file owns one
+//! attempt of a pipeline: what it opens, runs and closes. Whether and when
+//! to try again is the [`crate::supervisor`]'s.
 
-mod backoff;
 mod reader;
 mod stats;
 mod writer;
@@ -40,13 +40,13 @@ mod writer;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ferry_api::{BuildContext, ConnectorError, Flush, FlushRequests, Positions, Sink, Source};
+use ferry_api::runtime_end::FlushRequests;
+use ferry_api::{BuildContext, ConnectorError, Positions, Sink, Source, SourceContext};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::PipelineConfig;
 use crate::dead_letter::DeadLetters;
 use crate::offsets::{OffsetStore, OffsetStoreError};
-use backoff::Backoff;
 use reader::read_loop;
 pub use stats::Stats;
 use writer::{FromSource, Uncommitted, Writer};
@@ -90,7 +90,7 @@ impl PipelineError {
     /// connector's retriable error, and the offset store's I/O errors (a
     /// full disk is the same trouble whoever meets it); not a store file
     /// that is not one, nor a bad record, nor a panic.
-    fn is_retriable(&self) -> bool {
+    pub fn is_retriable(&self) -> bool {
         match self {
             PipelineError::Connector { source, .. } => source.is_retriable(),
             PipelineError::Offsets(OffsetStoreError::Io { .. }) => true,
@@ -99,7 +99,7 @@ impl PipelineError {
     }
 
     /// What was being done, for the retry's log line.
-    fn stage(&self) -> &'static str {
+    pub fn stage(&self) -> &'static str {
         match self {
             PipelineError::Connector { stage, .. } | PipelineError::BadRecord { stage, .. } => {
                 stage
@@ -110,65 +110,49 @@ impl PipelineError {
     }
 }
 
-/// What a pipeline needs from the process around it.
+/// What an attempt needs from the process around it.
 pub struct PipelineEnv {
     pub data_dir: PathBuf,
     pub store: OffsetStore,
     pub stats: Arc<Stats>,
+    /// This attempt is to stop: commit what it has and end.
     pub stop: watch::Receiver<bool>,
     /// Stop by itself once the source has nothing more to read.
     pub once: bool,
 }
 
-/// Runs one pipeline until it is stopped (Ok) or fails for good (Err).
-/// Retriable failures start it again from its committed positions.
-pub async fn run_pipeline(p: Arc<PipelineConfig>, env: PipelineEnv) -> Result<(), PipelineError> {
-    let mut backoff = Backoff::new(
-        p.errors.retry_backoff,
-        p.errors.retry_backoff_max,
-        env.stop.clone(),
-        &p.name,
-    );
-    // Items the last attempt read but did not commit: the next one reads
-    // them again first.
-    let mut replays = 0u64;
-    loop {
-        match run_attempt(&p, &env, &mut backoff, &mut replays).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_retriable() => {
-                if !backoff.wait(&e, &env.stats).await {
-                    return Ok(());
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+/// What one attempt leaves for the next.
+#[derive(Debug, Default)]
+pub struct Carry {
+    /// How many of the first items read are a replay of what the attempt
+    /// before read but did not commit. (A count, not positions: sources
+    /// replay in the order they read, and positions need not be
+    /// comparable.)
+    pub replays: u64,
+    /// The last attempt made a commit durable: the backoff starts over.
+    pub committed: bool,
 }
 
 /// One life of a pipeline: open the sink, find the committed positions, open
-/// the source there, move records until the source ends, ferry stops, or
-/// something fails.
-///
-/// `replays`: how many of the first items read are a replay of what the
-/// attempt before read but did not commit; set, at the end, to what this one
-/// read but did not commit. (A count, not positions: sources replay in the
-/// order they read, and positions need not be comparable.)
+/// the source there, move records until the source ends, the attempt is
+/// stopped, or something fails. `started` is called once both ends are open.
 ///
 /// Whatever was built is closed, however the attempt ends: the sink once it
 /// was built (even if its `open` failed), the source once it was built.
-async fn run_attempt(
+pub async fn run_attempt(
     p: &PipelineConfig,
     env: &PipelineEnv,
-    backoff: &mut Backoff,
-    replays: &mut u64,
+    carry: &mut Carry,
+    started: impl FnOnce() + Send,
 ) -> Result<(), PipelineError> {
+    carry.committed = false;
     let ctx = build_context(p, env);
     let mut sink = p
         .sink
         .build(&ctx)
         .await
         .map_err(|e| PipelineError::connector("opening the sink", e))?;
-    let result = with_sink(p, env, backoff, replays, &ctx, &mut *sink).await;
+    let result = with_sink(p, env, carry, started, &ctx, &mut *sink).await;
     sink.close().await;
     result
 }
@@ -178,7 +162,6 @@ fn build_context(p: &PipelineConfig, env: &PipelineEnv) -> BuildContext {
     writes.push(p.dead_letter_path(&env.data_dir));
     BuildContext {
         pipeline: p.name.clone(),
-        data_dir: env.data_dir.clone(),
         once: env.once,
         stopping: ferry_api::Stopping::new(env.stop.clone()),
         writes,
@@ -225,8 +208,8 @@ fn resume_positions(
 async fn with_sink(
     p: &PipelineConfig,
     env: &PipelineEnv,
-    backoff: &mut Backoff,
-    replays: &mut u64,
+    carry: &mut Carry,
+    started: impl FnOnce() + Send,
     ctx: &BuildContext,
     sink: &mut dyn Sink,
 ) -> Result<(), PipelineError> {
@@ -241,9 +224,8 @@ async fn with_sink(
         .build(ctx)
         .await
         .map_err(|e| PipelineError::connector("opening the source", e))?;
-    let (flush, flush_requests) = Flush::channel();
-    source.attach_flush(flush);
-    if let Err(e) = source.open(&resume.positions).await {
+    let (source_ctx, flush_requests) = SourceContext::connected();
+    if let Err(e) = source.open(&resume.positions, &source_ctx).await {
         source.close().await;
         return Err(PipelineError::connector("opening the source", e));
     }
@@ -254,27 +236,16 @@ async fn with_sink(
         resume = %env.stats.committed(),
         "pipeline started"
     );
-    move_records(
-        p,
-        env,
-        backoff,
-        replays,
-        sink,
-        source,
-        flush_requests,
-        resume,
-    )
-    .await
+    started();
+    move_records(p, env, carry, sink, source, flush_requests, resume).await
 }
 
 /// The source task and the writer, until the source ends, ferry stops, or
 /// either fails; then the source's last acknowledgement and its `close`.
-#[allow(clippy::too_many_arguments)]
 async fn move_records(
     p: &PipelineConfig,
     env: &PipelineEnv,
-    backoff: &mut Backoff,
-    replays: &mut u64,
+    carry: &mut Carry,
     sink: &mut dyn Sink,
     source: Box<dyn Source>,
     flush_requests: FlushRequests,
@@ -291,7 +262,7 @@ async fn move_records(
         stats.clone(),
         p.delivery.batch_size.min(CHUNK),
         env.once,
-        *replays,
+        carry.replays,
     ));
     let mut writer = Writer {
         p,
@@ -305,7 +276,6 @@ async fn move_records(
         kept_by_sink: resume.kept_by_sink,
         reset_pending: resume.reset_pending,
         stats,
-        backoff,
         commits: commits_tx,
         in_flight: None,
         committed_items: 0,
@@ -317,11 +287,12 @@ async fn move_records(
         .await;
     let committed = writer.commits.borrow().clone();
     let committed_items = writer.committed_items;
+    carry.committed = committed_items > 0;
     drop(writer);
     // The writer dropped the channel: the reader stops at its next turn.
     let (read, source) = match reader.await {
         Ok((result, source, read)) => {
-            *replays = read.saturating_sub(committed_items);
+            carry.replays = read.saturating_sub(committed_items);
             (result, Some(source))
         }
         // The source went down with its task: it cannot be closed.

@@ -60,9 +60,11 @@ pub(super) async fn read_loop(
         replays -= again;
         stats.replayed.fetch_add(again, Ordering::Relaxed);
         stats.records_in.fetch_add(n - again, Ordering::Relaxed);
-        tokio::select! {
-            sent = tx.send(items) => if sent.is_err() { break Ok(()) },
-            _ = stop.wait_for(|s| *s) => break Ok(()),
+        // Sent even when a stop came meanwhile: a stop drains what the
+        // source returned (the writer writes and commits it), so a restart
+        // asked for reads nothing twice. The send waits only for the writer.
+        if tx.send(items).await.is_err() {
+            break Ok(());
         }
     };
     (result, source, read)

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::time::SystemTime;
 
 use ferry_api::Positions;
 
@@ -20,14 +21,34 @@ pub struct Stats {
     /// ([`ferry_api::Retries`]).
     pub retries: Arc<AtomicU64>,
     // A std mutex: held only to swap a short string, never across an await.
-    committed: Mutex<String>,
+    committed: Mutex<Committed>,
+}
+
+#[derive(Debug, Default)]
+struct Committed {
+    /// The committed positions, in words.
+    text: String,
+    /// When a commit last became durable in this run.
+    at: Option<SystemTime>,
 }
 
 impl Stats {
     pub fn committed(&self) -> String {
-        self.committed.lock().expect("not poisoned").clone()
+        self.committed.lock().expect("not poisoned").text.clone()
     }
 
+    /// When a commit last became durable in this run.
+    pub fn last_commit(&self) -> Option<SystemTime> {
+        self.committed.lock().expect("not poisoned").at
+    }
+
+    /// A commit became durable, reaching `positions`.
+    pub(super) fn committed_now(&self, positions: &Positions) {
+        self.set_committed(positions);
+        self.committed.lock().expect("not poisoned").at = Some(SystemTime::now());
+    }
+
+    /// Where the pipeline (re)starts.
     pub(super) fn set_committed(&self, positions: &Positions) {
         let mut descs: Vec<String> = positions.iter().map(|p| p.describe()).collect();
         let text = match descs.len() {
@@ -38,6 +59,6 @@ impl Stats {
                 format!("{} and {} more", descs.join(", "), n - 2)
             }
         };
-        *self.committed.lock().expect("not poisoned") = text;
+        self.committed.lock().expect("not poisoned").text = text;
     }
 }

@@ -5,13 +5,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use ferry_api::{
-    ConnectorError, FlushRequest, FlushRequests, Flushed, Positions, Record, Sink, SourceItem,
-    Value,
-};
+use ferry_api::runtime_end::{FlushRequest, FlushRequests};
+use ferry_api::{ConnectorError, Durable, Positions, Record, Sink, SourceItem, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::backoff::Backoff;
 use super::{PipelineError, Stats, WRITE_MAX};
 use crate::config::{PipelineConfig, Tolerance};
 use crate::dead_letter::DeadLetters;
@@ -40,7 +37,6 @@ pub(super) struct Writer<'a> {
     /// The store still says "reset": its first save must be durable.
     pub(super) reset_pending: bool,
     pub(super) stats: &'a Stats,
-    pub(super) backoff: &'a mut Backoff,
     /// The committed positions, watched by the source task.
     pub(super) commits: watch::Sender<Positions>,
     /// A commit the sink has started but not yet made durable (at most
@@ -163,14 +159,14 @@ impl Writer<'_> {
                         self.write(items).await?;
                     }
                     self.commit().await?;
-                    let shared =
+                    let held_by_sink =
                         self.sink.shared_positions().await.map_err(|e| {
                             PipelineError::connector("reading the sink's positions", e)
                         })?;
                     tracing::debug!(pipeline = %self.p.name, "flushed for the source");
-                    request.reply(Ok(Flushed {
+                    request.reply(Ok(Durable {
                         committed: self.commits.borrow().clone(),
-                        shared,
+                        held_by_sink,
                     }));
                 }
                 WriterEvent::Durable(result) => {
@@ -359,9 +355,8 @@ impl Writer<'_> {
         self.stats
             .dead_lettered
             .fetch_add(open.dead.len() as u64, Ordering::Relaxed);
-        self.stats.set_committed(&open.positions);
+        self.stats.committed_now(&open.positions);
         self.commits.send_replace(open.positions);
-        self.backoff.reset();
         Ok(())
     }
 }

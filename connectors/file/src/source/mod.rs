@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ferry_api::{
-    ConnectorError, Invalid, Partition, Position, Positions, Raw, Record, Source, SourceItem, Value,
+    ConnectorError, Invalid, Partition, Position, Positions, Raw, Record, Source, SourceContext,
+    SourceItem, Value,
 };
 use notify::{EventKind, RecursiveMode, Watcher};
 use serde_json::json;
@@ -129,7 +130,11 @@ impl FileSource {
 
 #[async_trait]
 impl Source for FileSource {
-    async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError> {
+    async fn open(
+        &mut self,
+        committed: &Positions,
+        _: &SourceContext,
+    ) -> Result<(), ConnectorError> {
         self.watch();
         let glob = Glob::new(&self.config.path).map_err(|e| {
             ConnectorError::Fatal(format!("invalid glob {:?}: {e}", self.config.path))

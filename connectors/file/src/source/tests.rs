@@ -39,7 +39,9 @@ async fn partial_lines_wait_for_their_newline_and_positions_resume() {
     let mut f = File::create(&path).unwrap();
     f.write_all(b"{\"n\":1}\n{\"n\":2}\n{\"n\"").unwrap();
     let mut src = source(path.to_str().unwrap(), Format::Json);
-    src.open(&Positions::new()).await.unwrap();
+    src.open(&Positions::new(), &SourceContext::detached())
+        .await
+        .unwrap();
     let got = src.poll(100).await.unwrap();
     assert_eq!(values(&got), ["{\"n\":1}", "{\"n\":2}"]);
     f.write_all(b":3}\nnot json\n").unwrap();
@@ -50,7 +52,10 @@ async fn partial_lines_wait_for_their_newline_and_positions_resume() {
     let mut committed = Positions::new();
     committed.advance(got[1].position());
     let mut again = source(path.to_str().unwrap(), Format::Json);
-    again.open(&committed).await.unwrap();
+    again
+        .open(&committed, &SourceContext::detached())
+        .await
+        .unwrap();
     let got3 = again.poll(100).await.unwrap();
     assert_eq!(values(&got3), ["{\"n\":3}", "INVALID not json"]);
 }
@@ -62,7 +67,9 @@ async fn renamed_file_keeps_position_and_new_file_starts_at_zero() {
     let a = dir.path().join("app.log");
     fs::write(&a, "one\ntwo\n").unwrap();
     let mut src = source(&glob, Format::Text);
-    src.open(&Positions::new()).await.unwrap();
+    src.open(&Positions::new(), &SourceContext::detached())
+        .await
+        .unwrap();
     let got = src.poll(100).await.unwrap();
     assert_eq!(values(&got), ["\"one\"", "\"two\""]);
     let mut committed = Positions::new();
@@ -79,7 +86,10 @@ async fn renamed_file_keeps_position_and_new_file_starts_at_zero() {
 
     // A restarted source resumes the renamed file after "two".
     let mut again = source(&glob, Format::Text);
-    again.open(&committed).await.unwrap();
+    again
+        .open(&committed, &SourceContext::detached())
+        .await
+        .unwrap();
     let mut all = Vec::new();
     for _ in 0..3 {
         all.extend(values(&again.poll(100).await.unwrap()));
@@ -95,7 +105,9 @@ async fn long_lines_are_invalid_and_truncation_restarts() {
     let long = "x".repeat(200);
     fs::write(&path, format!("short\n{long}\nafter\n")).unwrap();
     let mut src = source(path.to_str().unwrap(), Format::Text);
-    src.open(&Positions::new()).await.unwrap();
+    src.open(&Positions::new(), &SourceContext::detached())
+        .await
+        .unwrap();
     let got = src.poll(100).await.unwrap();
     assert_eq!(got.len(), 3);
     assert!(
@@ -117,7 +129,9 @@ async fn an_unclosed_csv_quote_costs_only_its_line_at_the_end_of_input() {
     let path = dir.path().join("q.csv");
     fs::write(&path, "id,v\n1,a\n2,\"oops\n3,c\n4,d\n").unwrap();
     let mut src = source_once(path.to_str().unwrap(), Format::Csv, true);
-    src.open(&Positions::new()).await.unwrap();
+    src.open(&Positions::new(), &SourceContext::detached())
+        .await
+        .unwrap();
     let got = src.poll(100).await.unwrap();
     assert_eq!(
         values(&got),
@@ -147,7 +161,9 @@ async fn an_unclosed_csv_quote_costs_only_its_line_when_the_row_grows_too_long()
     }
     fs::write(&path, &text).unwrap();
     let mut src = source_once(path.to_str().unwrap(), Format::Csv, false);
-    src.open(&Positions::new()).await.unwrap();
+    src.open(&Positions::new(), &SourceContext::detached())
+        .await
+        .unwrap();
     let mut got = Vec::new();
     for _ in 0..3 {
         got.extend(src.poll(100).await.unwrap());
@@ -169,7 +185,9 @@ async fn an_unterminated_last_line_stays_unread() {
     let path = dir.path().join("a.jsonl");
     fs::write(&path, "{\"n\":1}\n{\"n\":2}").unwrap();
     let mut src = source_once(path.to_str().unwrap(), Format::Json, true);
-    src.open(&Positions::new()).await.unwrap();
+    src.open(&Positions::new(), &SourceContext::detached())
+        .await
+        .unwrap();
     let got = src.poll(100).await.unwrap();
     assert_eq!(values(&got), ["{\"n\":1}"]);
     assert!(src.poll(100).await.unwrap().is_empty());
@@ -181,7 +199,9 @@ async fn a_byte_order_mark_is_not_part_of_the_first_record() {
     let json = dir.path().join("a.jsonl");
     fs::write(&json, "\u{feff}{\"n\":1}\n{\"n\":2}\n").unwrap();
     let mut src = source(json.to_str().unwrap(), Format::Json);
-    src.open(&Positions::new()).await.unwrap();
+    src.open(&Positions::new(), &SourceContext::detached())
+        .await
+        .unwrap();
     assert_eq!(
         values(&src.poll(100).await.unwrap()),
         ["{\"n\":1}", "{\"n\":2}"]
@@ -190,7 +210,9 @@ async fn a_byte_order_mark_is_not_part_of_the_first_record() {
     let csv = dir.path().join("a.csv");
     fs::write(&csv, "\u{feff}id,v\n1,a\n").unwrap();
     let mut src = source(csv.to_str().unwrap(), Format::Csv);
-    src.open(&Positions::new()).await.unwrap();
+    src.open(&Positions::new(), &SourceContext::detached())
+        .await
+        .unwrap();
     let got = src.poll(100).await.unwrap();
     assert_eq!(values(&got), [r#"{"id":"1","v":"a"}"#]);
     // A resumed file reads its header the same way.
@@ -203,7 +225,10 @@ async fn a_byte_order_mark_is_not_part_of_the_first_record() {
         .write_all(b"2,b\n")
         .unwrap();
     let mut again = source(csv.to_str().unwrap(), Format::Csv);
-    again.open(&committed).await.unwrap();
+    again
+        .open(&committed, &SourceContext::detached())
+        .await
+        .unwrap();
     assert_eq!(
         values(&again.poll(100).await.unwrap()),
         [r#"{"id":"2","v":"b"}"#]
@@ -216,7 +241,9 @@ async fn a_quote_inside_an_unquoted_csv_field_is_a_plain_character() {
     let path = dir.path().join("h.csv");
     fs::write(&path, "id,h\n1,5'10\"\n2,a\n3,b\n4,6'1\"\n5,c\n").unwrap();
     let mut src = source_once(path.to_str().unwrap(), Format::Csv, true);
-    src.open(&Positions::new()).await.unwrap();
+    src.open(&Positions::new(), &SourceContext::detached())
+        .await
+        .unwrap();
     let got = src.poll(100).await.unwrap();
     // Compared as values: key order depends on serde_json's features.
     let got: Vec<Value> = got
@@ -242,7 +269,9 @@ async fn a_csv_header_longer_than_max_line_bytes_is_not_replaced_by_the_first_ro
     let header = format!("{},v\n", "x".repeat(80));
     fs::write(&path, format!("{header}1,a\n2,b\n")).unwrap();
     let mut src = source_once(path.to_str().unwrap(), Format::Csv, true);
-    src.open(&Positions::new()).await.unwrap();
+    src.open(&Positions::new(), &SourceContext::detached())
+        .await
+        .unwrap();
     let got = src.poll(100).await.unwrap();
     assert_eq!(got.len(), 3);
     for item in &got {
@@ -252,7 +281,10 @@ async fn a_csv_header_longer_than_max_line_bytes_is_not_replaced_by_the_first_ro
     let mut committed = Positions::new();
     committed.advance(got[1].position());
     let mut again = source_once(path.to_str().unwrap(), Format::Csv, true);
-    again.open(&committed).await.unwrap();
+    again
+        .open(&committed, &SourceContext::detached())
+        .await
+        .unwrap();
     let rest = again.poll(100).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert!(

@@ -13,7 +13,8 @@
 //!   the partitions it still owns only. librdkafka's auto-commit and offset
 //!   store are off.
 //! * **Revocation.** Before partitions are revoked, the source has the
-//!   runtime write and commit everything it handed over ([`Flush`]), then
+//!   runtime write and commit everything it handed over
+//!   ([`SourceContext::make_durable_blocking`]), then
 //!   commits the offsets of the revoked partitions to the group
 //!   synchronously, while this process still owns them; a poll interrupted by
 //!   a rebalance drops what it read of revoked partitions but had not handed
@@ -51,8 +52,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use ferry_api::{
-    ConnectorError, Flush, Invalid, Partition, Payload, Position, Positions, Raw, Record, Retries,
-    Source, SourceItem, Value,
+    ConnectorError, Invalid, Partition, Payload, Position, Positions, Raw, Record, Retries, Source,
+    SourceContext, SourceItem, Value,
 };
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -154,7 +155,12 @@ fn parse_position(p: &Position) -> Option<(TopicPartition, i64)> {
 
 #[async_trait]
 impl Source for KafkaSource {
-    async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError> {
+    async fn open(
+        &mut self,
+        committed: &Positions,
+        ctx: &SourceContext,
+    ) -> Result<(), ConnectorError> {
+        let _ = self.shared.runtime.set(ctx.clone());
         {
             let mut durable = self.shared.durable.lock().expect("not poisoned");
             for p in committed.iter() {
@@ -303,10 +309,6 @@ impl Source for KafkaSource {
             })?;
         }
         Ok(())
-    }
-
-    fn attach_flush(&mut self, flush: Flush) {
-        let _ = self.shared.flush.set(flush);
     }
 
     /// Leaves the group, but does not wait for ever: with the coordinator

@@ -10,7 +10,8 @@ pub(super) struct Gate {
     /// The partitions this member owns now, with the rebalance generation
     /// that assigned them.
     pub(super) assigned: HashMap<TopicPartition, u64>,
-    /// Items handed to the runtime since `open` ([`Flush::blocking`]).
+    /// Items handed to the runtime since `open`
+    /// ([`SourceContext::make_durable_blocking`]).
     pub(super) handed: u64,
 }
 
@@ -31,7 +32,7 @@ pub(super) struct Shared {
     /// The source is closing: the polling thread stops.
     pub(super) closing: AtomicBool,
     /// Asks the runtime to make durable what the source handed over.
-    pub(super) flush: OnceLock<Flush>,
+    pub(super) runtime: OnceLock<SourceContext>,
     pub(super) troubles: Troubles,
     /// The first assignment came: this member is in the group.
     pub(super) joined: AtomicBool,
@@ -53,7 +54,7 @@ impl Shared {
             generation: AtomicU64::default(),
             next: Mutex::default(),
             closing: AtomicBool::default(),
-            flush: OnceLock::new(),
+            runtime: OnceLock::new(),
             troubles,
             joined: AtomicBool::default(),
             lost: AtomicBool::default(),
@@ -64,9 +65,9 @@ impl Shared {
     /// became durable. `None` when that could not be done (the pipeline is
     /// stopping or failing): the durable map is then all there is to know.
     fn flush(&self, why: &str) -> Option<Vec<Positions>> {
-        let flush = self.flush.get()?;
+        let runtime = self.runtime.get()?;
         let handed = self.gate.lock().expect("not poisoned").handed;
-        match flush.blocking(handed, FLUSH_TIMEOUT) {
+        match runtime.make_durable_blocking(handed, FLUSH_TIMEOUT) {
             Ok(flushed) => {
                 let mut durable = self.durable.lock().expect("not poisoned");
                 for p in flushed.committed.iter() {
@@ -74,7 +75,7 @@ impl Shared {
                         durable.insert(tp, n);
                     }
                 }
-                Some(flushed.shared)
+                Some(flushed.held_by_sink)
             }
             Err(e) => {
                 tracing::info!("kafka: no flush {why}: {e}");

@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ferry_api::{
-    ConnectorError, Partition, Position, Positions, Record, Source, SourceItem, Value,
+    ConnectorError, Partition, Position, Positions, Record, Source, SourceContext, SourceItem,
+    Value,
 };
 use mongodb::bson::{Bson, Document, Timestamp, doc};
 use mongodb::change_stream::ChangeStream;
@@ -250,7 +251,11 @@ impl ChangeStreamSource {
 
 #[async_trait]
 impl Source for ChangeStreamSource {
-    async fn open(&mut self, committed: &Positions) -> Result<(), ConnectorError> {
+    async fn open(
+        &mut self,
+        committed: &Positions,
+        _: &SourceContext,
+    ) -> Result<(), ConnectorError> {
         let client = connect(&self.config.uri, &self.shown).await?;
         ping(&client, &self.shown).await?;
         let conn = Arc::new(Conn {

@@ -1,0 +1,325 @@
+//! The PostgreSQL sink: rows go in with COPY, and the source positions are
+//! stored in the same transaction, so a replay after any crash starts exactly
+//! where the committed rows end.
+//!
+//! How it keeps up with `psql \copy`:
+//! * one COPY per transaction, kept open across the engine's writes on a task
+//!   that holds the connection, so the server loads while ferry encodes;
+//! * `insert` COPYs straight into the table; `upsert` does too while no key
+//!   of the stream exists yet (under a savepoint), and on a unique violation
+//!   rolls back to the savepoint and moves the same rows through a staging
+//!   table with one `INSERT … SELECT DISTINCT ON … ON CONFLICT` (the last
+//!   record of a key wins). After a conflict the next streams go staged
+//!   directly, for a run that doubles with each failed direct attempt;
+//! * transactions alternate between two connections: a commit (finish the
+//!   COPY, store the positions, COMMIT) runs on its own task while the next
+//!   batch is written on the other connection ([`Sink::start_commit`]).
+//!
+//! A row the server refuses aborts the COPY and the transaction; the batch is
+//! then replayed once with a savepoint per chunk, splitting chunks until
+//! the refused rows stand alone, and those are reported as rejected.
+//!
+//! Files by job: `stream.rs` (the COPY stream and the upsert route),
+//! `isolate.rs` (the replay that isolates refused rows), `table.rs` (column
+//! mapping, `create_table`, the staging table), `offsets.rs` (the offsets
+//! table); this file holds the sink's connections and transactions.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use ferry_api::{ConnectorError, PendingCommit, Positions, Record, Rejected, Sink};
+// Every dynamic SQL string here interpolates only identifiers that were
+// validated as plain names and are quoted; values are bound.
+use sqlx::{Connection, PgConnection};
+
+use crate::config::{PostgresSinkConfig, split_table};
+use crate::sql::{db_error, quote};
+use offsets::position_text;
+use stream::{CopyStream, UpsertRoute, copy_failed, exec, finish};
+
+mod isolate;
+mod offsets;
+mod stream;
+mod table;
+
+/// Consecutive rows and the columns they give values for: (field, column,
+/// whether the column takes JSON).
+type ColumnRun<'r> = (&'r [Record], Vec<(String, String, bool)>);
+
+/// Per-connection temporary table the rows are COPYed into.
+const STAGE: &str = "ferry_stage";
+
+pub(crate) struct PostgresSink {
+    config: PostgresSinkConfig,
+    pipeline: String,
+    /// The connection of the transaction being written. `None` while a
+    /// COPY stream holds it, or between a started commit and the next write.
+    conn: Option<PgConnection>,
+    /// The connection of the last commit, handed back by its task once
+    /// durable: transactions alternate between two connections, so one
+    /// commits while the next batch is written on the other.
+    spare: Arc<Mutex<Option<PgConnection>>>,
+    /// Records of this life to write with a savepoint per chunk, isolating
+    /// a refused row: taken at `open` from what the life before left.
+    isolating: usize,
+    /// Where a life that meets a refused row leaves that count for the next
+    /// ([`crate::PostgresSinkDefinition`]).
+    isolate_next: Arc<AtomicUsize>,
+    /// This transaction created the table: its commit must be durable
+    /// before the other connection can see the table.
+    created_table: bool,
+    /// `"schema"."table"`, quoted.
+    target: String,
+    offsets: String,
+    /// `(field, column, column holds json)`, resolved against the table.
+    mapping: Vec<(String, String, bool)>,
+    /// The table is missing and `create_table` is on: the first write
+    /// creates it from its records, in the batch's own transaction.
+    pending_create: bool,
+    in_transaction: bool,
+    /// `ferry_rows` is set; the next chunk releases it and sets a new one in
+    /// the same round trip.
+    savepoint: bool,
+    /// The COPY kept open across the writes of a transaction (into the
+    /// target for inserts, into the staging table for upserts), so the
+    /// server loads one chunk while ferry encodes the next instead of the
+    /// two taking turns.
+    stream: Option<CopyStream>,
+    /// `ferry_copy` is set (an upsert stream straight into the target).
+    copy_savepoint: bool,
+    upsert_route: Arc<UpsertRoute>,
+    /// Records written since the last commit.
+    uncommitted: usize,
+    /// Each partition's position as this sink last read or stored it. Only
+    /// positions that moved are stored: several ferry processes sharing a
+    /// Kafka group write their partitions' rows side by side, and one must
+    /// not put back the stale position of a partition it no longer owns.
+    stored: HashMap<String, String>,
+    /// Positions as the table held them when partitions last moved here
+    /// ([`Sink::shared_positions`]): the other value a commit may store over.
+    handed_over: HashMap<String, String>,
+}
+
+impl PostgresSink {
+    pub(crate) fn new(
+        config: PostgresSinkConfig,
+        pipeline: String,
+        isolate_next: Arc<AtomicUsize>,
+    ) -> Self {
+        let (schema, table) = split_table(&config.table).expect("validated");
+        let (oschema, otable) = split_table(&config.offsets_table).expect("validated");
+        PostgresSink {
+            target: format!("{}.{}", quote(&schema), quote(&table)),
+            offsets: format!("{}.{}", quote(&oschema), quote(&otable)),
+            config,
+            pipeline,
+            conn: None,
+            mapping: Vec::new(),
+            pending_create: false,
+            savepoint: false,
+            stream: None,
+            copy_savepoint: false,
+            upsert_route: Arc::default(),
+            spare: Arc::default(),
+            isolating: 0,
+            isolate_next,
+            created_table: false,
+            uncommitted: 0,
+            stored: HashMap::new(),
+            handed_over: HashMap::new(),
+            in_transaction: false,
+        }
+    }
+
+    fn conn(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("used after open")
+    }
+
+    pub(crate) async fn connect(&mut self) -> Result<(), ConnectorError> {
+        self.conn = Some(crate::net::connect(&self.config.url, &self.pipeline).await?);
+        Ok(())
+    }
+
+    /// Everything `open` checks, without changing anything: for `ferry
+    /// validate --check-connections`.
+    pub(crate) async fn check(&mut self) -> Result<(), ConnectorError> {
+        self.connect().await?;
+        let found = self.resolve_columns().await;
+        self.close_conn().await;
+        match found? {
+            true => Ok(()),
+            false if self.config.create_table => Ok(()),
+            false => Err(self.missing_table()),
+        }
+    }
+
+    async fn close_conn(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            // Dropping the connection mid-COPY rolls the transaction back.
+            stream.task.abort();
+        }
+        let spare = self.spare.lock().expect("not poisoned").take();
+        for conn in self.conn.take().into_iter().chain(spare) {
+            // An open transaction rolls back with the connection.
+            let _ = conn.close().await;
+        }
+    }
+
+    async fn execute(&mut self, context: &str, sql: &str) -> Result<(), ConnectorError> {
+        exec(self.conn(), sql)
+            .await
+            .map_err(|e| db_error(context, e))
+    }
+
+    /// Sets savepoint `name`. Round trips cost more than the statements
+    /// here: the release of the previous one of that name rides along.
+    async fn next_savepoint(&mut self, name: &str, previous: bool) -> Result<(), ConnectorError> {
+        let sql = if previous {
+            format!("RELEASE SAVEPOINT {name}; SAVEPOINT {name}")
+        } else {
+            format!("SAVEPOINT {name}")
+        };
+        self.execute("setting a savepoint", &sql).await
+    }
+
+    /// A connection for the next transaction: the spare one if its commit
+    /// handed it back, else a new one (with its own staging table).
+    async fn ensure_conn(&mut self) -> Result<(), ConnectorError> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let spare = self.spare.lock().expect("not poisoned").take();
+        if let Some(conn) = spare {
+            self.conn = Some(conn);
+            return Ok(());
+        }
+        self.connect().await?;
+        if !self.pending_create {
+            self.create_stage().await?;
+        }
+        Ok(())
+    }
+
+    async fn begin(&mut self) -> Result<(), ConnectorError> {
+        if !self.in_transaction {
+            self.ensure_conn().await?;
+            self.execute("starting a transaction", "BEGIN").await?;
+            self.in_transaction = true;
+            self.savepoint = false;
+            self.copy_savepoint = false;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for PostgresSink {
+    async fn open(&mut self) -> Result<Option<Positions>, ConnectorError> {
+        // Read once per life: a commit failing on its own task sets it for
+        // the next life, and must not be consumed by this one's writes.
+        self.isolating = self.isolate_next.swap(0, Relaxed);
+        self.connect().await?;
+        self.create_offsets_table().await?;
+        if self.resolve_columns().await? {
+            self.create_stage().await?;
+        } else if self.config.create_table {
+            self.pending_create = true;
+        } else {
+            return Err(self.missing_table());
+        }
+
+        let positions = self.read_positions().await?;
+        self.remember_stored(&positions);
+        Ok(Some(positions))
+    }
+
+    /// The positions every process running this pipeline stored (they
+    /// share the offsets table; each writes only its own partitions).
+    async fn shared_positions(&mut self) -> Result<Vec<Positions>, ConnectorError> {
+        self.ensure_conn().await?;
+        let positions = self.read_positions().await?;
+        // A partition that moves here was last stored by its previous
+        // owner: this sink's first commit of it stores over that value
+        // (`stored` keeps what this sink read itself, so that positions of
+        // partitions it does not own are never put back).
+        for p in positions.iter() {
+            self.handed_over
+                .insert(p.partition.key.clone(), position_text(p));
+        }
+        Ok(vec![positions])
+    }
+
+    async fn write(&mut self, batch: &[Record]) -> Result<Vec<Rejected>, ConnectorError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.begin().await?;
+        if self.pending_create {
+            self.create_table(batch).await?;
+        }
+        self.uncommitted += batch.len();
+        // After a refused row, the replayed records go chunk by chunk.
+        if self.isolating > 0 {
+            self.isolating = self.isolating.saturating_sub(batch.len());
+        } else {
+            self.stream_rows(batch).await?;
+            return Ok(Vec::new());
+        }
+        self.write_isolating(batch).await
+    }
+
+    async fn commit(&mut self, positions: &Positions) -> Result<(), ConnectorError> {
+        self.start_commit(positions).await?.await
+    }
+
+    /// Finishes the transaction's COPY, stores the positions and commits
+    /// on a task of its own; the next write starts a transaction on the
+    /// other connection meanwhile.
+    async fn start_commit(
+        &mut self,
+        positions: &Positions,
+    ) -> Result<PendingCommit, ConnectorError> {
+        self.begin().await?;
+        let update = self.position_update(positions);
+        let offsets_table = self.config.offsets_table.clone();
+        let pipeline = self.pipeline.clone();
+        let plan = self.stream.take().map(|s| self.finish_plan(s));
+        let conn = self.conn.take();
+        let spare = self.spare.clone();
+        let isolate_next = self.isolate_next.clone();
+        let uncommitted = self.uncommitted;
+        let table = self.config.table.clone();
+        self.in_transaction = false;
+        self.uncommitted = 0;
+        let commit = async move {
+            let mut conn = match plan {
+                Some(plan) => {
+                    let (conn, result) = finish(plan).await?;
+                    result.map_err(|e| copy_failed(&isolate_next, uncommitted, &table, e))?;
+                    conn
+                }
+                None => conn.expect("begin() left a connection"),
+            };
+            // An error drops the connection, which rolls the transaction back.
+            update.store(&mut conn, &pipeline, &offsets_table).await?;
+            exec(&mut conn, "COMMIT")
+                .await
+                .map_err(|e| db_error("committing", e))?;
+            *spare.lock().expect("not poisoned") = Some(conn);
+            Ok(())
+        };
+        if std::mem::take(&mut self.created_table) {
+            // The other connection's staging table is made from the table.
+            commit.await?;
+            return Ok(Box::pin(std::future::ready(Ok(()))));
+        }
+        Ok(Box::pin(commit))
+    }
+
+    async fn close(&mut self) {
+        self.close_conn().await;
+    }
+}

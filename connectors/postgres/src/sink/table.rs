@@ -1,0 +1,151 @@
+//! The target table: its columns mapped onto record fields, created from
+//! the first records when asked, and the staging table upserts go through.
+
+use ferry_api::{ConnectorError, Record, Value};
+use sqlx::Row;
+
+use super::{PostgresSink, STAGE};
+use crate::column_types::{column_type, identifier_prefix};
+use crate::config::{Columns, Mode, split_table};
+use crate::sql::{db_error, quote};
+
+impl PostgresSink {
+    /// Reads the table's columns and maps fields onto them. Returns false
+    /// when the table does not exist.
+    pub(crate) async fn resolve_columns(&mut self) -> Result<bool, ConnectorError> {
+        let (schema, table) = split_table(&self.config.table).expect("validated");
+        let rows = sqlx::query(
+            "SELECT column_name::text, data_type IN ('json', 'jsonb') FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+        )
+        .bind(&schema)
+        .bind(&table)
+        .fetch_all(self.conn())
+        .await
+        .map_err(|e| db_error("reading the table's columns", e))?;
+        let columns: Vec<(String, bool)> = rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<bool, _>(1)))
+            .collect();
+        if columns.is_empty() {
+            return Ok(false);
+        }
+        let json = |c: &str| columns.iter().find(|(n, _)| n == c).map(|(_, j)| *j);
+        self.mapping = match &self.config.columns {
+            Columns::Auto => columns
+                .iter()
+                .map(|(c, j)| (c.clone(), c.clone(), *j))
+                .collect(),
+            Columns::Map(map) => {
+                let missing: Vec<&str> = map
+                    .iter()
+                    .filter(|(_, c)| json(c).is_none())
+                    .map(|(_, c)| c.as_str())
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(ConnectorError::Fatal(format!(
+                        "columns: {} not in table {}",
+                        missing.join(", "),
+                        self.config.table
+                    )));
+                }
+                map.iter()
+                    .map(|(f, c)| (f.clone(), c.clone(), json(c).unwrap_or(false)))
+                    .collect()
+            }
+        };
+        for k in &self.config.key {
+            if json(k).is_none() {
+                return Err(ConnectorError::Fatal(format!(
+                    "key column `{k}` is not a column of {}",
+                    self.config.table
+                )));
+            }
+        }
+        Ok(true)
+    }
+
+    pub(super) fn missing_table(&self) -> ConnectorError {
+        ConnectorError::Fatal(format!(
+            "table {} does not exist (or has no columns visible to this user); \
+             create it, or set create_table: true",
+            self.config.table
+        ))
+    }
+
+    /// For `mode: upsert`: the per-connection staging table rows are COPYed
+    /// into before the `INSERT … ON CONFLICT`.
+    pub(super) async fn create_stage(&mut self) -> Result<(), ConnectorError> {
+        if self.config.mode != Mode::Upsert {
+            return Ok(());
+        }
+        let stage = format!(
+            "DROP TABLE IF EXISTS {STAGE}; CREATE TEMP TABLE {STAGE} AS SELECT * FROM {} WITH NO DATA; \
+             ALTER TABLE {STAGE} ADD COLUMN ferry_ord bigint GENERATED ALWAYS AS IDENTITY",
+            self.target
+        );
+        self.execute("creating the staging table", &stage).await
+    }
+
+    /// `create_table: true`: creates the table from the fields of the first
+    /// batch, inside the batch's transaction (a crash undoes both).
+    pub(super) async fn create_table(&mut self, batch: &[Record]) -> Result<(), ConnectorError> {
+        let fields: Vec<(String, String)> = match &self.config.columns {
+            Columns::Map(map) => map.clone(),
+            Columns::Auto => {
+                let mut names = std::collections::BTreeSet::new();
+                for r in batch {
+                    if let Value::Object(o) = &*r.value {
+                        names.extend(o.keys().cloned());
+                    }
+                }
+                // A field that cannot be a column name (empty, or the same
+                // as another within PostgreSQL's 63 bytes) gets no column:
+                // one odd record must not stop the whole pipeline. Its value
+                // is not stored, as for any field without a column.
+                let mut seen = std::collections::HashSet::new();
+                names
+                    .into_iter()
+                    .filter(|n| {
+                        let ok = !n.is_empty() && seen.insert(identifier_prefix(n).to_string());
+                        if !ok {
+                            tracing::warn!(table = %self.config.table, field = %n, "create_table: this field cannot be a column of its own (empty, or the same as another within PostgreSQL's 63-byte names); it is not stored");
+                        }
+                        ok
+                    })
+                    .map(|n| (n.clone(), n))
+                    .collect()
+            }
+        };
+        for k in &self.config.key {
+            if !fields.iter().any(|(_, c)| c == k) {
+                return Err(ConnectorError::Fatal(format!(
+                    "create_table: key column `{k}` is not among the fields of the first records"
+                )));
+            }
+        }
+        let mut defs: Vec<String> = fields
+            .iter()
+            .map(|(f, c)| format!("{} {}", quote(c), column_type(batch, f)))
+            .collect();
+        if !self.config.key.is_empty() {
+            let keys: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
+            defs.push(format!("PRIMARY KEY ({})", keys.join(", ")));
+        }
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} ({})",
+            self.target,
+            defs.join(", ")
+        );
+        self.execute(&format!("creating table {}", self.config.table), &sql)
+            .await?;
+        if !self.resolve_columns().await? {
+            return Err(self.missing_table());
+        }
+        self.create_stage().await?;
+        self.pending_create = false;
+        self.created_table = true;
+        tracing::info!(table = %self.config.table, "created the table from the first records");
+        Ok(())
+    }
+}
