@@ -34,7 +34,13 @@ struct Committed {
 
 impl Stats {
     pub fn committed(&self) -> String {
-        self.committed.lock().expect("not poisoned").text.clone()
+        let text = &self.committed.lock().expect("not poisoned").text;
+        // Before the first attempt found its positions.
+        if text.is_empty() {
+            "nothing yet".to_string()
+        } else {
+            text.clone()
+        }
     }
 
     /// When a commit last became durable in this run.
