@@ -97,6 +97,15 @@ impl Troubles {
                 facility,
                 &format!("kafka: librdkafka: {facility} {message}"),
             ),
+            // An offset reset ("offset reset (at offset 1018) to BEGINNING:
+            // … Offset out of range") moves where a partition is read: back
+            // (records the source already handed over come again, and the
+            // source skips them) or forward (records are skipped for good).
+            // An operator must hear of either.
+            RDKafkaLogLevel::Warning if facility == "OFFSET" => self.report(
+                facility,
+                &format!("kafka: librdkafka: {facility} {message}"),
+            ),
             _ => tracing::debug!(pipeline = %self.pipeline, "librdkafka: {facility} {message}"),
         }
     }

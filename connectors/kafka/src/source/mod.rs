@@ -25,6 +25,10 @@
 //!   its storage ([`ferry_api::Sink::shared_positions`]) and starts after the
 //!   furthest.
 //!
+//! * **Read once per assignment.** A partition the consumer reads again
+//!   from an earlier offset (librdkafka resets it when the broker answers
+//!   "offset out of range") hands nothing over twice: the polling thread
+//!   skips offsets below the one it expects, and says so (`Ahead`).
 //! * **Polling ahead.** The consumer is polled on a thread of its own
 //!   (librdkafka calls the rebalance callback from inside `poll`, and that
 //!   callback does blocking broker calls), which reads and converts the next

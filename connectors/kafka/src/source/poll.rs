@@ -48,9 +48,16 @@ pub(super) fn poll_chunk(
     let mut items = Vec::with_capacity(max);
     let mut timeout = Duration::from_millis(500);
     let mut error = None;
+    // The next offset of each partition, as of this chunk's start; only a
+    // rebalance changes it meanwhile, and the chunk ends at one.
+    let mut ahead = Ahead::from(&shared.next.lock().expect("not poisoned"));
     while items.len() < max {
         match consumer.poll(timeout) {
-            Some(Ok(m)) => items.push(converter.convert(&m)),
+            Some(Ok(m)) => {
+                if ahead.take(m.topic(), m.partition(), m.offset()) {
+                    items.push(converter.convert(&m));
+                }
+            }
             Some(Err(e)) => {
                 error = Some(e);
                 break;
@@ -63,6 +70,7 @@ pub(super) fn poll_chunk(
         }
         timeout = Duration::ZERO;
     }
+    ahead.report_rewinds();
     let rebalanced = shared.generation.load(Ordering::SeqCst) != generation;
     let gate = shared.gate.lock().expect("not poisoned");
     let mut next = shared.next.lock().expect("not poisoned");
@@ -107,6 +115,67 @@ pub(super) fn poll_chunk(
     }
 }
 
+/// Where each partition is to be read next, so that a partition read again
+/// from an earlier offset hands nothing over twice. librdkafka rewinds a
+/// partition when the broker answers a fetch with "offset out of range"
+/// and `auto.offset.reset` is `earliest` (seen with a broker whose high
+/// watermark lagged under load: a partition read to 1018 started again at
+/// 0); the runtime was handed those records already, so they are skipped.
+pub(super) struct Ahead {
+    next: Vec<(TopicPartition, i64)>,
+    /// Per partition: the first offset read again and how many were.
+    rewinds: Vec<(TopicPartition, i64, i64, u64)>,
+}
+
+impl Ahead {
+    pub(super) fn from(next: &HashMap<TopicPartition, i64>) -> Ahead {
+        Ahead {
+            next: next.iter().map(|(tp, n)| (tp.clone(), *n)).collect(),
+            rewinds: Vec::new(),
+        }
+    }
+
+    /// Whether the message at `offset` is new, moving the partition's next
+    /// offset past it. A partition not known yet (its start was left to
+    /// the group) starts where its first message is.
+    pub(super) fn take(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
+        let known = self
+            .next
+            .iter_mut()
+            .find(|((t, p), _)| *p == partition && t == topic);
+        let Some((_, next)) = known else {
+            self.next.push(((topic.to_string(), partition), offset + 1));
+            return true;
+        };
+        if offset >= *next {
+            *next = offset + 1;
+            return true;
+        }
+        match self
+            .rewinds
+            .iter_mut()
+            .find(|((t, p), ..)| *p == partition && t == topic)
+        {
+            Some((.., count)) => *count += 1,
+            None => self
+                .rewinds
+                .push(((topic.to_string(), partition), offset, *next, 1)),
+        }
+        false
+    }
+
+    pub(super) fn report_rewinds(&mut self) {
+        for ((topic, partition), from, next, count) in self.rewinds.drain(..) {
+            tracing::warn!(
+                topic,
+                partition,
+                "kafka: the consumer went back to offset {from} after it had read up to {next}: \
+                 skipped {count} records it had read already (an offset reset? see librdkafka's OFFSET line)"
+            );
+        }
+    }
+}
+
 /// The low and high watermarks of a partition as of the consumer's last
 /// fetch response: no broker round trip (rdkafka wraps only the one that
 /// asks the broker). `None` when librdkafka has none.
@@ -129,4 +198,29 @@ pub(super) fn cached_watermarks(
         )
     };
     (err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR).then_some((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_read_again_from_an_earlier_offset_hands_nothing_twice() {
+        let next = HashMap::from([(("t".to_string(), 0), 10)]);
+        let mut ahead = Ahead::from(&next);
+        // Below the start the assignment set: read already.
+        assert!(!ahead.take("t", 0, 9));
+        assert!(ahead.take("t", 0, 10));
+        assert!(ahead.take("t", 0, 11));
+        // A partition left to the group starts at its first message…
+        assert!(ahead.take("t", 1, 0));
+        assert!(ahead.take("t", 1, 1));
+        // …and a reset to the beginning is skipped up to where it was.
+        assert!(!ahead.take("t", 1, 0));
+        assert!(!ahead.take("t", 1, 1));
+        assert!(ahead.take("t", 1, 2));
+        assert!(!ahead.take("t", 0, 11));
+        assert_eq!(ahead.rewinds.len(), 2);
+        assert_eq!(ahead.rewinds[1], (("t".to_string(), 1), 0, 2, 2));
+    }
 }

@@ -119,54 +119,7 @@ impl ConsumerContext for GroupContext {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                if !self.shared.joined.swap(true, Ordering::SeqCst) {
-                    tracing::info!(partitions = tpl.count(), "kafka: joined the group");
-                }
-                let shared = self.shared.flush("on assignment").unwrap_or_default();
-                let mut durable = self.shared.durable.lock().expect("not poisoned").clone();
-                // Other writers' positions: a previous owner that died after
-                // its sink's commit but before its group commit.
-                for positions in &shared {
-                    for p in positions.iter() {
-                        if let Some((tp, n)) = parse_position(p) {
-                            let known = durable.entry(tp).or_insert(n);
-                            *known = (*known).max(n);
-                        }
-                    }
-                }
-                let group = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
-                    Ok(group) => group,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka: reading the group's committed offsets");
-                        TopicPartitionList::new()
-                    }
-                };
-                let partitions = tps(tpl);
-                for (topic, partition) in &partitions {
-                    let committed =
-                        group
-                            .find_partition(topic, *partition)
-                            .and_then(|e| match e.offset() {
-                                Offset::Offset(n) => Some(n),
-                                _ => None,
-                            });
-                    let ours = durable.get(&(topic.clone(), *partition)).copied();
-                    let start = committed.max(ours);
-                    if let Some(start) = start {
-                        let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(start));
-                    }
-                    let mut next = self.shared.next.lock().expect("not poisoned");
-                    match start {
-                        Some(n) => next.insert((topic.clone(), *partition), n),
-                        None => next.remove(&(topic.clone(), *partition)),
-                    };
-                    tracing::info!(topic, partition, ?committed, durable = ?ours, "kafka: partition assigned");
-                }
-                let mut gate = self.shared.gate.lock().expect("not poisoned");
-                let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
-                gate.assigned
-                    .extend(partitions.into_iter().map(|tp| (tp, generation)));
-                drop(gate);
+                self.assigned(consumer, tpl);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -177,78 +130,141 @@ impl ConsumerContext for GroupContext {
                 }
             }
             _ => {
-                let revoked = if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
-                    tps(tpl)
+                let partial =
+                    cooperative && err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
+                self.revoked(consumer, err, tpl);
+                let result = if partial {
+                    consumer.incremental_unassign(tpl)
                 } else {
-                    tracing::warn!(?err, "kafka: rebalance error; giving up every partition");
-                    let gate = self.shared.gate.lock().expect("not poisoned");
-                    gate.assigned.keys().cloned().collect()
+                    consumer.unassign()
                 };
-                // From here on nothing more of these partitions is handed
-                // over (what was read ahead of them is dropped: the next
-                // owner reads it), and nothing more is committed for them
-                // but what is committed below.
-                let mut gate = self.shared.gate.lock().expect("not poisoned");
-                for tp in &revoked {
-                    gate.assigned.remove(tp);
-                }
-                self.shared.generation.fetch_add(1, Ordering::SeqCst);
-                drop(gate);
-                if consumer.assignment_lost() {
-                    // Not ours any more: writing what the pipeline holds
-                    // could duplicate the new owner's records, and the
-                    // group refuses our commits. The source fails instead
-                    // and the pipeline starts again from what is committed
-                    // (a transactional sink discards the rest).
-                    tracing::warn!(partitions = ?revoked, "kafka: partitions lost (the session expired)");
-                    self.shared.lost.store(true, Ordering::SeqCst);
-                    let result = if cooperative {
-                        consumer.incremental_unassign(tpl)
-                    } else {
-                        consumer.unassign()
-                    };
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "kafka: giving up lost partitions");
-                    }
-                    return;
-                }
-                // Everything handed over for these partitions becomes
-                // durable, then is committed while they are still ours
-                // (in the group's eyes: the revocation is not complete yet).
-                self.shared.flush("before revocation");
-                let durable = self.shared.durable.lock().expect("not poisoned").clone();
-                let mut commit = TopicPartitionList::new();
-                for tp in &revoked {
-                    if let Some(n) = durable.get(tp) {
-                        let _ = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(*n));
-                    }
-                }
-                if commit.count() > 0
-                    && let Err(e) = commit_within(consumer, &commit, &self.shared.closing)
-                {
-                    // Safe all the same: the positions are durable with
-                    // the sink's data (or in ferry's offset store), and an
-                    // assignment starts after the further of those and
-                    // the group's.
-                    tracing::warn!(partitions = ?revoked, "kafka: committing offsets of revoked partitions: {e}");
-                }
-                let mut next = self.shared.next.lock().expect("not poisoned");
-                for tp in &revoked {
-                    next.remove(tp);
-                }
-                drop(next);
-                tracing::info!(partitions = ?revoked, "kafka: partitions revoked");
-                let result =
-                    if cooperative && err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
-                        consumer.incremental_unassign(tpl)
-                    } else {
-                        consumer.unassign()
-                    };
                 if let Err(e) = result {
-                    tracing::warn!(error = %e, "kafka: revoking partitions");
+                    tracing::warn!(error = %e, "kafka: giving up partitions");
                 }
             }
         }
+    }
+}
+
+impl GroupContext {
+    /// Partitions come: each starts after the furthest of what the group
+    /// committed, what this process knows durable and what other writers of
+    /// the same sink storage hold; the start offsets are set in `tpl`.
+    fn assigned(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        if !self.shared.joined.swap(true, Ordering::SeqCst) {
+            tracing::info!(partitions = tpl.count(), "kafka: joined the group");
+        }
+        let durable = self.known_durable();
+        let group = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
+            Ok(group) => group,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka: reading the group's committed offsets");
+                TopicPartitionList::new()
+            }
+        };
+        let partitions = tps(tpl);
+        let mut next = self.shared.next.lock().expect("not poisoned");
+        for (topic, partition) in &partitions {
+            let committed =
+                group
+                    .find_partition(topic, *partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(n) => Some(n),
+                        _ => None,
+                    });
+            let tp = (topic.clone(), *partition);
+            let ours = durable.get(&tp).copied();
+            let start = committed.max(ours);
+            match start {
+                Some(n) => {
+                    let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(n));
+                    next.insert(tp, n)
+                }
+                None => next.remove(&tp),
+            };
+            tracing::info!(topic, partition, ?committed, durable = ?ours, "kafka: partition assigned");
+        }
+        drop(next);
+        let mut gate = self.shared.gate.lock().expect("not poisoned");
+        let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        gate.assigned
+            .extend(partitions.into_iter().map(|tp| (tp, generation)));
+    }
+
+    /// What this process knows to be durable of each partition, after the
+    /// runtime flushed what it was handed: its own commits, and those of
+    /// other writers sharing the sink's storage (a previous owner that died
+    /// after its sink's commit but before its group commit).
+    fn known_durable(&self) -> HashMap<TopicPartition, i64> {
+        let shared = self.shared.flush("on assignment").unwrap_or_default();
+        let mut durable = self.shared.durable.lock().expect("not poisoned").clone();
+        for p in shared.iter().flat_map(Positions::iter) {
+            if let Some((tp, n)) = parse_position(p) {
+                let known = durable.entry(tp).or_insert(n);
+                *known = (*known).max(n);
+            }
+        }
+        durable
+    }
+
+    /// Partitions go (or, on a rebalance error, every partition): nothing
+    /// more of theirs is handed over, what was handed is made durable and
+    /// committed to the group while they are still ours. Lost partitions
+    /// (the session expired) are not ours any more: nothing is committed and
+    /// the source fails, to start again from what is committed.
+    fn revoked(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &TopicPartitionList,
+    ) {
+        let mut gate = self.shared.gate.lock().expect("not poisoned");
+        let revoked = if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+            tps(tpl)
+        } else {
+            tracing::warn!(?err, "kafka: rebalance error; giving up every partition");
+            gate.assigned.keys().cloned().collect()
+        };
+        // From here on nothing more of these partitions is handed over
+        // (what was read ahead of them is dropped: the next owner reads it).
+        for tp in &revoked {
+            gate.assigned.remove(tp);
+        }
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        drop(gate);
+        if consumer.assignment_lost() {
+            // Writing what the pipeline holds could duplicate the new
+            // owner's records, and the group refuses our commits. (A
+            // transactional sink discards the rest at the restart.)
+            tracing::warn!(partitions = ?revoked, "kafka: partitions lost (the session expired)");
+            self.shared.lost.store(true, Ordering::SeqCst);
+            return;
+        }
+        // Everything handed over for these partitions becomes durable, then
+        // is committed while they are still ours (in the group's eyes: the
+        // revocation is not complete yet).
+        self.shared.flush("before revocation");
+        let durable = self.shared.durable.lock().expect("not poisoned").clone();
+        let mut commit = TopicPartitionList::new();
+        for tp in &revoked {
+            if let Some(n) = durable.get(tp) {
+                let _ = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(*n));
+            }
+        }
+        if commit.count() > 0
+            && let Err(e) = commit_within(consumer, &commit, &self.shared.closing)
+        {
+            // Safe all the same: the positions are durable with the sink's
+            // data (or in ferry's offset store), and an assignment starts
+            // after the further of those and the group's.
+            tracing::warn!(partitions = ?revoked, "kafka: committing offsets of revoked partitions: {e}");
+        }
+        let mut next = self.shared.next.lock().expect("not poisoned");
+        for tp in &revoked {
+            next.remove(tp);
+        }
+        drop(next);
+        tracing::info!(partitions = ?revoked, "kafka: partitions revoked");
     }
 }
 
