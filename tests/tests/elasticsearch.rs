@@ -46,16 +46,19 @@ fn file_to_elasticsearch_exactly_once_across_sigkill() {
         fs::create_dir_all(d.join("in")).unwrap();
         write_test_input(&d.join("in/a.jsonl"), "a", N);
         es_config(d, "es", &url, &idx, "");
-        // Counted at most every 250 ms: a refresh per 20 ms poll slows
-        // the servers down more than the load does.
-        let last = std::cell::Cell::new((std::time::Instant::now(), 0u64));
+        // Counted at most every 250 ms, and never more than a fifth of the
+        // server's time: a count is a refresh and a scan, and noida-db's
+        // took 1.8 s at 79,000 documents under load, so counting back to
+        // back starved the very bulk requests it waited for.
+        let last = std::cell::Cell::new((std::time::Instant::now(), Duration::ZERO, 0u64));
         let progress = || {
-            let (at, n) = last.get();
-            if at.elapsed() < Duration::from_millis(250) {
+            let (at, took, n) = last.get();
+            if at.elapsed() < Duration::from_millis(250).max(took * 4) {
                 return n;
             }
+            let started = std::time::Instant::now();
             let n = es_count(&url, &idx);
-            last.set((std::time::Instant::now(), n));
+            last.set((std::time::Instant::now(), started.elapsed(), n));
             n
         };
         for kill in 0..8 {

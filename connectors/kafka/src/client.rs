@@ -80,8 +80,8 @@ impl Troubles {
         );
     }
 
-    /// librdkafka's own log lines: errors are reported like the error
-    /// callback's, the rest goes to the debug log. (Its warnings repeat
+    /// librdkafka's own log lines: errors and offset resets are reported
+    /// like the error callback's, the rest goes to the debug log. (Its other warnings repeat
     /// what the error callback says — a failed connection is both — or are
     /// the guard of `librdkafka.rs` at work.)
     pub(crate) fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {

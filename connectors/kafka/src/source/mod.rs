@@ -28,7 +28,7 @@
 //! * **Read once per assignment.** A partition the consumer reads again
 //!   from an earlier offset (librdkafka resets it when the broker answers
 //!   "offset out of range") hands nothing over twice: the polling thread
-//!   skips offsets below the one it expects, and says so (`Ahead`).
+//!   skips the offsets this assignment read already, and says so (`Ahead`).
 //! * **Polling ahead.** The consumer is polled on a thread of its own
 //!   (librdkafka calls the rebalance callback from inside `poll`, and that
 //!   callback does blocking broker calls), which reads and converts the next

@@ -28,8 +28,9 @@ pub(super) fn poll_ahead(
     latest: bool,
     chunks: tokio::sync::mpsc::Sender<Chunk>,
 ) {
+    let mut ahead = Ahead::default();
     while !shared.closing.load(Ordering::SeqCst) {
-        let chunk = poll_chunk(&consumer, &mut converter, &shared, max, latest);
+        let chunk = poll_chunk(&consumer, &mut converter, &mut ahead, &shared, max, latest);
         if chunks.blocking_send(chunk).is_err() {
             break;
         }
@@ -40,6 +41,7 @@ pub(super) fn poll_ahead(
 pub(super) fn poll_chunk(
     consumer: &BaseConsumer<GroupContext>,
     converter: &mut Converter,
+    ahead: &mut Ahead,
     shared: &Shared,
     max: usize,
     latest: bool,
@@ -48,9 +50,9 @@ pub(super) fn poll_chunk(
     let mut items = Vec::with_capacity(max);
     let mut timeout = Duration::from_millis(500);
     let mut error = None;
-    // The next offset of each partition, as of this chunk's start; only a
-    // rebalance changes it meanwhile, and the chunk ends at one.
-    let mut ahead = Ahead::from(&shared.next.lock().expect("not poisoned"));
+    // A rebalance came since the last chunk (the chunk ends at one): the
+    // partitions start over.
+    ahead.assignment(generation);
     while items.len() < max {
         match consumer.poll(timeout) {
             Some(Ok(m)) => {
@@ -115,42 +117,63 @@ pub(super) fn poll_chunk(
     }
 }
 
-/// Where each partition is to be read next, so that a partition read again
-/// from an earlier offset hands nothing over twice. librdkafka rewinds a
-/// partition when the broker answers a fetch with "offset out of range"
-/// and `auto.offset.reset` is `earliest` (seen with a broker whose high
-/// watermark lagged under load: a partition read to 1018 started again at
-/// 0); the runtime was handed those records already, so they are skipped.
+/// What the consumer read of each partition in the current assignment, so
+/// that a partition read again hands nothing over twice. librdkafka goes
+/// back when the broker answers a fetch with "offset out of range" and
+/// `auto.offset.reset` is `earliest` (seen with a broker whose high
+/// watermark lagged under load: a partition read up to 1017 started again
+/// at 0, and the runtime was handed those records already). Only offsets
+/// this assignment read are skipped: a start beyond the log (a topic
+/// deleted and created again) that resets to the beginning reads the new
+/// records, as before.
+#[derive(Default)]
 pub(super) struct Ahead {
-    next: Vec<(TopicPartition, i64)>,
+    /// The rebalance generation the spans are of.
+    generation: u64,
+    /// Per partition: the first offset read in this assignment and the next.
+    spans: Vec<(TopicPartition, i64, i64)>,
+    /// Index of the span the last message matched (messages come in runs).
+    last: usize,
     /// Per partition: the first offset read again and how many were.
     rewinds: Vec<(TopicPartition, i64, i64, u64)>,
 }
 
 impl Ahead {
-    pub(super) fn from(next: &HashMap<TopicPartition, i64>) -> Ahead {
-        Ahead {
-            next: next.iter().map(|(tp, n)| (tp.clone(), *n)).collect(),
-            rewinds: Vec::new(),
+    /// Forgets what was read when a rebalance came since.
+    pub(super) fn assignment(&mut self, generation: u64) {
+        if generation != self.generation {
+            self.generation = generation;
+            self.spans.clear();
+            self.last = 0;
         }
     }
 
-    /// Whether the message at `offset` is new, moving the partition's next
-    /// offset past it. A partition not known yet (its start was left to
-    /// the group) starts where its first message is.
+    fn span(&mut self, topic: &str, partition: i32) -> Option<&mut (TopicPartition, i64, i64)> {
+        let matches = |((t, p), ..): &(TopicPartition, i64, i64)| *p == partition && t == topic;
+        if !self.spans.get(self.last).is_some_and(matches) {
+            self.last = self.spans.iter().position(matches)?;
+        }
+        self.spans.get_mut(self.last)
+    }
+
+    /// Whether the message at `offset` is to be handed over: not when this
+    /// assignment read it already.
     pub(super) fn take(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
-        let known = self
-            .next
-            .iter_mut()
-            .find(|((t, p), _)| *p == partition && t == topic);
-        let Some((_, next)) = known else {
-            self.next.push(((topic.to_string(), partition), offset + 1));
+        let Some((_, first, next)) = self.span(topic, partition) else {
+            self.spans
+                .push(((topic.to_string(), partition), offset, offset + 1));
+            self.last = self.spans.len() - 1;
             return true;
         };
         if offset >= *next {
             *next = offset + 1;
             return true;
         }
+        if offset < *first {
+            // Before anything this assignment read: not a repeat.
+            return true;
+        }
+        let next = *next;
         match self
             .rewinds
             .iter_mut()
@@ -159,7 +182,7 @@ impl Ahead {
             Some((.., count)) => *count += 1,
             None => self
                 .rewinds
-                .push(((topic.to_string(), partition), offset, *next, 1)),
+                .push(((topic.to_string(), partition), offset, next, 1)),
         }
         false
     }
@@ -169,8 +192,9 @@ impl Ahead {
             tracing::warn!(
                 topic,
                 partition,
-                "kafka: the consumer went back to offset {from} after it had read up to {next}: \
-                 skipped {count} records it had read already (an offset reset? see librdkafka's OFFSET line)"
+                "kafka: the consumer went back to offset {from} after it had read up to {}: \
+                 skipped {count} records it had read already (an offset reset? see librdkafka's OFFSET line)",
+                next - 1
             );
         }
     }
@@ -206,21 +230,25 @@ mod tests {
 
     #[test]
     fn a_partition_read_again_from_an_earlier_offset_hands_nothing_twice() {
-        let next = HashMap::from([(("t".to_string(), 0), 10)]);
-        let mut ahead = Ahead::from(&next);
-        // Below the start the assignment set: read already.
-        assert!(!ahead.take("t", 0, 9));
+        let mut ahead = Ahead::default();
+        ahead.assignment(1);
+        for offset in 0..3 {
+            assert!(ahead.take("t", 1, offset));
+        }
         assert!(ahead.take("t", 0, 10));
-        assert!(ahead.take("t", 0, 11));
-        // A partition left to the group starts at its first message…
-        assert!(ahead.take("t", 1, 0));
-        assert!(ahead.take("t", 1, 1));
-        // …and a reset to the beginning is skipped up to where it was.
+        // A reset to the beginning: what was read is skipped, the rest not.
         assert!(!ahead.take("t", 1, 0));
         assert!(!ahead.take("t", 1, 1));
-        assert!(ahead.take("t", 1, 2));
-        assert!(!ahead.take("t", 0, 11));
+        assert!(!ahead.take("t", 1, 2));
+        assert!(ahead.take("t", 1, 3));
+        // Below what this assignment read (a start beyond the log that
+        // reset to the beginning): new records, handed over.
+        assert!(ahead.take("t", 0, 0));
+        assert!(!ahead.take("t", 0, 10));
         assert_eq!(ahead.rewinds.len(), 2);
-        assert_eq!(ahead.rewinds[1], (("t".to_string(), 1), 0, 2, 2));
+        assert_eq!(ahead.rewinds[0], (("t".to_string(), 1), 0, 3, 3));
+        // A rebalance: the partitions start over.
+        ahead.assignment(2);
+        assert!(ahead.take("t", 1, 0));
     }
 }
