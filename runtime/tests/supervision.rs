@@ -315,20 +315,24 @@ fn supervised(p: PipelineConfig, dir: &std::path::Path, once: bool) -> PipelineH
 /// Waits (at most 20 s) until the pipeline's status satisfies `what`.
 async fn until(handle: &PipelineHandle, what: impl Fn(&Status) -> bool) -> Status {
     let mut watch = handle.watch();
-    let seen = tokio::time::timeout(Duration::from_secs(20), watch.wait_for(|s| what(s)))
+    tokio::time::timeout(Duration::from_secs(20), watch.wait_for(|s| what(s)))
         .await
         .unwrap_or_else(|_| panic!("still {:?}", handle.snapshot().status))
         .expect("the supervisor is alive")
-        .clone();
-    seen
+        .clone()
+}
+
+/// Every retry of `p` waits exactly `delay`.
+fn retry_after(p: &mut PipelineConfig, delay: Duration) {
+    p.errors.retry_backoff = delay;
+    p.errors.retry_backoff_max = delay;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retriable_failure_is_retrying_with_its_error_then_running_again() {
     let dir = tempfile::tempdir().unwrap();
     let (mut p, _) = pipeline("flaky", 2_000, Fault::None, Fault::Flaky);
-    p.errors.retry_backoff = Duration::from_millis(300);
-    p.errors.retry_backoff_max = Duration::from_millis(300);
+    retry_after(&mut p, Duration::from_millis(300));
     let handle = supervised(p, dir.path(), true);
     let retrying = until(&handle, |s| matches!(s.state, State::Retrying { .. })).await;
     let State::Retrying {
@@ -386,8 +390,7 @@ async fn a_fatal_error_or_a_panic_is_failed_with_its_error() {
 async fn stop_ends_a_pipeline_that_waits_to_retry_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (mut p, _) = pipeline("down", 1_000, Fault::None, Fault::Down);
-    p.errors.retry_backoff = Duration::from_secs(600);
-    p.errors.retry_backoff_max = Duration::from_secs(600);
+    retry_after(&mut p, Duration::from_secs(600));
     let handle = supervised(p, dir.path(), false);
     until(&handle, |s| matches!(s.state, State::Retrying { .. })).await;
     let asked = Instant::now();
