@@ -24,7 +24,7 @@ pub async fn check_connections(pipelines: &[PipelineConfig]) -> Vec<String> {
             writes: Vec::new(),
             retries: ferry_api::Retries::default(),
         };
-        let where_ = format!("{}: pipeline {}", p.file.display(), p.name);
+        let pipeline_at = format!("{}: pipeline {}", p.file.display(), p.name);
         let (source, sink) = tokio::join!(
             tokio::time::timeout(LIMIT, p.source.check(&ctx)),
             tokio::time::timeout(LIMIT, p.sink.check(&ctx))
@@ -35,9 +35,9 @@ pub async fn check_connections(pipelines: &[PipelineConfig]) -> Vec<String> {
         ] {
             match result {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => problems.push(format!("{where_}: {side} ({kind}): {e}")),
+                Ok(Err(e)) => problems.push(format!("{pipeline_at}: {side} ({kind}): {e}")),
                 Err(_) => problems.push(format!(
-                    "{where_}: {side} ({kind}): no answer within {}s",
+                    "{pipeline_at}: {side} ({kind}): no answer within {}s",
                     LIMIT.as_secs()
                 )),
             }

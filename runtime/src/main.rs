@@ -1,12 +1,12 @@
 //! The `ferry` command. Parses arguments and calls the library: all logic
 //! lives in `ferry::run` and friends so tests can drive it without signals.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use ferry::config::{ConfigErrors, PipelineConfig, load_paths};
 use ferry::offsets::OffsetStore;
 use ferry::redact::redact;
@@ -38,40 +38,46 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run pipelines until stopped (Ctrl-C or SIGTERM: finish the batch, commit, exit 0).
-    Run {
-        /// Where offsets, default dead-letter files and the lock are kept.
-        #[arg(long, env = "FERRY_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
-        /// Exit once every source has nothing more to read (batch jobs, benchmarks).
-        #[arg(long)]
-        once: bool,
-        /// How often to print one progress line per pipeline.
-        #[arg(long, default_value = "5s", value_parser = positive_duration)]
-        progress_interval: Duration,
-        /// After SIGTERM or Ctrl-C, how long pipelines have to commit what
-        /// they wrote and stop; past it ferry exits 1, naming those that did
-        /// not (committed positions are safe either way).
-        #[arg(long, default_value = "30s", value_parser = positive_duration)]
-        shutdown_timeout: Duration,
-        /// Pipeline files, or folders of them (*.yaml, *.yml).
-        #[arg(default_value = "configs")]
-        paths: Vec<PathBuf>,
-    },
+    Run(RunArgs),
     /// Check pipeline files without running them; print every error, and each pipeline's guarantee.
-    Validate {
-        /// Also connect to every source and sink and check that what they
-        /// need exists (server answers, table present). Changes nothing.
-        #[arg(long)]
-        check_connections: bool,
-        /// Pipeline files, or folders of them (*.yaml, *.yml).
-        #[arg(default_value = "configs")]
-        paths: Vec<PathBuf>,
-    },
+    Validate(ValidateArgs),
     /// Show or reset committed offsets.
     Offsets {
         #[command(subcommand)]
         command: OffsetsCommand,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Where offsets, default dead-letter files and the lock are kept.
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Exit once every source has nothing more to read (batch jobs, benchmarks).
+    #[arg(long)]
+    once: bool,
+    /// How often to print one progress line per pipeline.
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    progress_interval: Duration,
+    /// After SIGTERM or Ctrl-C, how long pipelines have to commit what
+    /// they wrote and stop; past it ferry exits 1, naming those that did
+    /// not (committed positions are safe either way).
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
+    shutdown_timeout: Duration,
+    /// Pipeline files, or folders of them (*.yaml, *.yml).
+    #[arg(default_value = "configs")]
+    paths: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// Also connect to every source and sink and check that what they
+    /// need exists (server answers, table present). Changes nothing.
+    #[arg(long)]
+    check_connections: bool,
+    /// Pipeline files, or folders of them (*.yaml, *.yml).
+    #[arg(default_value = "configs")]
+    paths: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -115,131 +121,130 @@ fn main() -> ExitCode {
 fn real_main(command: Command) -> anyhow::Result<ExitCode> {
     let registry = Registry::builtin();
     match command {
-        Command::Run {
-            data_dir,
-            once,
-            progress_interval,
-            shutdown_timeout,
-            paths,
-        } => {
-            let pipelines = match load(&paths, &registry) {
-                Ok(p) => p,
-                Err(code) => return Ok(code),
-            };
-            if pipelines.is_empty() {
-                anyhow::bail!("{}", no_pipelines(&paths));
-            }
-            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            let outcomes = runtime.block_on(ferry::run(
-                pipelines,
-                RunOptions {
-                    data_dir,
-                    once,
-                    progress_interval,
-                    shutdown_timeout,
-                },
-                shutdown_signal(),
-            ));
-            // A pipeline abandoned at the shutdown timeout may leave a
-            // blocking read behind: do not wait for it.
-            runtime.shutdown_timeout(Duration::from_secs(1));
-            let outcomes = outcomes?;
-            let failed: Vec<_> = outcomes.iter().filter(|o| o.error.is_some()).collect();
-            for o in &failed {
-                let line = format!(
-                    "error: pipeline {} failed: {}",
-                    o.name,
-                    o.error.as_deref().unwrap_or_default()
-                );
-                eprintln!("{}", redact(&line));
-            }
-            Ok(if failed.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
-        Command::Validate {
-            paths,
-            check_connections,
-        } => {
-            let pipelines = match load(&paths, &registry) {
-                Ok(p) => p,
-                Err(code) => return Ok(code),
-            };
-            if pipelines.is_empty() {
-                eprintln!("error: {}", no_pipelines(&paths));
-                return Ok(ExitCode::from(2));
-            }
-            for p in &pipelines {
-                println!(
-                    "{}",
-                    redact(&format!("ok   {}: {}", p.file.display(), p.name))
-                );
-                let route = format!("{} → {}", p.source.describe(), p.sink.describe());
-                println!("     {}", redact(&route));
-                println!("     {}", delivery_guarantee(p));
-            }
-            println!("{} pipeline(s) valid", pipelines.len());
-            if !check_connections {
-                return Ok(ExitCode::SUCCESS);
-            }
-            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            let problems = runtime.block_on(ferry::check_connections(&pipelines));
-            for p in &problems {
-                eprintln!("error: {}", redact(p));
-            }
-            if problems.is_empty() {
-                println!("connections ok");
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!("{} connection problem(s)", problems.len());
-                Ok(ExitCode::from(1))
-            }
-        }
+        Command::Run(args) => run(args, &registry),
+        Command::Validate(args) => validate(args, &registry),
         Command::Offsets {
             command: OffsetsCommand::List { data_dir },
-        } => {
-            let entries = OffsetStore::new(&data_dir).list()?;
-            if entries.is_empty() {
-                println!("no offsets stored in {}", data_dir.display());
-            }
-            for e in entries {
-                let kept = if e.kept_by_sink {
-                    " (kept by the sink; this is a copy)"
-                } else {
-                    ""
-                };
-                let reset = if e.reset {
-                    " — reset: restarts from the beginning"
-                } else {
-                    ""
-                };
-                println!("{}: updated {}{kept}{reset}", e.pipeline, e.updated);
-                for p in e.positions.iter() {
-                    println!("  {}  {}", p.partition.key, p.describe());
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => list_offsets(&data_dir),
         Command::Offsets {
             command: OffsetsCommand::Reset { data_dir, pipeline },
-        } => {
-            // Refuse while a ferry runs on this folder: it would overwrite the reset.
-            let _lock = lock_data_dir(&data_dir)?;
-            if OffsetStore::new(&data_dir).reset(&pipeline)? {
-                println!(
-                    "{pipeline}: offsets reset; its next start reads its source from the beginning"
-                );
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!(
-                    "error: no offsets stored for pipeline {pipeline:?} in {}",
-                    data_dir.display()
-                );
-                Ok(ExitCode::from(1))
-            }
+        } => reset_offsets(&data_dir, &pipeline),
+    }
+}
+
+fn run(args: RunArgs, registry: &Registry) -> anyhow::Result<ExitCode> {
+    let pipelines = match load(&args.paths, registry) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    if pipelines.is_empty() {
+        anyhow::bail!("{}", no_pipelines(&args.paths));
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let outcomes = runtime.block_on(ferry::run(
+        pipelines,
+        RunOptions {
+            data_dir: args.data_dir,
+            once: args.once,
+            progress_interval: args.progress_interval,
+            shutdown_timeout: args.shutdown_timeout,
+        },
+        shutdown_signal(),
+    ));
+    // A pipeline abandoned at the shutdown timeout may leave a blocking
+    // read behind: do not wait for it.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let failed: Vec<_> = outcomes?
+        .into_iter()
+        .filter(|o| o.error.is_some())
+        .collect();
+    for o in &failed {
+        let line = format!(
+            "error: pipeline {} failed: {}",
+            o.name,
+            o.error.as_deref().unwrap_or_default()
+        );
+        eprintln!("{}", redact(&line));
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn validate(args: ValidateArgs, registry: &Registry) -> anyhow::Result<ExitCode> {
+    let pipelines = match load(&args.paths, registry) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    if pipelines.is_empty() {
+        eprintln!("error: {}", no_pipelines(&args.paths));
+        return Ok(ExitCode::from(2));
+    }
+    for p in &pipelines {
+        println!(
+            "{}",
+            redact(&format!("ok   {}: {}", p.file.display(), p.name))
+        );
+        let route = format!("{} → {}", p.source.describe(), p.sink.describe());
+        println!("     {}", redact(&route));
+        println!("     {}", delivery_guarantee(p));
+    }
+    println!("{} pipeline(s) valid", pipelines.len());
+    if !args.check_connections {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let problems = runtime.block_on(ferry::check_connections(&pipelines));
+    for p in &problems {
+        eprintln!("error: {}", redact(p));
+    }
+    if problems.is_empty() {
+        println!("connections ok");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} connection problem(s)", problems.len());
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn list_offsets(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let entries = OffsetStore::new(data_dir).list()?;
+    if entries.is_empty() {
+        println!("no offsets stored in {}", data_dir.display());
+    }
+    for e in entries {
+        let kept = if e.kept_by_sink {
+            " (kept by the sink; this is a copy)"
+        } else {
+            ""
+        };
+        let reset = if e.reset {
+            " — reset: restarts from the beginning"
+        } else {
+            ""
+        };
+        println!("{}: updated {}{kept}{reset}", e.pipeline, e.updated);
+        for p in e.positions.iter() {
+            println!("  {}  {}", p.partition.key, p.describe());
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reset_offsets(data_dir: &Path, pipeline: &str) -> anyhow::Result<ExitCode> {
+    // Refuse while a ferry runs on this folder: it would overwrite the reset.
+    let _lock = lock_data_dir(data_dir)?;
+    if OffsetStore::new(data_dir).reset(pipeline)? {
+        println!("{pipeline}: offsets reset; its next start reads its source from the beginning");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: no offsets stored for pipeline {pipeline:?} in {}",
+            data_dir.display()
+        );
+        Ok(ExitCode::from(1))
     }
 }
 

@@ -184,10 +184,7 @@ mod tests {
         assert!(store.load("p").unwrap().is_none());
         let mut positions = Positions::new();
         positions.advance(&Position {
-            partition: Arc::new(Partition {
-                key: "k".into(),
-                info: serde_json::Value::Null,
-            }),
+            partition: Arc::new(Partition::new("k")),
             offset: 42.into(),
         });
         store.save("p", &positions, false, true).unwrap();

@@ -68,30 +68,21 @@ pub async fn run(
         return Err(RunError::SharedFiles(conflicts.join("\n")));
     }
     let _lock = lock_data_dir(&options.data_dir)?;
-    let shared = supervisor::Shared {
+    let mut fleet = Fleet::new(supervisor::RunContext {
         data_dir: options.data_dir.clone(),
         store: OffsetStore::new(&options.data_dir),
         once: options.once,
-    };
-    let mut tasks = JoinSet::new();
-    // Which pipeline a task runs: a task that panicked comes back as a
-    // JoinError carrying only its task id.
-    let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
-    let mut handles: Vec<PipelineHandle> = Vec::new();
+    });
     for p in pipelines {
-        let (handle, supervisor) = supervisor::supervise(Arc::new(p), shared.clone());
-        let task = tasks.spawn(supervisor);
-        running.insert(task.id(), handle.name().to_string());
-        handles.push(handle);
+        fleet.start(p);
     }
 
-    let mut progress = Progress::new(handles.len());
+    let mut progress = Progress::new(fleet.handles.len());
     let mut ticker = tokio::time::interval(options.progress_interval);
     ticker.tick().await; // the first tick is immediate
     tokio::pin!(shutdown);
     // Set once stopping: when the pipelines still running are given up.
     let mut deadline: Option<tokio::time::Instant> = None;
-    let mut errors: HashMap<String, String> = HashMap::new();
     loop {
         let overdue = async {
             match deadline {
@@ -106,66 +97,122 @@ pub async fn run(
                     humantime::format_duration(options.shutdown_timeout)
                 );
                 deadline = Some(tokio::time::Instant::now() + options.shutdown_timeout);
-                for handle in &handles {
-                    // One that has ended already cannot be asked.
-                    handle.send(Command::Stop).await;
-                }
+                fleet.stop_all().await;
             }
             _ = overdue => {
-                let mut late: Vec<String> = running.values().cloned().collect();
-                late.sort();
-                for name in late {
-                    let e = format!(
-                        "did not stop within the shutdown timeout ({}); abandoned (its committed positions are safe: what it wrote since is read again at the next start)",
-                        humantime::format_duration(options.shutdown_timeout)
-                    );
-                    tracing::error!(pipeline = %name, "{e}");
-                    errors.insert(name, e);
-                }
-                tasks.abort_all();
+                fleet.abandon(options.shutdown_timeout);
                 break;
             }
-            _ = ticker.tick() => progress.report(&snapshots(&handles)),
-            joined = tasks.join_next_with_id() => match joined {
+            _ = ticker.tick() => progress.report(&fleet.snapshots()),
+            joined = fleet.tasks.join_next_with_id() => match joined {
                 None => break,
-                Some(joined) => {
-                    // The supervisor logged the pipeline's end; a supervisor
-                    // that panicked itself is reported here.
-                    let (id, result) = match joined {
-                        Ok((id, result)) => (id, result),
-                        Err(e) => {
-                            let id = e.id();
-                            let e = format!("its supervisor panicked: {} (a bug in ferry: please report it)", crate::join_error_message(e));
-                            tracing::error!(pipeline = %running.get(&id).map_or("?", |n| n.as_str()), "pipeline failed: {e}");
-                            (id, Err(e))
-                        }
-                    };
-                    let name = running.remove(&id).unwrap_or_else(|| "?".into());
-                    if let Err(e) = result {
-                        errors.insert(name, e);
-                    }
-                }
+                Some(joined) => fleet.ended(joined),
             },
         }
     }
-    let last = snapshots(&handles);
-    progress.report(&last);
-    Ok(last
-        .into_iter()
-        .map(|s| PipelineOutcome {
-            error: errors.remove(&s.name),
-            name: s.name,
-            records_in: s.records_in,
-            replayed: s.replayed,
-            records_out: s.records_out,
-            dead_lettered: s.dead_lettered,
-            retries: s.retries,
-        })
-        .collect())
+    let outcomes = fleet.outcomes();
+    progress.report(&fleet.snapshots());
+    Ok(outcomes)
 }
 
-fn snapshots(handles: &[PipelineHandle]) -> Vec<crate::supervisor::Snapshot> {
-    handles.iter().map(PipelineHandle::snapshot).collect()
+/// The pipelines of a run, each a task running its supervisor, and how
+/// those that ended ended.
+struct Fleet {
+    context: supervisor::RunContext,
+    tasks: JoinSet<Result<(), String>>,
+    /// Which pipeline a task runs: a task that panicked comes back as a
+    /// JoinError carrying only its task id.
+    running: HashMap<tokio::task::Id, String>,
+    /// In the order the pipelines were started.
+    handles: Vec<PipelineHandle>,
+    /// The error of each pipeline that failed.
+    errors: HashMap<String, String>,
+}
+
+impl Fleet {
+    fn new(context: supervisor::RunContext) -> Self {
+        Fleet {
+            context,
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            handles: Vec::new(),
+            errors: HashMap::new(),
+        }
+    }
+
+    fn start(&mut self, p: PipelineConfig) {
+        let (handle, supervisor) = supervisor::supervise(Arc::new(p), self.context.clone());
+        let task = self.tasks.spawn(supervisor);
+        self.running.insert(task.id(), handle.name().to_string());
+        self.handles.push(handle);
+    }
+
+    /// Asks every pipeline to stop (one that has ended already cannot be
+    /// asked).
+    async fn stop_all(&self) {
+        for handle in &self.handles {
+            handle.send(Command::Stop).await;
+        }
+    }
+
+    /// Gives up the pipelines still running after the shutdown timeout.
+    fn abandon(&mut self, timeout: Duration) {
+        let mut late: Vec<String> = self.running.values().cloned().collect();
+        late.sort();
+        for name in late {
+            let e = format!(
+                "did not stop within the shutdown timeout ({}); abandoned (its committed positions are safe: what it wrote since is read again at the next start)",
+                humantime::format_duration(timeout)
+            );
+            tracing::error!(pipeline = %name, "{e}");
+            self.errors.insert(name, e);
+        }
+        self.tasks.abort_all();
+    }
+
+    /// Notes how a pipeline's task ended. The supervisor logged the
+    /// pipeline's end; a supervisor that panicked itself is reported here.
+    fn ended(
+        &mut self,
+        joined: Result<(tokio::task::Id, Result<(), String>), tokio::task::JoinError>,
+    ) {
+        let (id, result) = match joined {
+            Ok(ended) => ended,
+            Err(e) => {
+                let id = e.id();
+                let e = format!(
+                    "its supervisor panicked: {} (a bug in ferry: please report it)",
+                    crate::join_error_message(e)
+                );
+                let name = self.running.get(&id).map_or("?", |n| n.as_str());
+                tracing::error!(pipeline = %name, "pipeline failed: {e}");
+                (id, Err(e))
+            }
+        };
+        let name = self.running.remove(&id).unwrap_or_else(|| "?".into());
+        if let Err(e) = result {
+            self.errors.insert(name, e);
+        }
+    }
+
+    fn snapshots(&self) -> Vec<crate::supervisor::Snapshot> {
+        self.handles.iter().map(PipelineHandle::snapshot).collect()
+    }
+
+    fn outcomes(&mut self) -> Vec<PipelineOutcome> {
+        self.snapshots()
+            .into_iter()
+            .map(|s| PipelineOutcome {
+                error: self.errors.remove(&s.name),
+                name: s.name,
+                records_in: s.records_in,
+                replayed: s.replayed,
+                records_out: s.records_out,
+                dead_lettered: s.dead_lettered,
+                retries: s.retries,
+            })
+            .collect()
+    }
 }
 
 /// Takes `<data-dir>/ferry.lock`: two ferry processes on one data folder

@@ -125,10 +125,7 @@ impl SourceConfig for Scripted {
         Ok(Box::new(ScriptSource {
             next: 0,
             script: self.0.clone(),
-            partition: Arc::new(Partition {
-                key: "n".into(),
-                info: serde_json::Value::Null,
-            }),
+            partition: Arc::new(Partition::new("n")),
         }))
     }
 }
@@ -425,7 +422,7 @@ async fn a_retriable_failure_restarts_from_the_committed_positions() {
     let committed_before = events[..failed_at]
         .iter()
         .filter_map(|e| e.strip_prefix("sink.durable ")?.parse::<u64>().ok())
-        .last()
+        .next_back()
         .unwrap_or(0);
     let opens = script.journal.numbers("source.open ");
     assert_eq!(opens.len(), 2, "{events:?}");

@@ -60,10 +60,7 @@ impl SourceConfig for Numbers {
             count: self.count,
             fault: self.fault,
             polls: 0,
-            partition: Arc::new(Partition {
-                key: "numbers".into(),
-                info: serde_json::Value::Null,
-            }),
+            partition: Arc::new(Partition::new("numbers")),
         }))
     }
 }
@@ -302,12 +299,12 @@ async fn records_read_again_after_a_restart_are_counted_apart() {
 // The supervisor, driven directly: its states, its commands.
 
 fn supervised(p: PipelineConfig, dir: &std::path::Path, once: bool) -> PipelineHandle {
-    let shared = supervisor::Shared {
+    let context = supervisor::RunContext {
         data_dir: dir.to_path_buf(),
         store: ferry::offsets::OffsetStore::new(dir),
         once,
     };
-    let (handle, task) = supervisor::supervise(Arc::new(p), shared);
+    let (handle, task) = supervisor::supervise(Arc::new(p), context);
     tokio::spawn(task);
     handle
 }

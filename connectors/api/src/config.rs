@@ -34,6 +34,48 @@ impl ConfigProblem {
 /// A deserialization error with the path where it happened.
 pub type FieldError = ConfigProblem;
 
+/// What kind of mistake a [`FieldError`] from [`deserialize`] is: the
+/// runtime steps over unknown and missing keys to report every mistake of a
+/// file at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misfit {
+    /// A key the section does not take; `expected` lists those it takes.
+    UnknownKey {
+        key: String,
+        expected: Option<String>,
+    },
+    /// A key the section needs is absent.
+    MissingKey { key: String },
+    /// Anything else (a wrong type, a bad value).
+    Other,
+}
+
+impl ConfigProblem {
+    /// The kind of mistake this is. serde reports unknown and missing
+    /// fields only as text (serde_json's error keeps no kind), made by the
+    /// default `de::Error::unknown_field` and `missing_field`: the texts
+    /// are read here, beside [`deserialize`], and pinned by a test so that
+    /// a serde that words them otherwise fails the build's tests rather
+    /// than the reports.
+    pub fn misfit(&self) -> Misfit {
+        let backticked = |prefix: &str| {
+            let rest = self.message.strip_prefix(prefix)?;
+            Some(rest[..rest.find('`')?].to_string())
+        };
+        if let Some(key) = backticked("unknown field `") {
+            let expected = self
+                .message
+                .split_once(", expected ")
+                .map(|(_, e)| e.to_string());
+            Misfit::UnknownKey { key, expected }
+        } else if let Some(key) = backticked("missing field `") {
+            Misfit::MissingKey { key }
+        } else {
+            Misfit::Other
+        }
+    }
+}
+
 /// Deserializes a connector's config section (the section without its `type`
 /// key), keeping the path of the first error. Connector configs should use
 /// `#[serde(deny_unknown_fields)]`; the runtime calls this repeatedly to
@@ -253,4 +295,49 @@ pub struct SourcePlugin {
 pub struct SinkPlugin {
     pub kind: &'static str,
     pub parse: fn(&Value) -> Result<Box<dyn SinkConfig>, FieldError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Section {
+        path: String,
+        #[serde(default)]
+        nested: Option<Nested>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Nested {
+        size: u32,
+    }
+
+    fn misfit(v: Value) -> (Vec<PathSegment>, Misfit) {
+        let e = deserialize::<Section>(&v).unwrap_err();
+        let m = e.misfit();
+        (e.path, m)
+    }
+
+    #[test]
+    fn serde_words_unknown_and_missing_keys_as_misfit_reads_them() {
+        let (path, m) = misfit(serde_json::json!({"path": "a", "pth": 1}));
+        assert_eq!(path, vec![PathSegment::Key("pth".into())]);
+        assert_eq!(
+            m,
+            Misfit::UnknownKey {
+                key: "pth".into(),
+                expected: Some("`path` or `nested`".into())
+            }
+        );
+        let (path, m) = misfit(serde_json::json!({"path": "a", "nested": {}}));
+        assert_eq!(path, vec![PathSegment::Key("nested".into())]);
+        assert_eq!(m, Misfit::MissingKey { key: "size".into() });
+        let (_, m) = misfit(serde_json::json!({"path": 3}));
+        assert_eq!(m, Misfit::Other);
+    }
 }

@@ -46,7 +46,7 @@ mod source_context;
 
 pub use backoff::Backoff;
 pub use config::{
-    BuildContext, ConfigProblem, Delivery, FieldError, PathSegment, Retries, SinkConfig,
+    BuildContext, ConfigProblem, Delivery, FieldError, Misfit, PathSegment, Retries, SinkConfig,
     SinkPlugin, SourceConfig, SourcePlugin, Stopping, deserialize,
 };
 pub use error::ConnectorError;

@@ -12,10 +12,42 @@ pub type Value = serde_json::Value;
 pub struct Partition {
     /// Stable identity of the partition; positions are keyed by it.
     pub key: String,
+    /// How people know the partition (a file's path, a table's name), for
+    /// logs and errors; the key stands in when it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     /// What the source wants to remember about the partition beside the key
     /// (for files: the path and a fingerprint). Opaque to the runtime.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub info: Value,
+}
+
+impl Partition {
+    /// A partition known by its key alone, with nothing else remembered.
+    pub fn new(key: impl Into<String>) -> Self {
+        Partition {
+            key: key.into(),
+            label: None,
+            info: Value::Null,
+        }
+    }
+
+    /// The same partition, shown to people as `label`.
+    pub fn labelled(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// The same partition, remembering `info` beside its key.
+    pub fn with_info(mut self, info: Value) -> Self {
+        self.info = info;
+        self
+    }
+
+    /// How people know the partition: its label, else its key.
+    pub fn label(&self) -> &str {
+        self.label.as_deref().unwrap_or(&self.key)
+    }
 }
 
 /// Where a record sits in its source. `offset` is the point to resume *after*
@@ -29,11 +61,7 @@ pub struct Position {
 impl Position {
     /// A short human form, e.g. `/data/in/a.jsonl@1024`, for logs and errors.
     pub fn describe(&self) -> String {
-        let name = match self.partition.info.get("path").and_then(Value::as_str) {
-            Some(path) => path,
-            None => &self.partition.key,
-        };
-        format!("{name}@{}", self.offset)
+        format!("{}@{}", self.partition.label(), self.offset)
     }
 
     /// A stable id for the record at this position, `<partition
@@ -513,18 +541,9 @@ mod tests {
 
     #[test]
     fn advance_all_keeps_the_last_position_of_each_partition() {
-        let a = Arc::new(Partition {
-            key: "a".into(),
-            info: Value::Null,
-        });
-        let b = Arc::new(Partition {
-            key: "b".into(),
-            info: Value::Null,
-        });
-        let a_again = Arc::new(Partition {
-            key: "a".into(),
-            info: Value::Null,
-        });
+        let a = Arc::new(Partition::new("a"));
+        let b = Arc::new(Partition::new("b"));
+        let a_again = Arc::new(Partition::new("a"));
         let seq = [
             at(&a, 1),
             at(&a, 2),

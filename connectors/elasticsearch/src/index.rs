@@ -174,10 +174,7 @@ mod tests {
         let mut r = Record::new(
             value,
             Position {
-                partition: Arc::new(Partition {
-                    key: "p".into(),
-                    info: Value::Null,
-                }),
+                partition: Arc::new(Partition::new("p")),
                 offset: Value::from(1),
             },
         );

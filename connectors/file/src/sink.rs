@@ -382,10 +382,7 @@ mod tests {
     use serde_json::json;
 
     fn record(n: u64) -> Record {
-        let partition = Arc::new(Partition {
-            key: "p".into(),
-            info: Value::Null,
-        });
+        let partition = Arc::new(Partition::new("p"));
         Record::new(
             json!({"n": n}),
             Position {

@@ -89,10 +89,7 @@ impl SourceConfig for GenerateConfig {
     async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
         Ok(Box::new(GenerateSource {
             config: self.clone(),
-            partition: Arc::new(Partition {
-                key: PARTITION.to_string(),
-                info: Value::Null,
-            }),
+            partition: Arc::new(Partition::new(PARTITION)),
             next: self.start,
             opened: Instant::now(),
             first: self.start,

@@ -184,12 +184,35 @@ async fn command(
     docs: Vec<(usize, Option<Bson>, Document)>,
 ) -> Result<Vec<Rejected>, ConnectorError> {
     let indexes: Vec<usize> = docs.iter().map(|(i, _, _)| *i).collect();
+    let (command, sent) = write_command(&config, docs);
+    let reply = db.run_command(command).await.map_err(|e| {
+        classify(
+            &format!("writing to {}.{}", config.database, config.collection),
+            e,
+        )
+    })?;
+    if let Ok(wce) = reply.get_document("writeConcernError") {
+        return Err(ConnectorError::Retriable(format!(
+            "MongoDB could not make the write durable: {wce}"
+        )));
+    }
+    let (mut rejected, taken) = refusals(&config, &reply, &indexes, !sent.is_empty())?;
+    if !taken.is_empty() {
+        rejected.extend(differing(&db, &config, &sent, &taken, &indexes).await?);
+    }
+    Ok(rejected)
+}
+
+/// The insert or update command for `docs`, journaled; and, with ids from
+/// a field, the documents sent: an insert that finds its _id taken may be
+/// a replay or a different record with the same key, and what was sent
+/// tells them apart.
+fn write_command(
+    config: &MongoSinkConfig,
+    docs: Vec<(usize, Option<Bson>, Document)>,
+) -> (Document, Vec<Document>) {
     let journaled = doc! {"w": 1, "j": true};
-    // With ids from a field, an insert that finds its _id taken may be a
-    // replay or a different record with the same key: what was sent is
-    // kept to tell them apart.
-    let mut sent: Vec<Document> = Vec::new();
-    let command = match config.write_mode() {
+    match config.write_mode() {
         WriteMode::Insert => {
             let documents: Vec<Document> = docs
                 .into_iter()
@@ -200,15 +223,17 @@ async fn command(
                     d
                 })
                 .collect();
-            if matches!(config.id, IdSpec::Field { .. }) {
-                sent = documents.clone();
-            }
-            doc! {
+            let sent = match config.id {
+                IdSpec::Field { .. } => documents.clone(),
+                _ => Vec::new(),
+            };
+            let command = doc! {
                 "insert": &config.collection,
                 "documents": documents,
                 "ordered": false,
                 "writeConcern": journaled,
-            }
+            };
+            (command, sent)
         }
         mode => {
             let updates: Vec<Document> = docs
@@ -222,71 +247,64 @@ async fn command(
                     doc! {"q": {"_id": id.unwrap_or(Bson::Null)}, "u": u, "upsert": true}
                 })
                 .collect();
-            doc! {
+            let command = doc! {
                 "update": &config.collection,
                 "updates": updates,
                 "ordered": false,
                 "writeConcern": journaled,
-            }
+            };
+            (command, Vec::new())
         }
-    };
-    let reply = db.run_command(command).await.map_err(|e| {
-        classify(
-            &format!("writing to {}.{}", config.database, config.collection),
-            e,
-        )
-    })?;
-    if let Ok(wce) = reply.get_document("writeConcernError") {
-        return Err(ConnectorError::Retriable(format!(
-            "MongoDB could not make the write durable: {wce}"
-        )));
     }
+}
+
+/// The documents a reply's `writeErrors` refuse (by batch index), and the
+/// places in the command of inserts whose _id was taken and that may be
+/// replays (`kept_sent`: the documents sent were kept to compare them).
+fn refusals(
+    config: &MongoSinkConfig,
+    reply: &Document,
+    indexes: &[usize],
+    kept_sent: bool,
+) -> Result<(Vec<Rejected>, Vec<usize>), ConnectorError> {
     let mut rejected = Vec::new();
-    // Documents of this command (their places in it) whose _id was taken.
     let mut taken = Vec::new();
-    if let Ok(errors) = reply.get_array("writeErrors") {
-        for e in errors {
-            let Some(e) = e.as_document() else { continue };
-            let place = e
-                .get("index")
-                .and_then(|i| i.as_i32().map(i64::from).or_else(|| i.as_i64()))
-                .and_then(|i| usize::try_from(i).ok())
-                .filter(|&i| i < indexes.len());
-            let at = place.map(|i| indexes[i]);
-            let code = e.get_i32("code").unwrap_or(0);
-            let message = e.get_str("errmsg").unwrap_or("refused").to_string();
-            // With ids from positions, an insert that finds its _id taken
-            // is a replay of what was written before; with ids from a
-            // field, it is one if the document there is this one.
-            if config.write_mode() == WriteMode::Insert
-                && code == DUPLICATE_KEY
-                && config.id != IdSpec::Named(IdName::None)
-                && is_id_index(e, &message)
-            {
-                if let (false, Some(place)) = (sent.is_empty(), place) {
-                    taken.push(place);
-                }
-                continue;
+    let Ok(errors) = reply.get_array("writeErrors") else {
+        return Ok((rejected, taken));
+    };
+    for e in errors {
+        let Some(e) = e.as_document() else { continue };
+        let place = e
+            .get("index")
+            .and_then(|i| i.as_i32().map(i64::from).or_else(|| i.as_i64()))
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|&i| i < indexes.len());
+        let code = e.get_i32("code").unwrap_or(0);
+        let message = e.get_str("errmsg").unwrap_or("refused").to_string();
+        // With ids from positions, an insert that finds its _id taken is a
+        // replay of what was written before; with ids from a field, it is
+        // one if the document there is this one.
+        if config.write_mode() == WriteMode::Insert
+            && code == DUPLICATE_KEY
+            && config.id != IdSpec::Named(IdName::None)
+            && is_id_index(e, &message)
+        {
+            if let (true, Some(place)) = (kept_sent, place) {
+                taken.push(place);
             }
-            match at {
-                Some(index) => rejected.push(Rejected {
-                    index,
-                    error: ConnectorError::Fatal(format!(
-                        "MongoDB refused it (code {code}): {message}"
-                    )),
-                }),
-                None => {
-                    return Err(ConnectorError::Fatal(format!(
-                        "MongoDB reported an error for no document of the write: {message}"
-                    )));
-                }
-            }
+            continue;
         }
+        let Some(index) = place.map(|i| indexes[i]) else {
+            return Err(ConnectorError::Fatal(format!(
+                "MongoDB reported an error for no document of the write: {message}"
+            )));
+        };
+        rejected.push(Rejected {
+            index,
+            error: ConnectorError::Fatal(format!("MongoDB refused it (code {code}): {message}")),
+        });
     }
-    if !taken.is_empty() {
-        rejected.extend(differing(&db, &config, &sent, &taken, &indexes).await?);
-    }
-    Ok(rejected)
+    Ok((rejected, taken))
 }
 
 /// Of the documents whose _id was taken (`taken`: places in `sent`), those
@@ -448,12 +466,11 @@ mod tests {
 
     #[test]
     fn what_bson_cannot_hold_exactly_is_named() {
-        for ok in [r#"{"a":1,"b":[0.1,1.5e3,-9223372036854775808],"c":{"d":12.50}}"#] {
-            assert_eq!(
-                unstorable(&serde_json::from_str(ok).unwrap(), &mut String::new()),
-                Ok(())
-            );
-        }
+        let ok = r#"{"a":1,"b":[0.1,1.5e3,-9223372036854775808],"c":{"d":12.50}}"#;
+        assert_eq!(
+            unstorable(&serde_json::from_str(ok).unwrap(), &mut String::new()),
+            Ok(())
+        );
         for (bad, says) in [
             (r#"{"a":{"x\u0000y":1}}"#, "NUL"),
             (r#"{"big":18446744073709551616}"#, "18446744073709551616"),

@@ -119,20 +119,7 @@ impl Loader<'_> {
             );
             return None;
         };
-        for key in top.keys() {
-            if !TOP_KEYS.contains(&key.as_str()) {
-                let msg = format!(
-                    "unknown key `{key}`, expected one of {}",
-                    TOP_KEYS.join(", ")
-                );
-                self.error(key, At::Key, msg);
-            }
-        }
-        for key in ["name", "source", "sink"] {
-            if !top.contains_key(key) {
-                self.error("", At::Key, format!("missing key `{key}`"));
-            }
-        }
+        self.top_keys(&top);
         let name = top.remove("name").and_then(|v| self.name(v));
         let source = top.remove("source").and_then(|v| {
             self.connector(
@@ -191,6 +178,24 @@ impl Loader<'_> {
             self.error(&key, At::Value, message);
         }
         Some(pipeline)
+    }
+
+    /// Every top-level key is known, and the needed ones are there.
+    fn top_keys(&mut self, top: &serde_json::Map<String, Value>) {
+        for key in top.keys() {
+            if !TOP_KEYS.contains(&key.as_str()) {
+                let msg = format!(
+                    "unknown key `{key}`, expected one of {}",
+                    TOP_KEYS.join(", ")
+                );
+                self.error(key, At::Key, msg);
+            }
+        }
+        for key in ["name", "source", "sink"] {
+            if !top.contains_key(key) {
+                self.error("", At::Key, format!("missing key `{key}`"));
+            }
+        }
     }
 
     pub(super) fn name(&mut self, v: Value) -> Option<String> {
@@ -258,8 +263,8 @@ impl Loader<'_> {
             self.error(&join(section, "type"), At::Value, msg);
             return None;
         };
-        let check = |c: &Box<C>| validate(c).into_iter().map(|p| (p, At::Value)).collect();
-        let config = self.section(&Value::Object(map), section, parse, check)?;
+        let check = |c: &C| validate(c).into_iter().map(|p| (p, At::Value)).collect();
+        let config = self.section(&Value::Object(map), section, parse, |c| check(c))?;
         Some((kind, config))
     }
 
@@ -278,23 +283,18 @@ impl Loader<'_> {
         parse: impl Fn(&Value) -> Result<T, FieldError>,
         check: impl Fn(&T) -> Vec<(ConfigProblem, At)>,
     ) -> Option<T> {
-        let mut value = v.clone();
-        let mut removed: Vec<Vec<PathSegment>> = Vec::new();
-        // Missing keys given a stand-in value, so the parse goes on to the
-        // next missing key (serde stops at the first), with the index of the
-        // kind of value tried: one of the right type is kept.
-        let mut stand_ins: Vec<(Vec<PathSegment>, usize)> = Vec::new();
-        let mut failed = false;
+        let mut retry = Retry {
+            value: v.clone(),
+            removed: Vec::new(),
+            stand_ins: Vec::new(),
+            failed: false,
+        };
         for _ in 0..200 {
-            let err = match parse(&value) {
+            match parse(&retry.value) {
                 Ok(t) => {
-                    let skipped: Vec<&Vec<PathSegment>> = removed
-                        .iter()
-                        .chain(stand_ins.iter().map(|(p, _)| p))
-                        .collect();
-                    let mut clean = !failed;
+                    let mut clean = !retry.failed;
                     for (p, at) in check(&t) {
-                        if skipped.iter().any(|s| p.path.starts_with(s)) {
+                        if retry.stepped_over(&p.path) {
                             continue;
                         }
                         clean = false;
@@ -302,50 +302,58 @@ impl Loader<'_> {
                     }
                     return clean.then_some(t);
                 }
-                Err(e) => e,
-            };
-            failed = true;
-            if let Some(slot) = stand_ins.iter_mut().find(|(p, _)| err.path.starts_with(p)) {
-                // The stand-in has the wrong type (or shape): try the next.
-                slot.1 += 1;
-                let stand_in = stand_in(slot.1)?;
-                if !insert_at(&mut value, &slot.0, stand_in) {
-                    return None;
+                Err(err) => {
+                    retry.failed = true;
+                    self.step_over(section, err, &mut retry)?;
                 }
-            } else if let Some(field) = backticked(&err.message, "unknown field `") {
+            }
+        }
+        None
+    }
+
+    /// Reports `err` and changes the section so that the next parse gets
+    /// past it; None when it cannot be stepped over.
+    fn step_over(&mut self, section: &str, err: FieldError, retry: &mut Retry) -> Option<()> {
+        if let Some(slot) = retry
+            .stand_ins
+            .iter_mut()
+            .find(|(p, _)| err.path.starts_with(p))
+        {
+            // The stand-in has the wrong type (or shape): try the next.
+            slot.1 += 1;
+            return insert_at(&mut retry.value, &slot.0, stand_in(slot.1)?).then_some(());
+        }
+        match err.misfit() {
+            Misfit::UnknownKey { key, expected } => {
                 let mut path = err.path.clone();
-                if path.last() != Some(&PathSegment::Key(field.clone())) {
-                    path.push(PathSegment::Key(field.clone()));
+                if path.last() != Some(&PathSegment::Key(key.clone())) {
+                    path.push(PathSegment::Key(key.clone()));
                 }
-                let expected = err
-                    .message
-                    .split_once(", expected ")
-                    .map(|(_, e)| format!(", expected {e}"))
+                let expected = expected
+                    .map(|e| format!(", expected {e}"))
                     .unwrap_or_default();
-                self.error(
-                    &join(section, &path_string(&path)),
-                    At::Key,
-                    format!("unknown key `{field}`{expected}"),
-                );
-                if !remove_at(&mut value, &path) {
-                    return None;
-                }
-                removed.push(path);
-            } else if let Some(field) = backticked(&err.message, "missing field `") {
+                let at = join(section, &path_string(&path));
+                self.error(&at, At::Key, format!("unknown key `{key}`{expected}"));
+                retry.remove(path)
+            }
+            Misfit::MissingKey { key } => {
                 let mut path = err.path.clone();
-                path.push(PathSegment::Key(field.clone()));
+                path.push(PathSegment::Key(key.clone()));
                 // A key we removed after reporting it is missing now: said already.
-                if !removed.contains(&path) {
+                if !retry.removed.contains(&path) {
                     let at = join(section, &path_string(&path));
-                    self.error(&at, At::Key, format!("missing key `{field}`"));
+                    self.error(&at, At::Key, format!("missing key `{key}`"));
                 }
-                if !insert_at(&mut value, &path, stand_in(0).expect("one kind at least")) {
+                let first = stand_in(0).expect("one kind at least");
+                if !insert_at(&mut retry.value, &path, first) {
                     return None;
                 }
-                stand_ins.push((path, 0));
-            } else {
+                retry.stand_ins.push((path, 0));
+                Some(())
+            }
+            Misfit::Other => {
                 let at = join(section, &path_string(&err.path));
-                let message = match value_at(&value, &err.path) {
+                let message = match value_at(&retry.value, &err.path) {
                     // serde_json's words for a number that does not fit the
                     // key's type (numbers are kept as exact text).
                     Some(Value::Number(n)) if err.message == "invalid number" => format!(
@@ -354,15 +362,44 @@ impl Loader<'_> {
                     _ => err.message.clone(),
                 };
                 self.error(&at, At::Value, message);
-                if matches!(err.path.last(), None | Some(PathSegment::Index(_)))
-                    || !remove_at(&mut value, &err.path)
-                {
+                if matches!(err.path.last(), None | Some(PathSegment::Index(_))) {
                     return None;
                 }
-                removed.push(err.path);
+                retry.remove(err.path)
             }
         }
-        None
+    }
+}
+
+/// A section parsed again and again, each time past one more mistake.
+struct Retry {
+    value: Value,
+    /// Keys removed after their error was reported.
+    removed: Vec<Vec<PathSegment>>,
+    /// Missing keys given a stand-in value, so the parse goes on to the
+    /// next missing key (serde stops at the first), with the index of the
+    /// kind of value tried: one of the right type is kept.
+    stand_ins: Vec<(Vec<PathSegment>, usize)>,
+    /// Some parse failed: the section is not clean, whatever parses last.
+    failed: bool,
+}
+
+impl Retry {
+    fn remove(&mut self, path: Vec<PathSegment>) -> Option<()> {
+        if !remove_at(&mut self.value, &path) {
+            return None;
+        }
+        self.removed.push(path);
+        Some(())
+    }
+
+    /// Whether a problem at `path` is at a key removed or stood in for
+    /// (reported already).
+    fn stepped_over(&self, path: &[PathSegment]) -> bool {
+        self.removed
+            .iter()
+            .chain(self.stand_ins.iter().map(|(p, _)| p))
+            .any(|s| path.starts_with(s))
     }
 }
 
@@ -399,11 +436,6 @@ pub(super) fn errors_problems(e: &ErrorsConfig) -> Vec<(ConfigProblem, At)> {
 
 pub(super) fn is_single_reference(s: &str) -> bool {
     s.starts_with("${") && s.ends_with('}') && s[2..].find('}') == Some(s.len() - 3)
-}
-
-pub(super) fn backticked(message: &str, prefix: &str) -> Option<String> {
-    let rest = message.strip_prefix(prefix)?;
-    Some(rest[..rest.find('`')?].to_string())
 }
 
 pub(super) fn value_at<'v>(value: &'v Value, path: &[PathSegment]) -> Option<&'v Value> {

@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_api::{ConfigProblem, FieldError, PathSegment, SinkConfig, SourceConfig, Value};
+use ferry_api::{ConfigProblem, FieldError, Misfit, PathSegment, SinkConfig, SourceConfig, Value};
 use serde::Deserialize;
 
 use crate::registry::Registry;

@@ -112,62 +112,13 @@ impl Writer<'_> {
     ) -> Result<(), PipelineError> {
         let mut flushes_open = true;
         loop {
-            let due = self
-                .open
-                .since
-                .map(|since| since + self.p.delivery.flush_interval);
-            let durable = async {
-                match self.in_flight.as_mut() {
-                    Some(f) => (&mut f.durable).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let next = tokio::select! {
-                items = rx.recv() => WriterEvent::Items(items),
-                _ = async {
-                    match due {
-                        Some(due) => tokio::time::sleep_until(due.into()).await,
-                        None => std::future::pending().await,
-                    }
-                } => WriterEvent::FlushDue,
-                result = durable => WriterEvent::Durable(result),
-                request = flushes.recv(), if flushes_open => WriterEvent::Flush(request),
-            };
-            match next {
+            match self.next_event(&mut rx, &mut flushes, flushes_open).await {
                 WriterEvent::FlushDue => self.commit().await?,
                 WriterEvent::Flush(None) => flushes_open = false,
                 WriterEvent::Flush(Some(request)) => {
-                    // Everything the source handed over: what is queued,
-                    // and what its polls returned that is still on its way
-                    // (the read task sends it: it does not wait on the
-                    // source for that). An error drops the request: the
-                    // source learns nothing was promised.
-                    let mut items = Vec::new();
-                    while let Some(more) = rx.try_recv() {
-                        items.extend(more);
+                    if !self.flush_for_source(&mut rx, request).await? {
+                        return self.commit().await;
                     }
-                    while rx.received < request.handed {
-                        match rx.recv().await {
-                            Some(more) => items.extend(more),
-                            None => {
-                                request.reply(Err("the source stopped".into()));
-                                return self.commit().await;
-                            }
-                        }
-                    }
-                    if !items.is_empty() {
-                        self.write(items).await?;
-                    }
-                    self.commit().await?;
-                    let held_by_sink =
-                        self.sink.shared_positions().await.map_err(|e| {
-                            PipelineError::connector("reading the sink's positions", e)
-                        })?;
-                    tracing::debug!(pipeline = %self.p.name, "flushed for the source");
-                    request.reply(Ok(Durable {
-                        committed: self.commits.borrow().clone(),
-                        held_by_sink,
-                    }));
                 }
                 WriterEvent::Durable(result) => {
                     let f = self.in_flight.take().expect("was in flight");
@@ -175,26 +126,107 @@ impl Writer<'_> {
                 }
                 // The source stopped: commit what was written, then end.
                 WriterEvent::Items(None) => return self.commit().await,
-                WriterEvent::Items(Some(mut items)) => {
-                    // A backlog is written in fewer, larger writes: every
-                    // write costs the sink round trips (a savepoint, a COPY),
-                    // whatever its size. Only chunks already waiting are
-                    // taken, so a quiet stream is not delayed.
-                    while items.len() < WRITE_MAX {
-                        match rx.try_recv() {
-                            Some(more) => items.extend(more),
-                            None => break,
-                        }
-                    }
-                    self.write(items).await?;
-                    if self.open.items >= self.p.delivery.batch_size {
-                        // The next batch is written while this one is made
-                        // durable.
-                        self.start_commit().await?;
-                    }
+                WriterEvent::Items(Some(items)) => self.arrived(&mut rx, items).await?,
+            }
+        }
+    }
+
+    /// Waits for what comes first: items, the flush interval, the commit in
+    /// flight settling, or the source asking for a flush.
+    async fn next_event(
+        &mut self,
+        rx: &mut FromSource,
+        flushes: &mut FlushRequests,
+        flushes_open: bool,
+    ) -> WriterEvent {
+        let due = self
+            .open
+            .since
+            .map(|since| since + self.p.delivery.flush_interval);
+        let durable = async {
+            match self.in_flight.as_mut() {
+                Some(f) => (&mut f.durable).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            items = rx.recv() => WriterEvent::Items(items),
+            _ = async {
+                match due {
+                    Some(due) => tokio::time::sleep_until(due.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => WriterEvent::FlushDue,
+            result = durable => WriterEvent::Durable(result),
+            request = flushes.recv(), if flushes_open => WriterEvent::Flush(request),
+        }
+    }
+
+    /// Writes and commits everything the source handed over, and answers
+    /// `request` with what is durable. False when the source stopped before
+    /// all of it arrived (the request is answered with an error: the source
+    /// learns nothing was promised).
+    async fn flush_for_source(
+        &mut self,
+        rx: &mut FromSource,
+        request: FlushRequest,
+    ) -> Result<bool, PipelineError> {
+        // Everything the source handed over: what is queued, and what its
+        // polls returned that is still on its way (the read task sends it:
+        // it does not wait on the source for that).
+        let mut items = Vec::new();
+        while let Some(more) = rx.try_recv() {
+            items.extend(more);
+        }
+        while rx.received < request.handed {
+            match rx.recv().await {
+                Some(more) => items.extend(more),
+                None => {
+                    request.reply(Err("the source stopped".into()));
+                    return Ok(false);
                 }
             }
         }
+        if !items.is_empty() {
+            self.write(items).await?;
+        }
+        self.commit().await?;
+        let held_by_sink = self
+            .sink
+            .shared_positions()
+            .await
+            .map_err(|e| PipelineError::connector("reading the sink's positions", e))?;
+        tracing::debug!(pipeline = %self.p.name, "flushed for the source");
+        request.reply(Ok(Durable {
+            committed: self.commits.borrow().clone(),
+            held_by_sink,
+        }));
+        Ok(true)
+    }
+
+    /// Writes items that arrived, with the chunks already waiting behind
+    /// them, and starts a commit once the batch is full.
+    async fn arrived(
+        &mut self,
+        rx: &mut FromSource,
+        mut items: Vec<SourceItem>,
+    ) -> Result<(), PipelineError> {
+        // A backlog is written in fewer, larger writes: every write costs
+        // the sink round trips (a savepoint, a COPY), whatever its size.
+        // Only chunks already waiting are taken, so a quiet stream is not
+        // delayed.
+        while items.len() < WRITE_MAX {
+            match rx.try_recv() {
+                Some(more) => items.extend(more),
+                None => break,
+            }
+        }
+        self.write(items).await?;
+        if self.open.items >= self.p.delivery.batch_size {
+            // The next batch is written while this one is made durable.
+            self.start_commit().await?;
+        }
+        Ok(())
     }
 
     /// Writes one chunk. With `tolerance: none` a bad item commits what came

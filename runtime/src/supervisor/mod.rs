@@ -40,7 +40,7 @@ pub enum Command {
 
 /// What every pipeline of a run shares.
 #[derive(Clone)]
-pub struct Shared {
+pub struct RunContext {
     pub data_dir: PathBuf,
     pub store: OffsetStore,
     /// Stop by itself once the source has nothing more to read.
@@ -85,7 +85,7 @@ impl PipelineHandle {
 /// stops (Ok) or fails for good (Err with the error in words); spawn it.
 pub fn supervise(
     p: Arc<PipelineConfig>,
-    shared: Shared,
+    context: RunContext,
 ) -> (
     PipelineHandle,
     impl Future<Output = Result<(), String>> + Send + 'static,
@@ -104,7 +104,7 @@ pub fn supervise(
     let supervisor = Supervisor {
         backoff: Backoff::new(p.errors.retry_backoff, p.errors.retry_backoff_max),
         p,
-        shared,
+        context,
         stats,
         board,
         commands,
@@ -115,7 +115,7 @@ pub fn supervise(
 
 struct Supervisor {
     p: Arc<PipelineConfig>,
-    shared: Shared,
+    context: RunContext,
     stats: Arc<Stats>,
     board: StatusBoard,
     commands: mpsc::Receiver<Command>,
@@ -165,11 +165,11 @@ impl Supervisor {
     async fn attempt(&mut self) -> Next {
         let (stop_tx, stop) = watch::channel(false);
         let env = PipelineEnv {
-            data_dir: self.shared.data_dir.clone(),
-            store: self.shared.store.clone(),
+            data_dir: self.context.data_dir.clone(),
+            store: self.context.store.clone(),
             stats: self.stats.clone(),
             stop,
-            once: self.shared.once,
+            once: self.context.once,
         };
         let board = &self.board;
         // A panic anywhere on this task (a sink's write, a source's open)

@@ -123,14 +123,16 @@ impl Tailed {
 
     pub(super) fn refresh_partition(&mut self) {
         self.partition = self.fingerprint.map(|(hash, len)| {
-            Arc::new(Partition {
-                key: partition_key(self.id),
-                info: json!({
-                    "path": self.path.to_string_lossy(),
-                    "fp": format!("{hash:016x}"),
-                    "fp_len": len,
-                }),
-            })
+            let path = self.path.to_string_lossy();
+            Arc::new(
+                Partition::new(partition_key(self.id))
+                    .labelled(path.clone())
+                    .with_info(json!({
+                        "path": path,
+                        "fp": format!("{hash:016x}"),
+                        "fp_len": len,
+                    })),
+            )
         });
     }
 

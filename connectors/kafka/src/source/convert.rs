@@ -32,10 +32,11 @@ impl Converter {
             .partitions
             .entry((m.topic().to_string(), m.partition()))
             .or_insert_with(|| {
-                Arc::new(Partition {
-                    key: format!("{}/{}", m.topic(), m.partition()),
-                    info: serde_json::json!({"topic": m.topic(), "partition": m.partition()}),
-                })
+                Arc::new(
+                    Partition::new(format!("{}/{}", m.topic(), m.partition())).with_info(
+                        serde_json::json!({"topic": m.topic(), "partition": m.partition()}),
+                    ),
+                )
             })
             .clone();
         self.last = Some(((m.topic().to_string(), m.partition()), partition.clone()));

@@ -34,14 +34,14 @@
 //!   callback does blocking broker calls), which reads and converts the next
 //!   chunk while the runtime writes the last one, at most [`AHEAD`] chunks
 //!   ahead. A rebalance can therefore happen while chunks are on their way;
-//!   the [`Gate`] keeps that safe: chunks are handed to the runtime under
+//!   the [`Handover`] keeps that safe: chunks are handed to the runtime under
 //!   it, a revocation first takes the partitions out of it (nothing more of
 //!   theirs is handed over: the next owner reads it) and then has the
 //!   runtime flush exactly as many items as were handed over.
 
 //!
 //! Files by job: `rebalance.rs` (what the group's callbacks do, and the
-//! gate they share with the polling thread), `poll.rs` (the polling thread),
+//! handover they share with the polling thread), `poll.rs` (the polling thread),
 //! `convert.rs` (messages into records); this file is the `Source`.
 
 mod convert;
@@ -71,7 +71,7 @@ use crate::config::{Format, KafkaSourceConfig, Start, client_config};
 
 use convert::{Converter, Read};
 use poll::{Chunk, Poller, poll_ahead};
-use rebalance::{GroupContext, Shared};
+use rebalance::{GroupContext, GroupState};
 
 type TopicPartition = (String, i32);
 
@@ -84,7 +84,7 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(10);
 pub(crate) struct KafkaSource {
     config: KafkaSourceConfig,
     group: String,
-    shared: Arc<Shared>,
+    shared: Arc<GroupState>,
     consumer: Option<Arc<BaseConsumer<GroupContext>>>,
     /// Until the first poll starts the polling thread.
     converter: Option<Converter>,
@@ -107,7 +107,7 @@ impl KafkaSource {
                 last: None,
             }),
             config,
-            shared: Arc::new(Shared::new(Troubles::new(pipeline, retries))),
+            shared: Arc::new(GroupState::new(Troubles::new(pipeline, retries))),
             consumer: None,
             poller: None,
             caught_up: false,
@@ -253,10 +253,10 @@ impl Source for KafkaSource {
             caught_up,
             generation,
         } = chunk;
-        // Checked before taking the gate, which the polling thread's
+        // Checked before taking the handover lock, which the polling thread's
         // rebalance callback takes too.
         let mut items: Vec<SourceItem> = items.into_iter().map(Read::finish).collect();
-        let mut gate = self.shared.gate.lock().expect("not poisoned");
+        let mut handover = self.shared.handover.lock().expect("not poisoned");
         let current = self.shared.generation.load(Ordering::SeqCst);
         if current != generation {
             // Read before a rebalance: what belongs to partitions revoked
@@ -265,14 +265,15 @@ impl Source for KafkaSource {
             // starts them again after what is durable.
             items.retain(|it| {
                 parse_position(it.position()).is_some_and(|(tp, _)| {
-                    gate.assigned
+                    handover
+                        .assigned
                         .get(&tp)
                         .is_some_and(|&since| since <= generation)
                 })
             });
         }
-        gate.handed += items.len() as u64;
-        drop(gate);
+        handover.handed += items.len() as u64;
+        drop(handover);
         self.caught_up = caught_up && current == generation;
         self.report_idle = self.caught_up && !items.is_empty();
         if let Some(e) = error {
@@ -296,17 +297,17 @@ impl Source for KafkaSource {
             return Ok(());
         };
         let mut durable = self.shared.durable.lock().expect("not poisoned");
-        let gate = self.shared.gate.lock().expect("not poisoned");
+        let handover = self.shared.handover.lock().expect("not poisoned");
         let mut tpl = TopicPartitionList::new();
         for p in positions.iter() {
             if let Some((tp, n)) = parse_position(p) {
-                if gate.assigned.contains_key(&tp) && durable.get(&tp) != Some(&n) {
+                if handover.assigned.contains_key(&tp) && durable.get(&tp) != Some(&n) {
                     let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(n));
                 }
                 durable.insert(tp, n);
             }
         }
-        drop((durable, gate));
+        drop((durable, handover));
         if tpl.count() > 0 {
             consumer.commit(&tpl, CommitMode::Async).map_err(|e| {
                 ConnectorError::Retriable(format!("committing offsets to the group: {e}"))

@@ -23,7 +23,7 @@ pub(super) struct Chunk {
 pub(super) fn poll_ahead(
     consumer: Arc<BaseConsumer<GroupContext>>,
     mut converter: Converter,
-    shared: Arc<Shared>,
+    shared: Arc<GroupState>,
     max: usize,
     latest: bool,
     chunks: tokio::sync::mpsc::Sender<Chunk>,
@@ -42,7 +42,7 @@ pub(super) fn poll_chunk(
     consumer: &BaseConsumer<GroupContext>,
     converter: &mut Converter,
     ahead: &mut Ahead,
-    shared: &Shared,
+    shared: &GroupState,
     max: usize,
     latest: bool,
 ) -> Chunk {
@@ -74,7 +74,7 @@ pub(super) fn poll_chunk(
     }
     ahead.report_rewinds();
     let rebalanced = shared.generation.load(Ordering::SeqCst) != generation;
-    let gate = shared.gate.lock().expect("not poisoned");
+    let handover = shared.handover.lock().expect("not poisoned");
     let mut next = shared.next.lock().expect("not poisoned");
     // Items come in runs of one partition, in offset order: the end of each
     // run moves that partition's next offset.
@@ -88,7 +88,7 @@ pub(super) fn poll_chunk(
     }
     for p in ends {
         if let Some((tp, n)) = parse_position(p)
-            && gate.assigned.contains_key(&tp)
+            && handover.assigned.contains_key(&tp)
         {
             next.insert(tp, n);
         }
@@ -99,8 +99,8 @@ pub(super) fn poll_chunk(
     // this one does, everything read before it has too.
     let caught_up = error.is_none()
         && !rebalanced
-        && !gate.assigned.is_empty()
-        && gate
+        && !handover.assigned.is_empty()
+        && handover
             .assigned
             .keys()
             .all(|tp| match cached_watermarks(consumer, tp) {
@@ -108,7 +108,7 @@ pub(super) fn poll_chunk(
                 // Not fetched yet.
                 _ => false,
             });
-    drop((next, gate));
+    drop((next, handover));
     Chunk {
         items,
         error,

@@ -6,7 +6,7 @@ use super::*;
 /// What the partitions owned and the chunks handed over change under, so
 /// that a revocation knows exactly what the runtime was given of them.
 #[derive(Default)]
-pub(super) struct Gate {
+pub(super) struct Handover {
     /// The partitions this member owns now, with the rebalance generation
     /// that assigned them.
     pub(super) assigned: HashMap<TopicPartition, u64>,
@@ -17,11 +17,11 @@ pub(super) struct Gate {
 
 /// What the consumer's rebalance callback, the polling thread and the
 /// source share.
-pub(super) struct Shared {
+pub(super) struct GroupState {
     /// The next offset to read of each partition, known durable in the sink.
     pub(super) durable: Mutex<HashMap<TopicPartition, i64>>,
-    pub(super) gate: Mutex<Gate>,
-    /// Bumped (under the gate) by every rebalance: a chunk read in an older
+    pub(super) handover: Mutex<Handover>,
+    /// Bumped (under the handover lock) by every rebalance: a chunk read in an older
     /// generation is checked against the partitions owned when handed over,
     /// and the poll in progress stops.
     pub(super) generation: AtomicU64,
@@ -46,11 +46,11 @@ pub(super) struct Shared {
 /// group's default rebalance timeout (`max.poll.interval.ms`, 5 minutes).
 pub(super) const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
-impl Shared {
-    pub(super) fn new(troubles: Troubles) -> Shared {
-        Shared {
+impl GroupState {
+    pub(super) fn new(troubles: Troubles) -> GroupState {
+        GroupState {
             durable: Mutex::default(),
-            gate: Mutex::default(),
+            handover: Mutex::default(),
             generation: AtomicU64::default(),
             next: Mutex::default(),
             closing: AtomicBool::default(),
@@ -66,7 +66,7 @@ impl Shared {
     /// stopping or failing): the durable map is then all there is to know.
     fn flush(&self, why: &str) -> Option<Vec<Positions>> {
         let runtime = self.runtime.get()?;
-        let handed = self.gate.lock().expect("not poisoned").handed;
+        let handed = self.handover.lock().expect("not poisoned").handed;
         match runtime.make_durable_blocking(handed, FLUSH_TIMEOUT) {
             Ok(flushed) => {
                 let mut durable = self.durable.lock().expect("not poisoned");
@@ -86,7 +86,7 @@ impl Shared {
 }
 
 pub(super) struct GroupContext {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<GroupState>,
 }
 
 impl ClientContext for GroupContext {
@@ -185,9 +185,10 @@ impl GroupContext {
             tracing::info!(topic, partition, ?committed, durable = ?ours, "kafka: partition assigned");
         }
         drop(next);
-        let mut gate = self.shared.gate.lock().expect("not poisoned");
+        let mut handover = self.shared.handover.lock().expect("not poisoned");
         let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        gate.assigned
+        handover
+            .assigned
             .extend(partitions.into_iter().map(|tp| (tp, generation)));
     }
 
@@ -218,20 +219,20 @@ impl GroupContext {
         err: RDKafkaRespErr,
         tpl: &TopicPartitionList,
     ) {
-        let mut gate = self.shared.gate.lock().expect("not poisoned");
+        let mut handover = self.shared.handover.lock().expect("not poisoned");
         let revoked = if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
             tps(tpl)
         } else {
             tracing::warn!(?err, "kafka: rebalance error; giving up every partition");
-            gate.assigned.keys().cloned().collect()
+            handover.assigned.keys().cloned().collect()
         };
         // From here on nothing more of these partitions is handed over
         // (what was read ahead of them is dropped: the next owner reads it).
         for tp in &revoked {
-            gate.assigned.remove(tp);
+            handover.assigned.remove(tp);
         }
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
-        drop(gate);
+        drop(handover);
         if consumer.assignment_lost() {
             // Writing what the pipeline holds could duplicate the new
             // owner's records, and the group refuses our commits. (A

@@ -129,10 +129,9 @@ impl ChangeStreamSource {
         let scope = config.scope();
         ChangeStreamSource {
             shown: config.redacted_uri(),
-            partition: Arc::new(Partition {
-                key: format!("mongodb:{scope}"),
-                info: serde_json::json!({ "path": format!("mongodb {scope}") }),
-            }),
+            partition: Arc::new(
+                Partition::new(format!("mongodb:{scope}")).labelled(format!("mongodb {scope}")),
+            ),
             config,
             conn: None,
             phase: Phase::Closed,

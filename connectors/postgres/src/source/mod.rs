@@ -40,6 +40,10 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use crate::config::{PostgresSourceConfig, split_table};
 use crate::sql::{db_error, quote};
 
+mod statements;
+
+use statements::{Column, Statements};
+
 /// The temporary view a `query:` is wrapped in, so tables and queries are
 /// read the same way.
 const VIEW: &str = "ferry_source";
@@ -66,9 +70,7 @@ pub(crate) struct PostgresSource {
     caught_up_to: Option<Vec<String>>,
     last_refresh: Option<Instant>,
     /// The statements, built on open from the relation's columns.
-    read_first: String,
-    read_next: String,
-    refresh: String,
+    statements: Statements,
     /// For the connection's `application_name`.
     pipeline: String,
 }
@@ -78,10 +80,7 @@ impl PostgresSource {
         let origin = config.origin();
         PostgresSource {
             pipeline,
-            partition: Arc::new(Partition {
-                key: format!("postgres:{origin}"),
-                info: serde_json::json!({ "path": origin }),
-            }),
+            partition: Arc::new(Partition::new(format!("postgres:{origin}")).labelled(origin)),
             config,
             conn: None,
             cursor: None,
@@ -89,9 +88,7 @@ impl PostgresSource {
             fence: None,
             caught_up_to: None,
             last_refresh: None,
-            read_first: String::new(),
-            read_next: String::new(),
-            refresh: String::new(),
+            statements: Statements::default(),
         }
     }
 
@@ -125,9 +122,9 @@ impl PostgresSource {
             return Ok(Vec::new());
         };
         let sql = if self.cursor.is_some() {
-            &self.read_next
+            &self.statements.read_next
         } else {
-            &self.read_first
+            &self.statements.read_first
         };
         let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
         if let Some(cursor) = &self.cursor {
@@ -179,6 +176,48 @@ impl PostgresSource {
         Ok(items)
     }
 
+    /// The relation rows are read from, quoted: the table, or a temporary
+    /// view wrapping the query (so tables and queries are read the same way).
+    async fn relation(&mut self) -> Result<String, ConnectorError> {
+        match (&self.config.table, &self.config.query) {
+            (Some(table), _) => {
+                let (schema, table) = split_table(table).expect("validated");
+                Ok(format!("{}.{}", quote(&schema), quote(&table)))
+            }
+            (None, Some(query)) => {
+                let view = format!("CREATE OR REPLACE TEMP VIEW {VIEW} AS {query}");
+                sqlx::raw_sql(AssertSqlSafe(view))
+                    .execute(self.conn())
+                    .await
+                    .map_err(|e| db_error("preparing the source query", e))?;
+                Ok(format!("pg_temp.{VIEW}"))
+            }
+            (None, None) => unreachable!("validated"),
+        }
+    }
+
+    /// The relation's columns in order; an error when it has none visible.
+    async fn columns(&mut self, relation: &str) -> Result<Vec<Column>, ConnectorError> {
+        let origin = self.config.origin();
+        let rows = sqlx::query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        )
+        .bind(relation)
+        .fetch_all(self.conn())
+        .await
+        .map_err(|e| db_error(&format!("reading the columns of {origin}"), e))?;
+        if rows.is_empty() {
+            return Err(ConnectorError::Fatal(format!(
+                "table {origin} does not exist (or has no columns visible to this user)"
+            )));
+        }
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+            .collect())
+    }
+
     /// The tables rows come from (for a `query:`, every table its view
     /// reads), by oid: writers to them are watched by the fence.
     async fn watched_tables(&mut self, relation: &str) -> Result<Vec<i64>, ConnectorError> {
@@ -198,7 +237,7 @@ impl PostgresSource {
     /// cleared. Returns whether the bound may have moved.
     async fn refresh_fence(&mut self) -> Result<bool, ConnectorError> {
         self.last_refresh = Some(Instant::now());
-        let sql = self.refresh.clone();
+        let sql = self.statements.refresh.clone();
         let row = sqlx::query(AssertSqlSafe(sql))
             .fetch_one(self.conn())
             .await
@@ -262,137 +301,31 @@ impl Source for PostgresSource {
         committed: &Positions,
         _: &SourceContext,
     ) -> Result<(), ConnectorError> {
-        let origin = self.config.origin();
-        let mut conn = crate::net::connect(&self.config.url, &self.pipeline).await?;
+        self.conn = Some(crate::net::connect(&self.config.url, &self.pipeline).await?);
         // UTC, so timestamps come out as RFC 3339 with +00:00 and cursor
         // values round-trip exactly.
         sqlx::raw_sql("SET TIME ZONE 'UTC'")
-            .execute(&mut conn)
+            .execute(self.conn())
             .await
             .map_err(|e| db_error("setting the session time zone", e))?;
-        self.conn = Some(conn);
-
-        let relation = match (&self.config.table, &self.config.query) {
-            (Some(table), _) => {
-                let (schema, table) = split_table(table).expect("validated");
-                format!("{}.{}", quote(&schema), quote(&table))
-            }
-            (None, Some(query)) => {
-                let view = format!("CREATE OR REPLACE TEMP VIEW {VIEW} AS {query}");
-                sqlx::raw_sql(AssertSqlSafe(view))
-                    .execute(self.conn())
-                    .await
-                    .map_err(|e| db_error("preparing the source query", e))?;
-                format!("pg_temp.{VIEW}")
-            }
-            (None, None) => unreachable!("validated"),
-        };
-        let columns = sqlx::query(
-            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
-             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-        )
-        .bind(&relation)
-        .fetch_all(self.conn())
-        .await
-        .map_err(|e| db_error(&format!("reading the columns of {origin}"), e))?;
-        let columns: Vec<(String, String)> = columns
-            .iter()
-            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
-            .collect();
-        if columns.is_empty() {
-            return Err(ConnectorError::Fatal(format!(
-                "table {origin} does not exist (or has no columns visible to this user)"
-            )));
-        }
-
-        // Columns as JSON: most types map through row_to_json (numbers,
-        // text, bool, json as nested values, NULL as null); bytea as base64,
-        // and timestamps without time zone read as UTC.
-        let list: Vec<String> = columns
-            .iter()
-            .map(|(name, ty)| {
-                let c = format!("s.{}", quote(name));
-                match ty.as_str() {
-                    "bytea" => format!("encode({c}, 'base64') AS {}", quote(name)),
-                    t if t.starts_with("timestamp") && t.ends_with("without time zone") => {
-                        format!("{c} AT TIME ZONE 'UTC' AS {}", quote(name))
-                    }
-                    _ => c,
-                }
-            })
-            .collect();
-        let cursor_cols = self.config.cursor_columns();
-        let mut cursor_types = Vec::new();
-        for c in &cursor_cols {
-            match columns.iter().find(|(name, _)| name == c) {
-                Some((_, ty)) => cursor_types.push(ty.clone()),
-                None => {
-                    return Err(ConnectorError::Fatal(format!(
-                        "cursor column `{c}` is not a column of {origin}"
-                    )));
-                }
-            }
-        }
-        let quoted: Vec<String> = cursor_cols
-            .iter()
-            .map(|c| format!("s.{}", quote(c)))
-            .collect();
-        let tuple = format!("({})", quoted.join(", "));
-        let params = |from: usize| {
-            let p: Vec<String> = cursor_types
-                .iter()
-                .enumerate()
-                .map(|(i, ty)| format!("${}::{ty}", from + i))
-                .collect();
-            format!("({})", p.join(", "))
-        };
-        let n = cursor_cols.len();
-        let texts: Vec<String> = quoted.iter().map(|c| format!("{c}::text")).collect();
-        let not_null: Vec<String> = quoted.iter().map(|c| format!("{c} IS NOT NULL")).collect();
-        let order = quoted.join(", ");
-        let select = format!(
-            "SELECT row_to_json(x)::text, {} FROM {relation} s, LATERAL (SELECT {}) x",
-            texts.join(", "),
-            list.join(", ")
-        );
-        // A row whose cursor is NULL has no place in the order: it is never
-        // read (as the refresh never counts it); the README says so.
-        let present = not_null.join(" AND ");
-        self.read_first = format!(
-            "{select} WHERE {present} AND {tuple} <= {} ORDER BY {order} LIMIT ${}",
-            params(1),
-            n + 1
-        );
-        self.read_next = format!(
-            "{select} WHERE {present} AND {tuple} > {} AND {tuple} <= {} ORDER BY {order} LIMIT ${}",
-            params(1),
-            params(n + 1),
-            2 * n + 1
-        );
-        let desc: Vec<String> = quoted.iter().map(|c| format!("{c} DESC")).collect();
+        let relation = self.relation().await?;
+        let columns = self.columns(&relation).await?;
         let watched = self.watched_tables(&relation).await?;
-        self.refresh = format!(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, pg_snapshot_xmax(pg_current_snapshot())::text, \
-             (SELECT ARRAY[{}] FROM {relation} s WHERE {} ORDER BY {} LIMIT 1), \
-             (SELECT array_agg(DISTINCT virtualtransaction) FROM pg_locks WHERE locktype = 'relation' \
-              AND mode = 'RowExclusiveLock' AND relation = ANY('{{{}}}'::oid[]) AND pid <> pg_backend_pid())",
-            texts.join(", "),
-            not_null.join(" AND "),
-            desc.join(", "),
-            watched
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-
+        let cursor = self.config.cursor_columns();
+        self.statements =
+            Statements::build(&relation, &columns, &cursor, &watched).map_err(|c| {
+                ConnectorError::Fatal(format!(
+                    "cursor column `{c}` is not a column of {}",
+                    self.config.origin()
+                ))
+            })?;
         if let Some(p) = committed.get(&self.partition.key) {
             self.cursor = Some(self.cursor_from(&p.offset).ok_or_else(|| {
                 ConnectorError::Fatal(format!(
                     "the committed position {} does not fit cursor ({}); was the mode changed? \
                      `ferry offsets reset` starts over",
                     p.offset,
-                    cursor_cols.join(", ")
+                    cursor.join(", ")
                 ))
             })?);
         }
