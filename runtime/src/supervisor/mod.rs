@@ -124,7 +124,7 @@ struct Supervisor {
 }
 
 /// What follows an attempt.
-enum Next {
+enum AfterAttempt {
     /// A new attempt, now.
     Again,
     /// A retriable failure: wait, then a new attempt.
@@ -138,12 +138,12 @@ impl Supervisor {
         loop {
             self.board.set(State::Starting);
             let end = match self.attempt().await {
-                Next::Again => continue,
-                Next::Retry(e) => match self.wait_to_retry(e).await {
+                AfterAttempt::Again => continue,
+                AfterAttempt::Retry(e) => match self.wait_to_retry(e).await {
                     None => continue,
                     Some(end) => end,
                 },
-                Next::End(end) => end,
+                AfterAttempt::End(end) => end,
             };
             match &end {
                 Ok(()) => {
@@ -162,7 +162,7 @@ impl Supervisor {
     }
 
     /// Runs one attempt, reading commands meanwhile, and says what follows.
-    async fn attempt(&mut self) -> Next {
+    async fn attempt(&mut self) -> AfterAttempt {
         let (stop_tx, stop) = watch::channel(false);
         let env = PipelineEnv {
             data_dir: self.context.data_dir.clone(),
@@ -203,19 +203,19 @@ impl Supervisor {
             }),
         };
         match (result, asked) {
-            (Ok(()), Some(Command::Restart)) => Next::Again,
-            (Ok(()), _) => Next::End(Ok(())),
+            (Ok(()), Some(Command::Restart)) => AfterAttempt::Again,
+            (Ok(()), _) => AfterAttempt::End(Ok(())),
             (Err(e), Some(command)) if e.is_retriable() => {
                 // Cut short by the stop itself (a write that stopped waiting
                 // for its server): not a failure to retry.
                 tracing::info!(pipeline = %self.p.name, error = %connector_words(&e), "{} ended by the stop", e.stage());
                 match command {
-                    Command::Restart => Next::Again,
-                    Command::Stop => Next::End(Ok(())),
+                    Command::Restart => AfterAttempt::Again,
+                    Command::Stop => AfterAttempt::End(Ok(())),
                 }
             }
-            (Err(e), _) if e.is_retriable() => Next::Retry(e),
-            (Err(e), _) => Next::End(Err(e.to_string())),
+            (Err(e), _) if e.is_retriable() => AfterAttempt::Retry(e),
+            (Err(e), _) => AfterAttempt::End(Err(e.to_string())),
         }
     }
 
