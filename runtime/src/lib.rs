@@ -25,7 +25,11 @@
 //! * [`run`] supervises a set of pipelines until a shutdown future resolves —
 //!   `main` passes Ctrl-C/SIGTERM, tests pass whatever they like — holding
 //!   the data folder's lock, and prints one progress line per pipeline every
-//!   few seconds (`progress.rs`).
+//!   few seconds (`progress.rs`). Its pipelines are a fleet (`fleet.rs`);
+//!   on each reload request (SIGHUP, the file watcher of [`reload::watch`])
+//!   the files are read again and [`reload::plan`] says what changed:
+//!   changed and removed pipelines are drained before their successors
+//!   start.
 //! * [`check_connections`] and [`delivery_guarantee`] are what
 //!   `ferry validate` adds to the config's own checks.
 //!
@@ -43,17 +47,20 @@ mod check;
 pub mod config;
 mod dead_letter;
 pub mod engine;
+mod fleet;
 mod guarantee;
 pub mod offsets;
 mod panics;
 mod progress;
 pub mod redact;
 pub mod registry;
+pub mod reload;
 mod run;
+mod service_manager;
 pub mod supervisor;
 
 pub use check::check_connections;
 pub use guarantee::delivery_guarantee;
 pub(crate) use panics::join_error_message;
 pub use panics::panic_message;
-pub use run::{PipelineOutcome, RunError, RunOptions, lock_data_dir, run};
+pub use run::{PipelineOutcome, Reload, RunError, RunOptions, lock_data_dir, run};

@@ -3,15 +3,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use ferry::config::{ConfigErrors, PipelineConfig, load_paths};
+use ferry::config::{ConfigErrors, PipelineConfig, expand_paths, load_paths};
 use ferry::offsets::OffsetStore;
 use ferry::redact::redact;
 use ferry::registry::Registry;
-use ferry::{RunOptions, delivery_guarantee, lock_data_dir};
+use ferry::{Reload, RunOptions, delivery_guarantee, lock_data_dir};
+use tokio::sync::mpsc;
 
 // Records are parsed on one thread and freed on another, thousands per
 // chunk: glibc's malloc spent a quarter of the CPU of file → PostgreSQL in
@@ -31,8 +33,23 @@ struct Cli {
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `ferry=debug`.
     #[arg(long, global = true, env = "FERRY_LOG", default_value = "info")]
     log: String,
+    /// `text` for people, `json` (one object per line) for log shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -41,6 +58,8 @@ enum Command {
     Run(RunArgs),
     /// Check pipeline files without running them; print every error, and each pipeline's guarantee.
     Validate(ValidateArgs),
+    /// Print a shell completion script: `ferry completions bash > /etc/bash_completion.d/ferry`.
+    Completions { shell: clap_complete::Shell },
     /// Show or reset committed offsets.
     Offsets {
         #[command(subcommand)]
@@ -64,6 +83,11 @@ struct RunArgs {
     /// not (committed positions are safe either way).
     #[arg(long, default_value = "30s", value_parser = positive_duration)]
     shutdown_timeout: Duration,
+    /// Do not watch the pipeline files (SIGHUP still reloads them); an
+    /// invalid file then stops the start, and ferry exits once every
+    /// pipeline has ended.
+    #[arg(long)]
+    no_watch: bool,
     /// Pipeline files, or folders of them (*.yaml, *.yml).
     #[arg(default_value = "configs")]
     paths: Vec<PathBuf>,
@@ -98,13 +122,16 @@ enum OffsetsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(ferry::redact::RedactingStderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(ferry::redact::RedactingStderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
     // A panic's message may quote a value: masked like every other line.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("{}", ferry::redact::redact(&info.to_string()));
@@ -119,10 +146,14 @@ fn main() -> ExitCode {
 }
 
 fn real_main(command: Command) -> anyhow::Result<ExitCode> {
-    let registry = Registry::builtin();
     match command {
-        Command::Run(args) => run(args, &registry),
-        Command::Validate(args) => validate(args, &registry),
+        Command::Run(args) => run(args),
+        Command::Validate(args) => validate(args, &Registry::builtin()),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Offsets {
             command: OffsetsCommand::List { data_dir },
         } => list_offsets(&data_dir),
@@ -132,29 +163,58 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn run(args: RunArgs, registry: &Registry) -> anyhow::Result<ExitCode> {
-    let pipelines = match load(&args.paths, registry) {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let registry = Arc::new(Registry::builtin());
+    // Watching, the files are read by the run itself (its first reload): an
+    // invalid one is reported and skipped, and picked up once it is fixed.
+    let watch = !args.once && !args.no_watch;
+    let pipelines = if watch {
+        match expand_paths(&args.paths) {
+            Ok(files) if files.is_empty() => anyhow::bail!("{}", no_pipelines(&args.paths)),
+            Ok(_) => Vec::new(),
+            Err(errors) => return Ok(print_config_errors(&errors)),
+        }
+    } else {
+        match load(&args.paths, &registry) {
+            Ok(p) if p.is_empty() => anyhow::bail!("{}", no_pipelines(&args.paths)),
+            Ok(p) => p,
+            Err(code) => return Ok(code),
+        }
     };
-    if pipelines.is_empty() {
-        anyhow::bail!("{}", no_pipelines(&args.paths));
-    }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    let outcomes = runtime.block_on(ferry::run(
-        pipelines,
-        RunOptions {
+    let outcomes = runtime.block_on(async {
+        let (reloads, requests) = mpsc::channel(1);
+        let _watcher = if watch {
+            let watcher = ferry::reload::watch::watch(&args.paths, reloads.clone())
+                .context("watching the pipeline files")?;
+            // The first reading of the files.
+            let _ = reloads.try_send(());
+            Some(watcher)
+        } else {
+            None
+        };
+        let reload = (!args.once).then(|| {
+            reload_on_sighup(reloads);
+            Reload {
+                paths: args.paths.clone(),
+                registry: registry.clone(),
+                requests,
+                stay: watch,
+            }
+        });
+        let options = RunOptions {
             data_dir: args.data_dir,
             once: args.once,
             progress_interval: args.progress_interval,
             shutdown_timeout: args.shutdown_timeout,
-        },
-        shutdown_signal(),
-    ));
+            reload,
+        };
+        anyhow::Ok(ferry::run(pipelines, options, shutdown_signal()).await)
+    });
     // A pipeline abandoned at the shutdown timeout may leave a blocking
     // read behind: do not wait for it.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    let failed: Vec<_> = outcomes?
+    let failed: Vec<_> = outcomes??
         .into_iter()
         .filter(|o| o.error.is_some())
         .collect();
@@ -275,6 +335,21 @@ fn print_config_errors(errors: &ConfigErrors) -> ExitCode {
     }
     eprintln!("{} error(s) in pipeline files", errors.0.len());
     ExitCode::from(2)
+}
+
+/// Each SIGHUP asks for a reload of the pipeline files.
+fn reload_on_sighup(reloads: mpsc::Sender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the pipeline files");
+            // A reload already asked for reads the files anew: one is enough.
+            if let Err(mpsc::error::TrySendError::Closed(())) = reloads.try_send(()) {
+                return;
+            }
+        }
+    });
 }
 
 /// Resolves on the first SIGINT or SIGTERM. A second one exits at once: the

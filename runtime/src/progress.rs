@@ -1,32 +1,53 @@
-//! The progress line: one per pipeline every few seconds, from its
-//! counters and state.
+//! The progress line: one per pipeline every few seconds while it moves,
+//! from its counters and state.
 
+use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
 use crate::supervisor::{Snapshot, State};
 
-/// One progress line per pipeline: records in and out, rate, dead letters,
-/// committed position, and the state when it is not `running`.
+/// One progress line per pipeline whose counters or state moved since its
+/// last line (an idle daemon stays quiet): records in and out, rate, dead
+/// letters, committed position, and the state when it is not `running`.
+#[derive(Default)]
 pub(crate) struct Progress {
-    last: Instant,
-    last_out: Vec<u64>,
+    /// What each pipeline's last line said, and when.
+    last: HashMap<String, (Said, Instant)>,
+}
+
+/// What a line says, to tell whether a new one would say anything new.
+#[derive(PartialEq)]
+struct Said {
+    records_in: u64,
+    replayed: u64,
+    records_out: u64,
+    dead_lettered: u64,
+    retries: u64,
+    committed: String,
+    state: String,
 }
 
 impl Progress {
-    pub(crate) fn new(pipelines: usize) -> Progress {
-        Progress {
-            last: Instant::now(),
-            last_out: vec![0; pipelines],
-        }
-    }
-
-    pub(crate) fn report(&mut self, all: &[Snapshot]) {
-        let secs = self.last.elapsed().as_secs_f64().max(1e-3);
-        self.last = Instant::now();
-        for (i, s) in all.iter().enumerate() {
-            let out = s.records_out;
-            let rate = out.saturating_sub(self.last_out[i]) as f64 / secs;
-            self.last_out[i] = out;
+    /// A line for each pipeline that moved; with `every`, for each
+    /// pipeline (the last lines, at exit).
+    pub(crate) fn report(&mut self, all: &[Snapshot], every: bool) {
+        for s in all {
+            let said = Said {
+                records_in: s.records_in,
+                replayed: s.replayed,
+                records_out: s.records_out,
+                dead_lettered: s.dead_lettered,
+                retries: s.retries,
+                committed: s.committed.clone(),
+                state: state_words(&s.status.state),
+            };
+            let (out_before, since) = match self.last.get(&s.name) {
+                Some((before, _)) if *before == said && !every => continue,
+                Some((before, at)) => (before.records_out, *at),
+                None => (0, Instant::now()),
+            };
+            let secs = since.elapsed().as_secs_f64().max(1e-3);
+            let rate = s.records_out.saturating_sub(out_before) as f64 / secs;
             let replayed = match s.replayed {
                 0 => String::new(),
                 n => format!(" (and {n} read again after restarts)"),
@@ -35,12 +56,13 @@ impl Progress {
                 "{}: in {}{replayed} out {} ({rate:.0} records/s), dead-lettered {}, retries {}, committed {}{}",
                 s.name,
                 s.records_in,
-                out,
+                s.records_out,
                 s.dead_lettered,
                 s.retries,
                 s.committed,
-                state_words(&s.status.state),
+                said.state,
             );
+            self.last.insert(s.name.clone(), (said, Instant::now()));
         }
     }
 }

@@ -2,19 +2,20 @@
 //! future resolves or every pipeline has ended; holds the data folder's
 //! lock meanwhile.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 
 use crate::config::{self, PipelineConfig};
+use crate::fleet::Fleet;
 use crate::offsets::OffsetStore;
 use crate::progress::Progress;
-use crate::supervisor::{self, Command, PipelineHandle};
+use crate::registry::Registry;
+use crate::{service_manager, supervisor};
 
 /// Errors that keep [`run`] from starting at all.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,21 @@ pub struct RunOptions {
     /// commit what they wrote and stop; those still running then are
     /// abandoned and reported as failed (their committed positions are safe).
     pub shutdown_timeout: Duration,
+    /// Where the pipelines come from again when asked to reload; None: the
+    /// pipelines given are all there is.
+    pub reload: Option<Reload>,
+}
+
+/// Reloading the pipeline files while running.
+pub struct Reload {
+    /// The files and folders the pipelines were read from.
+    pub paths: Vec<PathBuf>,
+    pub registry: Arc<Registry>,
+    /// Each message asks for a reload (the file watcher, SIGHUP, a test).
+    pub requests: mpsc::Receiver<()>,
+    /// Go on running when every pipeline has ended (a daemon waiting for
+    /// its files to be fixed); else the run ends then, as without reloads.
+    pub stay: bool,
 }
 
 /// How one pipeline ended.
@@ -57,10 +73,12 @@ pub struct PipelineOutcome {
 }
 
 /// Runs `pipelines` until `shutdown` resolves (then every pipeline stops
-/// reading, commits what it has and ends) or until every pipeline has ended.
+/// reading, commits what it has and ends) or until every pipeline has ended
+/// (unless a [`Reload`] says to stay). With a [`Reload`], each request reads
+/// the files again and applies what changed (see [`crate::reload`]).
 pub async fn run(
     pipelines: Vec<PipelineConfig>,
-    options: RunOptions,
+    mut options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Vec<PipelineOutcome>, RunError> {
     let conflicts = config::run_conflicts(&pipelines, &options.data_dir);
@@ -76,17 +94,35 @@ pub async fn run(
     for p in pipelines {
         fleet.start(p);
     }
+    let mut reload = options.reload.take();
+    let stay = reload.as_ref().is_some_and(|r| r.stay);
+    // Ready once the pipelines are started: now, or after the first reading
+    // of the files when that is what is queued.
+    let mut ready = reload.as_ref().is_none_or(|r| r.requests.is_empty());
+    if ready {
+        service_manager::ready();
+    }
+    let mut watchdog = service_manager::watchdog_interval().map(tokio::time::interval);
 
-    let mut progress = Progress::new(fleet.handles.len());
+    let mut progress = Progress::default();
     let mut ticker = tokio::time::interval(options.progress_interval);
     ticker.tick().await; // the first tick is immediate
     tokio::pin!(shutdown);
     // Set once stopping: when the pipelines still running are given up.
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
+        if fleet.tasks.is_empty() && (deadline.is_some() || !stay) && !fleet.has_pending() {
+            break;
+        }
         let overdue = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let requested = async {
+            match reload.as_mut() {
+                Some(r) => r.requests.recv().await,
                 None => std::future::pending().await,
             }
         };
@@ -97,122 +133,44 @@ pub async fn run(
                     humantime::format_duration(options.shutdown_timeout)
                 );
                 deadline = Some(tokio::time::Instant::now() + options.shutdown_timeout);
+                service_manager::stopping();
                 fleet.stop_all().await;
             }
             _ = overdue => {
                 fleet.abandon(options.shutdown_timeout);
                 break;
             }
-            _ = ticker.tick() => progress.report(&fleet.snapshots()),
-            joined = fleet.tasks.join_next_with_id() => match joined {
-                None => break,
-                Some(joined) => fleet.ended(joined),
+            _ = ticker.tick() => progress.report(&fleet.snapshots(), false),
+            _ = async {
+                match watchdog.as_mut() {
+                    Some(w) => w.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => service_manager::alive(),
+            request = requested, if deadline.is_none() => match request {
+                Some(()) => {
+                    if ready {
+                        service_manager::reloading();
+                    }
+                    let r = reload.as_ref().expect("requested through it");
+                    fleet.reload(&r.paths, &r.registry).await;
+                    service_manager::ready();
+                    ready = true;
+                }
+                // Nobody can ask any more (the watcher and the signal
+                // handler are gone): the pipelines run on as they are.
+                None => reload = None,
             },
+            joined = fleet.tasks.join_next_with_id(), if !fleet.tasks.is_empty() => {
+                if let Some(joined) = joined {
+                    fleet.ended(joined).await;
+                }
+            }
         }
     }
     let outcomes = fleet.outcomes();
-    progress.report(&fleet.snapshots());
+    progress.report(&fleet.snapshots(), true);
     Ok(outcomes)
-}
-
-/// The pipelines of a run, each a task running its supervisor, and how
-/// those that ended ended.
-struct Fleet {
-    context: supervisor::RunContext,
-    tasks: JoinSet<Result<(), String>>,
-    /// Which pipeline a task runs: a task that panicked comes back as a
-    /// JoinError carrying only its task id.
-    running: HashMap<tokio::task::Id, String>,
-    /// In the order the pipelines were started.
-    handles: Vec<PipelineHandle>,
-    /// The error of each pipeline that failed.
-    errors: HashMap<String, String>,
-}
-
-impl Fleet {
-    fn new(context: supervisor::RunContext) -> Self {
-        Fleet {
-            context,
-            tasks: JoinSet::new(),
-            running: HashMap::new(),
-            handles: Vec::new(),
-            errors: HashMap::new(),
-        }
-    }
-
-    fn start(&mut self, p: PipelineConfig) {
-        let (handle, supervisor) = supervisor::supervise(Arc::new(p), self.context.clone());
-        let task = self.tasks.spawn(supervisor);
-        self.running.insert(task.id(), handle.name().to_string());
-        self.handles.push(handle);
-    }
-
-    /// Asks every pipeline to stop (one that has ended already cannot be
-    /// asked).
-    async fn stop_all(&self) {
-        for handle in &self.handles {
-            handle.send(Command::Stop).await;
-        }
-    }
-
-    /// Gives up the pipelines still running after the shutdown timeout.
-    fn abandon(&mut self, timeout: Duration) {
-        let mut late: Vec<String> = self.running.values().cloned().collect();
-        late.sort();
-        for name in late {
-            let e = format!(
-                "did not stop within the shutdown timeout ({}); abandoned (its committed positions are safe: what it wrote since is read again at the next start)",
-                humantime::format_duration(timeout)
-            );
-            tracing::error!(pipeline = %name, "{e}");
-            self.errors.insert(name, e);
-        }
-        self.tasks.abort_all();
-    }
-
-    /// Notes how a pipeline's task ended. The supervisor logged the
-    /// pipeline's end; a supervisor that panicked itself is reported here.
-    fn ended(
-        &mut self,
-        joined: Result<(tokio::task::Id, Result<(), String>), tokio::task::JoinError>,
-    ) {
-        let (id, result) = match joined {
-            Ok(ended) => ended,
-            Err(e) => {
-                let id = e.id();
-                let e = format!(
-                    "its supervisor panicked: {} (a bug in ferry: please report it)",
-                    crate::join_error_message(e)
-                );
-                let name = self.running.get(&id).map_or("?", |n| n.as_str());
-                tracing::error!(pipeline = %name, "pipeline failed: {e}");
-                (id, Err(e))
-            }
-        };
-        let name = self.running.remove(&id).unwrap_or_else(|| "?".into());
-        if let Err(e) = result {
-            self.errors.insert(name, e);
-        }
-    }
-
-    fn snapshots(&self) -> Vec<crate::supervisor::Snapshot> {
-        self.handles.iter().map(PipelineHandle::snapshot).collect()
-    }
-
-    fn outcomes(&mut self) -> Vec<PipelineOutcome> {
-        self.snapshots()
-            .into_iter()
-            .map(|s| PipelineOutcome {
-                error: self.errors.remove(&s.name),
-                name: s.name,
-                records_in: s.records_in,
-                replayed: s.replayed,
-                records_out: s.records_out,
-                dead_lettered: s.dead_lettered,
-                retries: s.retries,
-            })
-            .collect()
-    }
 }
 
 /// Takes `<data-dir>/ferry.lock`: two ferry processes on one data folder

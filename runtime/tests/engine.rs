@@ -273,6 +273,7 @@ fn pipeline(script: &Arc<Script>, batch_size: usize, tolerance: Tolerance) -> Pi
             retry_backoff_max: Duration::from_millis(5),
             ..ErrorsConfig::default()
         },
+        definition: serde_json::Value::Null,
     }
 }
 
@@ -287,6 +288,7 @@ async fn run_once(
         once: true,
         progress_interval: Duration::from_secs(60),
         shutdown_timeout: Duration::from_secs(10),
+        reload: None,
     };
     let mut outcomes = ferry::run(vec![p], options, shutdown).await.unwrap();
     outcomes.pop().expect("one outcome")
@@ -394,6 +396,7 @@ async fn a_quiet_source_is_flushed_on_the_interval() {
         once: false,
         progress_interval: Duration::from_secs(60),
         shutdown_timeout: Duration::from_secs(10),
+        reload: None,
     };
     let outcomes = ferry::run(vec![p], options, shutdown).await.unwrap();
     assert_eq!(outcomes[0].error, None);

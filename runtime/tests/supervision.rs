@@ -182,6 +182,7 @@ fn pipeline(
             flush_interval: Duration::from_millis(50),
         },
         errors: ErrorsConfig::default(),
+        definition: serde_json::Value::Null,
     };
     (p, written)
 }
@@ -192,6 +193,7 @@ fn options(dir: &std::path::Path, once: bool, shutdown_timeout: Duration) -> Run
         once,
         progress_interval: Duration::from_secs(60),
         shutdown_timeout,
+        reload: None,
     }
 }
 

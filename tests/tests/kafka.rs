@@ -338,7 +338,7 @@ fn malformed_json_messages_with_both_tolerances() {
         );
     }
 
-    let mut f = start(d, &["run", "none.yaml"]);
+    let mut f = start(d, &["run", "--no-watch", "none.yaml"]);
     let status = f
         .wait_for_exit(Duration::from_secs(60))
         .expect("stops by itself");

@@ -173,6 +173,7 @@ impl Loader<'_> {
             sink,
             delivery,
             errors: errors?,
+            definition: Value::Null,
         };
         for (key, message) in local_files::own_problems(&pipeline) {
             self.error(&key, At::Value, message);

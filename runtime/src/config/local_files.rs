@@ -82,54 +82,108 @@ pub(crate) fn own_problems(p: &PipelineConfig) -> Vec<(String, String)> {
 pub fn run_conflicts(pipelines: &[PipelineConfig], data_dir: &Path) -> Vec<String> {
     let all: Vec<(&PipelineConfig, Vec<Written>)> = pipelines
         .iter()
-        .map(|p| {
-            let mut w = written(p);
-            if p.errors.dead_letter.is_none() {
-                w.push(Written {
-                    key: "its default dead-letter file".into(),
-                    path: normalize(&p.dead_letter_path(data_dir)),
-                });
-            }
-            (p, w)
-        })
+        .map(|p| (p, written_in(p, data_dir)))
         .collect();
     let mut problems = Vec::new();
     for (i, (p, files)) in all.iter().enumerate() {
-        for w in files.iter().filter(|w| w.key.starts_with("its default")) {
-            for (key, glob) in p.source.local_inputs() {
-                if matches(&glob, &w.path) {
-                    problems.push(format!(
-                        "{}: pipeline {}: source.{key} ({glob}) reads {}, {}: set \
-                         errors.dead_letter elsewhere or narrow the source's path",
-                        p.file.display(),
-                        p.name,
-                        w.path.display(),
-                        w.key
-                    ));
-                }
-            }
-        }
+        problems.extend(reads_its_default_dead_letters(p, files));
         for (other, theirs) in &all[i + 1..] {
-            for w in files {
-                if let Some(o) = theirs.iter().find(|o| o.path == w.path)
-                    && (w.key.starts_with("its default") || o.key.starts_with("its default"))
-                {
-                    problems.push(format!(
-                        "{}: pipeline {} writes {} ({}), which pipeline {} ({}) writes too ({}): \
-                         two writers of one file would corrupt it",
-                        p.file.display(),
-                        p.name,
-                        w.path.display(),
-                        w.key,
-                        other.name,
-                        other.file.display(),
-                        o.key
-                    ));
-                }
-            }
+            problems.extend(
+                both_write(files, theirs)
+                    .filter(|(w, o)| is_default(w) || is_default(o))
+                    .map(|(w, o)| both_write_words(p, w, other, o)),
+            );
         }
     }
     problems
+}
+
+/// What a reload checks before it starts `p` beside the `others` that go on
+/// running: that no two of them write one file, default dead-letter files
+/// included. One line per problem.
+pub fn reload_conflicts(
+    p: &PipelineConfig,
+    others: &[&PipelineConfig],
+    data_dir: &Path,
+) -> Vec<String> {
+    let files = written_in(p, data_dir);
+    let mut problems: Vec<String> = reads_its_default_dead_letters(p, &files).collect();
+    for other in others {
+        let theirs = written_in(other, data_dir);
+        if let Some((w, o)) = both_write(&files, &theirs).next() {
+            problems.push(both_write_words(p, w, other, o));
+        }
+    }
+    problems
+}
+
+/// Every local file `p` writes when run with `data_dir`: [`written`] and
+/// its default dead-letter file.
+fn written_in(p: &PipelineConfig, data_dir: &Path) -> Vec<Written> {
+    let mut w = written(p);
+    if p.errors.dead_letter.is_none() {
+        w.push(Written {
+            key: "its default dead-letter file".into(),
+            path: normalize(&p.dead_letter_path(data_dir)),
+        });
+    }
+    w
+}
+
+fn is_default(w: &Written) -> bool {
+    w.key.starts_with("its default")
+}
+
+/// `p`'s source reading its own default dead-letter file.
+fn reads_its_default_dead_letters<'a>(
+    p: &'a PipelineConfig,
+    files: &'a [Written],
+) -> impl Iterator<Item = String> + 'a {
+    files.iter().filter(|w| is_default(w)).flat_map(move |w| {
+        p.source
+            .local_inputs()
+            .into_iter()
+            .filter(|(_, glob)| matches(glob, &w.path))
+            .map(move |(key, glob)| {
+                format!(
+                    "{}: pipeline {}: source.{key} ({glob}) reads {}, {}: set \
+                     errors.dead_letter elsewhere or narrow the source's path",
+                    p.file.display(),
+                    p.name,
+                    w.path.display(),
+                    w.key
+                )
+            })
+    })
+}
+
+/// The files written in both lists, as (the first's, the second's).
+fn both_write<'a>(
+    files: &'a [Written],
+    theirs: &'a [Written],
+) -> impl Iterator<Item = (&'a Written, &'a Written)> + 'a {
+    files
+        .iter()
+        .filter_map(move |w| theirs.iter().find(|o| o.path == w.path).map(|o| (w, o)))
+}
+
+fn both_write_words(
+    p: &PipelineConfig,
+    w: &Written,
+    other: &PipelineConfig,
+    o: &Written,
+) -> String {
+    format!(
+        "{}: pipeline {} writes {} ({}), which pipeline {} ({}) writes too ({}): \
+         two writers of one file would corrupt it",
+        p.file.display(),
+        p.name,
+        w.path.display(),
+        w.key,
+        other.name,
+        other.file.display(),
+        o.key
+    )
 }
 
 /// Whether a source glob (or plain path) covers `path`.

@@ -8,7 +8,7 @@
 mod env;
 mod loader;
 mod local_files;
-pub use local_files::run_conflicts;
+pub use local_files::{reload_conflicts, run_conflicts};
 mod marks;
 
 use std::fmt;
@@ -144,6 +144,10 @@ pub struct PipelineConfig {
     pub sink: Box<dyn SinkConfig>,
     pub delivery: DeliveryConfig,
     pub errors: ErrorsConfig,
+    /// The file's content as parsed, `${ENV}` substituted: a reload
+    /// compares it to tell a changed pipeline from a file saved unchanged.
+    /// Holds the secrets: never logged.
+    pub definition: Value,
 }
 
 impl PipelineConfig {
@@ -180,7 +184,7 @@ pub fn load_paths(
 }
 
 /// The files of `paths` that exist (after a missing path was reported).
-fn expand_existing(paths: &[PathBuf]) -> Vec<PathBuf> {
+pub(crate) fn expand_existing(paths: &[PathBuf]) -> Vec<PathBuf> {
     paths
         .iter()
         .filter(|p| p.exists())
@@ -245,10 +249,10 @@ pub fn load_all(
     let mut pipelines: Vec<PipelineConfig> = Vec::new();
     let mut errors = Vec::new();
     for file in files {
-        let text = match std::fs::read_to_string(file) {
+        let text = match read_file(file) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(whole_file_error(file, format!("cannot read: {e}")));
+                errors.push(e);
                 continue;
             }
         };
@@ -278,6 +282,16 @@ pub fn load_all(
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// Loads the pipeline of one file, with every error it has.
+pub fn load_file(file: &Path, registry: &Registry) -> Result<PipelineConfig, ConfigErrors> {
+    let text = read_file(file).map_err(|e| ConfigErrors(vec![e]))?;
+    load_str(file, &text, registry, &|name| std::env::var(name).ok())
+}
+
+fn read_file(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|e| whole_file_error(file, format!("cannot read: {e}")))
 }
 
 /// The files `p` writes that an earlier pipeline writes too.
@@ -359,7 +373,12 @@ pub fn load_str(
         env_failed: Vec::new(),
     };
     let value = cx.json_value(yaml, "", lookup);
-    let pipeline = cx.pipeline(value, registry);
+    let pipeline = cx
+        .pipeline(value.clone(), registry)
+        .map(|p| PipelineConfig {
+            definition: value,
+            ..p
+        });
     // Redact at the very end: a message may quote any value of the file.
     let secrets = cx.secrets;
     let env_failed = cx.env_failed;

@@ -1,0 +1,383 @@
+//! The pipelines of a run: each a task running its supervisor, with what a
+//! reload changes in them (see [`crate::reload`]).
+//!
+//! A pipeline whose definition changed, or whose file is gone, is
+//! *drained*: asked to stop (it writes and commits what it read, then
+//! closes both ends), and dropped once its task ends. A new definition
+//! waits in `pending` until nothing it conflicts with runs any more — its
+//! own old definition, or a draining pipeline that writes the same file (a
+//! renamed pipeline) — and then starts from the committed positions. So at
+//! no moment do two definitions of one pipeline, or two writers of one
+//! file, run at once.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::{Id, JoinError, JoinSet};
+
+use crate::config::{self, PipelineConfig, reload_conflicts};
+use crate::registry::Registry;
+use crate::reload::{self, Change, Found, Running};
+use crate::run::PipelineOutcome;
+use crate::supervisor::{self, Command, PipelineHandle, Snapshot};
+
+pub(crate) struct Fleet {
+    context: supervisor::RunContext,
+    pub(crate) tasks: JoinSet<Result<(), String>>,
+    /// Which pipeline a task runs: a task that panicked comes back as a
+    /// JoinError carrying only its task id.
+    running: HashMap<Id, String>,
+    /// In the order they were started; ended ones stay (their state is
+    /// what the operator sees) until a reload replaces or removes them.
+    members: Vec<Member>,
+    /// New definitions waiting for what they conflict with to end.
+    pending: Vec<PipelineConfig>,
+    /// The errors last reported of each invalid file, not repeated by
+    /// every reload.
+    invalid: HashMap<PathBuf, String>,
+}
+
+struct Member {
+    config: Arc<PipelineConfig>,
+    handle: PipelineHandle,
+    /// None once its task ended.
+    task: Option<Id>,
+    /// Asked to stop for good: dropped once its task ends.
+    draining: bool,
+    /// How its task ended, when it failed.
+    error: Option<String>,
+    /// The errors of its file while the file is invalid (it runs on its
+    /// previous definition meanwhile).
+    pending_error: Option<String>,
+}
+
+impl Fleet {
+    pub(crate) fn new(context: supervisor::RunContext) -> Self {
+        Fleet {
+            context,
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            members: Vec::new(),
+            pending: Vec::new(),
+            invalid: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn start(&mut self, p: PipelineConfig) {
+        let config = Arc::new(p);
+        let (handle, supervisor) = supervisor::supervise(config.clone(), self.context.clone());
+        let task = self.tasks.spawn(supervisor);
+        self.running.insert(task.id(), handle.name().to_string());
+        self.members.push(Member {
+            config,
+            handle,
+            task: Some(task.id()),
+            draining: false,
+            error: None,
+            pending_error: None,
+        });
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Asks every pipeline to stop (one that has ended already cannot be
+    /// asked); nothing pending starts any more.
+    pub(crate) async fn stop_all(&mut self) {
+        self.pending.clear();
+        for m in &self.members {
+            if m.task.is_some() {
+                m.handle.send(Command::Stop).await;
+            }
+        }
+    }
+
+    /// Gives up the pipelines still running after the shutdown timeout.
+    pub(crate) fn abandon(&mut self, timeout: Duration) {
+        let mut late: Vec<String> = self.running.values().cloned().collect();
+        late.sort();
+        for name in late {
+            let e = format!(
+                "did not stop within the shutdown timeout ({}); abandoned (its committed positions are safe: what it wrote since is read again at the next start)",
+                humantime::format_duration(timeout)
+            );
+            tracing::error!(pipeline = %name, "{e}");
+            if let Some(m) = self.live_member(&name) {
+                m.error = Some(e);
+            }
+        }
+        self.tasks.abort_all();
+    }
+
+    /// Notes how a pipeline's task ended, drops it if it was draining, and
+    /// starts what waited for it. The supervisor logged the pipeline's end;
+    /// a supervisor that panicked itself is reported here.
+    pub(crate) async fn ended(&mut self, joined: Result<(Id, Result<(), String>), JoinError>) {
+        let (id, result) = match joined {
+            Ok(ended) => ended,
+            Err(e) => {
+                let id = e.id();
+                let e = format!(
+                    "its supervisor panicked: {} (a bug in ferry: please report it)",
+                    crate::join_error_message(e)
+                );
+                let name = self.running.get(&id).map_or("?", |n| n.as_str());
+                tracing::error!(pipeline = %name, "pipeline failed: {e}");
+                (id, Err(e))
+            }
+        };
+        self.running.remove(&id);
+        if let Some(i) = self.members.iter().position(|m| m.task == Some(id)) {
+            let m = &mut self.members[i];
+            m.task = None;
+            m.error = result.err();
+            if m.draining {
+                self.members.remove(i);
+            }
+        }
+        self.start_ready();
+    }
+
+    /// Reads the pipeline files again and applies what changed.
+    pub(crate) async fn reload(&mut self, paths: &[PathBuf], registry: &Arc<Registry>) {
+        let Some((found, unreadable)) = read_files(paths.to_vec(), registry.clone()).await else {
+            return;
+        };
+        let changes = {
+            let running: Vec<Running> = self.desired().collect();
+            reload::plan(&running, found, &unreadable)
+        };
+        let seen: Vec<PathBuf> = changes.iter().filter_map(invalid_file).cloned().collect();
+        self.invalid.retain(|file, _| seen.contains(file));
+        // Removals first: a pipeline renamed in its file may write what the
+        // old name wrote, which is no conflict once the old name drains.
+        let (removals, others): (Vec<Change>, Vec<Change>) = changes
+            .into_iter()
+            .partition(|c| matches!(c, Change::Removed { .. }));
+        for change in removals.into_iter().chain(others) {
+            self.apply(change).await;
+        }
+        self.start_ready();
+    }
+
+    /// The newest definition of every pipeline that is to run: pending, or
+    /// running (or ended) and not draining.
+    fn desired(&self) -> impl Iterator<Item = Running<'_>> {
+        let pending = self.pending.iter().map(|p| Running {
+            name: &p.name,
+            file: &p.file,
+            definition: &p.definition,
+        });
+        let members = self
+            .members
+            .iter()
+            .filter(|m| !m.draining && !self.pending.iter().any(|p| p.name == m.config.name))
+            .map(|m| Running {
+                name: &m.config.name,
+                file: &m.config.file,
+                definition: &m.config.definition,
+            });
+        pending.chain(members)
+    }
+
+    async fn apply(&mut self, change: Change) {
+        match change {
+            Change::Added(p) => {
+                if self.refused(&p) {
+                    return;
+                }
+                tracing::info!(pipeline = %p.name, file = %p.file.display(), "reload: pipeline added");
+                self.pending.push(p);
+            }
+            Change::Changed(p) => {
+                if self.refused(&p) {
+                    return;
+                }
+                tracing::info!(pipeline = %p.name, file = %p.file.display(), "reload: pipeline changed: draining the running definition, then starting the new one from the committed positions");
+                self.drain(&p.name).await;
+                self.pending.retain(|q| q.name != p.name);
+                self.pending.push(p);
+            }
+            Change::Removed { name, why } => {
+                tracing::info!(pipeline = %name, "reload: pipeline removed ({why}): draining it, then stopping it; its offsets stay");
+                self.pending.retain(|q| q.name != name);
+                self.drain(&name).await;
+            }
+            Change::Invalid {
+                file,
+                running,
+                errors,
+            } => {
+                let text = errors.to_string();
+                let repeated = self.invalid.get(&file) == Some(&text);
+                if !repeated {
+                    for e in &errors.0 {
+                        tracing::error!("{e}");
+                    }
+                    match &running {
+                        Some(name) => {
+                            tracing::error!(pipeline = %name, file = %file.display(), "reload: the file is invalid; the pipeline goes on with its previous definition")
+                        }
+                        None => {
+                            tracing::error!(file = %file.display(), "reload: the file is invalid; no pipeline started from it")
+                        }
+                    }
+                }
+                if let Some(m) = running.and_then(|name| self.live_member(&name)) {
+                    m.pending_error = Some(text.clone());
+                }
+                self.invalid.insert(file, text);
+            }
+            Change::Collides { file, name, other } => {
+                tracing::error!(file = %file.display(), "reload: refused: pipeline name {name:?} is already used by {} (names must be unique: offsets are stored under them)", other.display());
+            }
+            Change::Unchanged { name } => {
+                if let Some(m) = self.live_member(&name) {
+                    m.pending_error = None;
+                }
+            }
+        }
+    }
+
+    /// Whether `p` must not run beside the others (they write its files);
+    /// says why.
+    fn refused(&self, p: &PipelineConfig) -> bool {
+        let others: Vec<&PipelineConfig> = self.desired_configs(&p.name).collect();
+        let problems = reload_conflicts(p, &others, &self.context.data_dir);
+        for problem in &problems {
+            tracing::error!("reload: refused: {problem}");
+        }
+        !problems.is_empty()
+    }
+
+    /// What runs or is to run, but the pipeline `except`.
+    fn desired_configs(&self, except: &str) -> impl Iterator<Item = &PipelineConfig> {
+        let pending = self.pending.iter();
+        let members = self
+            .members
+            .iter()
+            .filter(|m| !m.draining && !self.pending.iter().any(|p| p.name == m.config.name))
+            .map(|m| m.config.as_ref());
+        pending.chain(members).filter(move |p| p.name != except)
+    }
+
+    /// Asks the pipeline `name` to stop for good.
+    async fn drain(&mut self, name: &str) {
+        let Some(i) = self
+            .members
+            .iter()
+            .position(|m| !m.draining && m.config.name == name)
+        else {
+            return;
+        };
+        if self.members[i].task.is_none() {
+            self.members.remove(i);
+            return;
+        }
+        self.members[i].draining = true;
+        self.members[i].handle.send(Command::Stop).await;
+    }
+
+    /// Starts each pending definition that nothing running conflicts with
+    /// any more: no draining definition of its own, no draining pipeline
+    /// writing its files.
+    fn start_ready(&mut self) {
+        let mut waiting = Vec::new();
+        for p in std::mem::take(&mut self.pending) {
+            let draining: Vec<&PipelineConfig> = self
+                .members
+                .iter()
+                .filter(|m| m.draining)
+                .map(|m| m.config.as_ref())
+                .collect();
+            let blocked = draining.iter().any(|d| d.name == p.name)
+                || !reload_conflicts(&p, &draining, &self.context.data_dir).is_empty();
+            if blocked {
+                waiting.push(p);
+                continue;
+            }
+            // An ended definition of the same name (failed, stopped) makes
+            // way for the new one.
+            self.members.retain(|m| m.config.name != p.name);
+            self.start(p);
+        }
+        self.pending = waiting;
+    }
+
+    fn live_member(&mut self, name: &str) -> Option<&mut Member> {
+        self.members
+            .iter_mut()
+            .find(|m| !m.draining && m.config.name == name)
+    }
+
+    pub(crate) fn snapshots(&self) -> Vec<Snapshot> {
+        self.members.iter().map(|m| m.handle.snapshot()).collect()
+    }
+
+    pub(crate) fn outcomes(&mut self) -> Vec<PipelineOutcome> {
+        self.members
+            .iter()
+            .map(|m| {
+                let s = m.handle.snapshot();
+                PipelineOutcome {
+                    error: m.error.clone(),
+                    name: s.name,
+                    records_in: s.records_in,
+                    replayed: s.replayed,
+                    records_out: s.records_out,
+                    dead_lettered: s.dead_lettered,
+                    retries: s.retries,
+                }
+            })
+            .collect()
+    }
+}
+
+fn invalid_file(change: &Change) -> Option<&PathBuf> {
+    match change {
+        Change::Invalid { file, .. } => Some(file),
+        _ => None,
+    }
+}
+
+/// Every pipeline file under `paths`, loaded, off the async workers; and
+/// the paths that could not be read this time (reported). None when
+/// nothing is known of the files (the reload then changes nothing).
+async fn read_files(
+    paths: Vec<PathBuf>,
+    registry: Arc<Registry>,
+) -> Option<(Vec<Found>, Vec<PathBuf>)> {
+    let read = tokio::task::spawn_blocking(move || {
+        let (files, unreadable) = match config::expand_paths(&paths) {
+            Ok(files) => (files, Vec::new()),
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!("reload: {e}");
+                }
+                let unreadable = errors.0.into_iter().map(|e| e.file).collect();
+                (config::expand_existing(&paths), unreadable)
+            }
+        };
+        let found = files
+            .into_iter()
+            .map(|file| Found {
+                result: config::load_file(&file, &registry),
+                file,
+            })
+            .collect();
+        (found, unreadable)
+    });
+    match read.await {
+        Ok(read) => Some(read),
+        Err(e) => {
+            tracing::error!(
+                "reload: reading the pipeline files failed: {} (a bug in ferry: please report it)",
+                crate::join_error_message(e)
+            );
+            None
+        }
+    }
+}
