@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use tokio::task::{Id, JoinError, JoinSet};
 
+use crate::api::{Lookup, PipelineView};
 use crate::config::{self, PipelineConfig, reload_conflicts};
+use crate::redact::redact;
 use crate::registry::Registry;
 use crate::reload::{self, Change, Found, Running};
 use crate::run::PipelineOutcome;
@@ -66,7 +68,10 @@ impl Fleet {
     }
 
     pub(crate) fn start(&mut self, p: PipelineConfig) {
-        let config = Arc::new(p);
+        self.start_shared(Arc::new(p));
+    }
+
+    fn start_shared(&mut self, config: Arc<PipelineConfig>) {
         let (handle, supervisor) = supervisor::supervise(config.clone(), self.context.clone());
         let task = self.tasks.spawn(supervisor);
         self.running.insert(task.id(), handle.name().to_string());
@@ -311,6 +316,49 @@ impl Fleet {
         self.members
             .iter_mut()
             .find(|m| !m.draining && m.config.name == name)
+    }
+
+    /// Every pipeline, as the admin API shows it.
+    pub(crate) fn views(&self) -> Vec<PipelineView> {
+        self.members
+            .iter()
+            .filter(|m| !m.draining)
+            .map(|m| PipelineView {
+                snapshot: m.handle.snapshot(),
+                file: m.config.file.display().to_string(),
+                source: redact(&m.config.source.describe()).into_owned(),
+                sink: redact(&m.config.sink.describe()).into_owned(),
+                guarantee: crate::delivery_guarantee(&m.config),
+                error: m.error.clone(),
+                pending_config_error: m.pending_error.clone(),
+            })
+            .collect()
+    }
+
+    /// The pipeline `name`: its handle while it runs.
+    pub(crate) fn lookup(&mut self, name: &str) -> Lookup {
+        match self.live_member(name) {
+            Some(m) if m.task.is_some() => Lookup::Live(m.handle.clone()),
+            Some(_) => Lookup::Ended,
+            None => Lookup::Unknown,
+        }
+    }
+
+    /// Restarts `name`: a running pipeline through its supervisor (the
+    /// handle is returned for that), an ended one by starting its
+    /// definition again.
+    pub(crate) fn restart(&mut self, name: &str) -> Lookup {
+        let lookup = self.lookup(name);
+        if let Lookup::Ended = lookup {
+            let i = self
+                .members
+                .iter()
+                .position(|m| !m.draining && m.config.name == name)
+                .expect("looked up");
+            let m = self.members.remove(i);
+            self.start_shared(m.config);
+        }
+        lookup
     }
 
     pub(crate) fn snapshots(&self) -> Vec<Snapshot> {

@@ -43,6 +43,7 @@
 //! each record ends up in the destination once. [`delivery_guarantee`] says
 //! which case a pipeline is in; `ferry validate` prints it.
 
+pub mod api;
 mod check;
 pub mod config;
 mod dead_letter;

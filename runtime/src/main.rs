@@ -58,6 +58,19 @@ enum Command {
     Run(RunArgs),
     /// Check pipeline files without running them; print every error, and each pipeline's guarantee.
     Validate(ValidateArgs),
+    /// Pause a pipeline of the running ferry: what it read is written and
+    /// committed, then nothing is read until it is resumed (also across
+    /// restarts of ferry).
+    Pause(SteerArgs),
+    /// Resume a paused pipeline from its committed positions.
+    Resume(SteerArgs),
+    /// Restart a pipeline from its committed positions (a failed one too).
+    Restart(SteerArgs),
+    /// Every pipeline of the running ferry: state, counters, last error.
+    Status {
+        #[arg(long, env = "FERRY_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+    },
     /// Print a shell completion script: `ferry completions bash > /etc/bash_completion.d/ferry`.
     Completions { shell: clap_complete::Shell },
     /// Show or reset committed offsets.
@@ -88,9 +101,21 @@ struct RunArgs {
     /// pipeline has ended.
     #[arg(long)]
     no_watch: bool,
+    /// Where the admin API listens (loopback only), or `off`.
+    #[arg(long, env = "FERRY_API", default_value = ferry::api::client::DEFAULT_ADDR)]
+    api: String,
     /// Pipeline files, or folders of them (*.yaml, *.yml).
     #[arg(default_value = "configs")]
     paths: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct SteerArgs {
+    /// The data folder of the running ferry (its API address is kept there).
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// The pipeline's name.
+    pipeline: String,
 }
 
 #[derive(Args)]
@@ -149,6 +174,10 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(args),
         Command::Validate(args) => validate(args, &Registry::builtin()),
+        Command::Pause(a) => steer(&a, "pause"),
+        Command::Resume(a) => steer(&a, "resume"),
+        Command::Restart(a) => steer(&a, "restart"),
+        Command::Status { data_dir } => status(&data_dir),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
@@ -202,7 +231,27 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 stay: watch,
             }
         });
+        let api = match args.api.as_str() {
+            "off" => None,
+            addr => {
+                let addr = addr.parse().with_context(|| {
+                    format!("--api {addr}: an address such as 127.0.0.1:8083, or off")
+                })?;
+                let listener = ferry::api::bind(addr)
+                    .await
+                    .with_context(|| format!("the admin API on {addr}"))?;
+                let bound = listener.local_addr()?;
+                std::fs::create_dir_all(&args.data_dir)?;
+                std::fs::write(
+                    ferry::api::client::addr_file(&args.data_dir),
+                    format!("{bound}\n"),
+                )?;
+                tracing::info!("admin API on http://{bound}");
+                Some(listener)
+            }
+        };
         let options = RunOptions {
+            api,
             data_dir: args.data_dir,
             once: args.once,
             progress_interval: args.progress_interval,
@@ -294,8 +343,16 @@ fn list_offsets(data_dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn reset_offsets(data_dir: &Path, pipeline: &str) -> anyhow::Result<ExitCode> {
-    // Refuse while a ferry runs on this folder: it would overwrite the reset.
-    let _lock = lock_data_dir(data_dir)?;
+    // While a ferry runs on this folder, it does the reset (pause, reset,
+    // resume): it would overwrite one made beside it.
+    let _lock = match lock_data_dir(data_dir) {
+        Ok(lock) => lock,
+        Err(ferry::RunError::Locked(_)) => {
+            let path = format!("/pipelines/{pipeline}/offsets");
+            return call_api(data_dir, "DELETE", &path);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if OffsetStore::new(data_dir).reset(pipeline)? {
         println!("{pipeline}: offsets reset; its next start reads its source from the beginning");
         Ok(ExitCode::SUCCESS)
@@ -306,6 +363,81 @@ fn reset_offsets(data_dir: &Path, pipeline: &str) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::from(1))
     }
+}
+
+/// `ferry pause|resume|restart NAME`.
+fn steer(args: &SteerArgs, what: &str) -> anyhow::Result<ExitCode> {
+    call_api(
+        &args.data_dir,
+        "POST",
+        &format!("/pipelines/{}/{what}", args.pipeline),
+    )
+}
+
+/// `ferry status`: one line per pipeline.
+fn status(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let addr = ferry::api::client::addr_for(data_dir);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (code, body) = runtime
+        .block_on(ferry::api::client::request(&addr, "GET", "/pipelines"))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if code != 200 {
+        eprintln!("error: {}", api_error(&body));
+        return Ok(ExitCode::from(1));
+    }
+    let pipelines: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+    println!(
+        "{:<24} {:<10} {:>12} {:>12} {:>8}  error",
+        "pipeline", "state", "in", "out", "retries"
+    );
+    for p in &pipelines {
+        let error = p["state"]["error"]
+            .as_str()
+            .or(p["pending_config_error"].as_str())
+            .unwrap_or("");
+        println!(
+            "{:<24} {:<10} {:>12} {:>12} {:>8}  {}",
+            p["name"].as_str().unwrap_or("?"),
+            p["state"]["name"].as_str().unwrap_or("?"),
+            p["records_in"].as_u64().unwrap_or(0),
+            p["records_out"].as_u64().unwrap_or(0),
+            p["retries"].as_u64().unwrap_or(0),
+            error.lines().next().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One request to the running ferry's API; prints its answer.
+fn call_api(data_dir: &Path, method: &str, path: &str) -> anyhow::Result<ExitCode> {
+    let addr = ferry::api::client::addr_for(data_dir);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (code, body) = runtime
+        .block_on(ferry::api::client::request(&addr, method, path))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if (200..300).contains(&code) {
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        println!(
+            "{}: {}",
+            v["pipeline"].as_str().unwrap_or("?"),
+            v["ok"].as_str().unwrap_or(&body)
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: {}", api_error(&body));
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn api_error(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.to_string())
 }
 
 fn no_pipelines(paths: &[PathBuf]) -> String {

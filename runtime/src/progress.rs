@@ -9,10 +9,20 @@ use crate::supervisor::{Snapshot, State};
 /// One progress line per pipeline whose counters or state moved since its
 /// last line (an idle daemon stays quiet): records in and out, rate, dead
 /// letters, committed position, and the state when it is not `running`.
-#[derive(Default)]
 pub(crate) struct Progress {
     /// What each pipeline's last line said, and when.
     last: HashMap<String, (Said, Instant)>,
+    /// The rate of a pipeline's first line is over the time since then.
+    began: Instant,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            last: HashMap::new(),
+            began: Instant::now(),
+        }
+    }
 }
 
 /// What a line says, to tell whether a new one would say anything new.
@@ -44,7 +54,7 @@ impl Progress {
             let (out_before, since) = match self.last.get(&s.name) {
                 Some((before, _)) if *before == said && !every => continue,
                 Some((before, at)) => (before.records_out, *at),
-                None => (0, Instant::now()),
+                None => (0, self.began),
             };
             let secs = since.elapsed().as_secs_f64().max(1e-3);
             let rate = s.records_out.saturating_sub(out_before) as f64 / secs;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::api::{self, FleetRequest};
 use crate::config::{self, PipelineConfig};
 use crate::fleet::Fleet;
 use crate::offsets::OffsetStore;
@@ -45,6 +46,8 @@ pub struct RunOptions {
     /// Where the pipelines come from again when asked to reload; None: the
     /// pipelines given are all there is.
     pub reload: Option<Reload>,
+    /// Serve the admin API on this listener.
+    pub api: Option<tokio::net::TcpListener>,
 }
 
 /// Reloading the pipeline files while running.
@@ -103,6 +106,18 @@ pub async fn run(
         service_manager::ready();
     }
     let mut watchdog = service_manager::watchdog_interval().map(tokio::time::interval);
+    let (api_tx, mut api_requests) = mpsc::channel(16);
+    if let Some(listener) = options.api.take() {
+        let store = OffsetStore::new(&options.data_dir);
+        tokio::spawn(api::serve(
+            listener,
+            api_tx,
+            store,
+            options.shutdown_timeout,
+        ));
+    } else {
+        drop(api_tx);
+    }
 
     let mut progress = Progress::default();
     let mut ticker = tokio::time::interval(options.progress_interval);
@@ -160,6 +175,17 @@ pub async fn run(
                 // Nobody can ask any more (the watcher and the signal
                 // handler are gone): the pipelines run on as they are.
                 None => reload = None,
+            },
+            Some(request) = api_requests.recv() => match request {
+                FleetRequest::List(reply) => {
+                    let _ = reply.send(fleet.views());
+                }
+                FleetRequest::Live(name, reply) => {
+                    let _ = reply.send(fleet.lookup(&name));
+                }
+                FleetRequest::Restart(name, reply) => {
+                    let _ = reply.send(fleet.restart(&name));
+                }
             },
             joined = fleet.tasks.join_next_with_id(), if !fleet.tasks.is_empty() => {
                 if let Some(joined) = joined {

@@ -289,6 +289,7 @@ async fn run_once(
         progress_interval: Duration::from_secs(60),
         shutdown_timeout: Duration::from_secs(10),
         reload: None,
+        api: None,
     };
     let mut outcomes = ferry::run(vec![p], options, shutdown).await.unwrap();
     outcomes.pop().expect("one outcome")
@@ -397,6 +398,7 @@ async fn a_quiet_source_is_flushed_on_the_interval() {
         progress_interval: Duration::from_secs(60),
         shutdown_timeout: Duration::from_secs(10),
         reload: None,
+        api: None,
     };
     let outcomes = ferry::run(vec![p], options, shutdown).await.unwrap();
     assert_eq!(outcomes[0].error, None);

@@ -194,6 +194,7 @@ fn options(dir: &std::path::Path, once: bool, shutdown_timeout: Duration) -> Run
         progress_interval: Duration::from_secs(60),
         shutdown_timeout,
         reload: None,
+        api: None,
     }
 }
 
@@ -443,4 +444,59 @@ async fn restart_drains_and_starts_again_from_the_committed_positions() {
         stored.positions.get("numbers").unwrap().offset.as_u64(),
         Some(s.records_out)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_drains_commits_and_holds_until_resumed_also_across_supervisors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, written) = pipeline("held", u64::MAX, Fault::None, Fault::None);
+    let handle = supervised(p, dir.path(), false);
+    until(&handle, |s| s.state == State::Running).await;
+    while written.load(Ordering::Relaxed) < 5_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(handle.send(Command::Pause).await);
+    until(&handle, |s| s.state == State::Paused).await;
+    // Drained: everything written is committed, and nothing moves.
+    let paused = handle.snapshot();
+    assert_eq!(paused.records_out, written.load(Ordering::Relaxed));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(handle.snapshot().records_out, paused.records_out);
+    assert!(dir.path().join("paused/held").exists());
+    // A stop while paused ends it, still marked paused.
+    assert!(handle.send(Command::Stop).await);
+    assert_eq!(
+        until(&handle, |s| s.state.is_final()).await.state,
+        State::Stopped
+    );
+
+    // The next supervisor of it (a restart of ferry) starts paused.
+    let (p, _) = pipeline("held", u64::MAX, Fault::None, Fault::None);
+    let handle = supervised(p, dir.path(), false);
+    until(&handle, |s| s.state == State::Paused).await;
+    assert_eq!(handle.snapshot().records_out, 0);
+    assert!(handle.send(Command::Resume).await);
+    until(&handle, |s| s.state == State::Running).await;
+    assert!(!dir.path().join("paused/held").exists());
+    while handle.snapshot().records_out < 1_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(handle.send(Command::Stop).await);
+    assert_eq!(
+        until(&handle, |s| s.state.is_final()).await.state,
+        State::Stopped
+    );
+    // It went on from the committed position, not from the start.
+    let stored = ferry::offsets::OffsetStore::new(dir.path())
+        .load("held")
+        .unwrap()
+        .unwrap();
+    let at = stored
+        .positions
+        .get("numbers")
+        .unwrap()
+        .offset
+        .as_u64()
+        .unwrap();
+    assert_eq!(at, paused.records_out + handle.snapshot().records_out);
 }

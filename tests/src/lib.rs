@@ -77,6 +77,9 @@ impl Ferry {
             .args(args)
             .current_dir(dir)
             .env("FERRY_LOG", "info")
+            // Tests run side by side: each ferry's admin API on a port of
+            // its own (the address is in its data folder).
+            .env("FERRY_API", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -114,6 +117,13 @@ impl Ferry {
         None
     }
 
+    /// SIGTERM, and a clean exit within 20 s.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_for_exit(Duration::from_secs(20)).expect("stops");
+        assert!(status.success(), "{}", self.log_text());
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -134,6 +144,7 @@ pub fn ferry_output(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new(ferry_bin())
         .args(args)
         .current_dir(dir)
+        .env("FERRY_API", "127.0.0.1:0")
         .output()
         .unwrap_or_else(|e| panic!("running ferry {args:?}: {e}"))
 }
@@ -185,6 +196,24 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     cond()
+}
+
+/// Appends test lines `from..to` tagged `tag` to `path`.
+pub fn append_test_input(path: &Path, tag: &str, from: u64, to: u64) {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for seq in from..to {
+        f.write_all(test_line(tag, seq, 100).as_bytes()).unwrap();
+    }
+}
+
+/// The lines of `path`; 0 when it does not exist yet.
+pub fn lines_in(path: &Path) -> usize {
+    if path.exists() { count_lines(path) } else { 0 }
 }
 
 /// Writes `count` test lines tagged `tag` to `path`.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferry_tests::*;
-use libc::{SIGHUP, SIGTERM};
+use libc::SIGHUP;
 
 /// A file → file pipeline reading `input`/*.jsonl into `out`.
 fn pipeline(name: &str, input: &str, out: &str, extra: &str) -> String {
@@ -15,33 +15,10 @@ fn pipeline(name: &str, input: &str, out: &str, extra: &str) -> String {
     )
 }
 
-fn append_input(path: &Path, tag: &str, from: u64, to: u64) {
-    use std::io::Write;
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    for seq in from..to {
-        f.write_all(test_line(tag, seq, 100).as_bytes()).unwrap();
-    }
-}
-
 /// Every record of `tag` from 0 to `n` in `path`, once each, in order.
 fn assert_once(path: &Path, tag: &str, n: u64) {
     let problems = check_exactly_once(&read_jsonl(path), &[(tag, n)]);
     assert!(problems.is_empty(), "{}: {problems:?}", path.display());
-}
-
-/// SIGTERM, and a clean exit.
-fn stop(f: &mut Ferry) {
-    f.signal(SIGTERM);
-    let status = f.wait_for_exit(Duration::from_secs(20)).expect("stops");
-    assert!(status.success(), "{}", f.log_text());
-}
-
-fn lines(path: &Path) -> usize {
-    if path.exists() { count_lines(path) } else { 0 }
 }
 
 /// Occurrences of `needle` in the log.
@@ -65,9 +42,9 @@ fn added_changed_invalid_removed_and_renamed_files_apply_while_the_others_run() 
         fs::create_dir_all(d.join(input)).unwrap();
     }
     fs::create_dir_all(d.join("conf")).unwrap();
-    append_input(&d.join("in_a/a.jsonl"), "a", 0, 10);
-    append_input(&d.join("in_b/b.jsonl"), "b", 0, 10);
-    append_input(&d.join("in_c/c.jsonl"), "c", 0, 10);
+    append_test_input(&d.join("in_a/a.jsonl"), "a", 0, 10);
+    append_test_input(&d.join("in_b/b.jsonl"), "b", 0, 10);
+    append_test_input(&d.join("in_c/c.jsonl"), "c", 0, 10);
     fs::write(
         d.join("conf/keep.yaml"),
         pipeline("keep", "in_b", "out/keep.jsonl", ""),
@@ -80,7 +57,7 @@ fn added_changed_invalid_removed_and_renamed_files_apply_while_the_others_run() 
     .unwrap();
     let mut f = Ferry::start(d, &["run", "conf"]);
     wait_for(&f, "both pipelines", || {
-        lines(&d.join("out/keep.jsonl")) == 10 && lines(&d.join("out/edit.jsonl")) == 10
+        lines_in(&d.join("out/keep.jsonl")) == 10 && lines_in(&d.join("out/edit.jsonl")) == 10
     });
     assert_eq!(said(&f, "reload: pipeline added"), 2, "{}", f.log_text());
 
@@ -91,7 +68,7 @@ fn added_changed_invalid_removed_and_renamed_files_apply_while_the_others_run() 
     )
     .unwrap();
     wait_for(&f, "the new pipeline", || {
-        lines(&d.join("out/new.jsonl")) == 10
+        lines_in(&d.join("out/new.jsonl")) == 10
     });
     assert!(
         f.log_text().contains("reload: pipeline added pipeline=new"),
@@ -113,9 +90,9 @@ fn added_changed_invalid_removed_and_renamed_files_apply_while_the_others_run() 
     wait_for(&f, "the change", || {
         said(&f, "reload: pipeline changed") == 1
     });
-    append_input(&d.join("in_a/a.jsonl"), "a", 10, 15);
+    append_test_input(&d.join("in_a/a.jsonl"), "a", 10, 15);
     wait_for(&f, "records after the change", || {
-        lines(&d.join("out/edit.jsonl")) == 15
+        lines_in(&d.join("out/edit.jsonl")) == 15
     });
 
     // Invalid: the pipeline runs on its previous definition.
@@ -137,9 +114,9 @@ fn added_changed_invalid_removed_and_renamed_files_apply_while_the_others_run() 
         log.contains("conf/edit.yaml:1:1: missing key `sink`"),
         "{log}"
     );
-    append_input(&d.join("in_a/a.jsonl"), "a", 15, 20);
+    append_test_input(&d.join("in_a/a.jsonl"), "a", 15, 20);
     wait_for(&f, "records on the old definition", || {
-        lines(&d.join("out/edit.jsonl")) == 20
+        lines_in(&d.join("out/edit.jsonl")) == 20
     });
 
     // Fixed back to what runs: unchanged, nothing restarts.
@@ -163,7 +140,7 @@ fn added_changed_invalid_removed_and_renamed_files_apply_while_the_others_run() 
         f.log_text()
             .contains("reload: pipeline removed (its file was removed)")
     });
-    append_input(&d.join("in_c/c.jsonl"), "c", 10, 12);
+    append_test_input(&d.join("in_c/c.jsonl"), "c", 10, 12);
 
     // Renamed: a removal and an addition. The new name has no offsets of
     // its own: it reads its source from the start, into its own output
@@ -177,13 +154,13 @@ fn added_changed_invalid_removed_and_renamed_files_apply_while_the_others_run() 
         f.log_text()
             .contains("reload: pipeline removed (its file names another pipeline now)")
     });
-    append_input(&d.join("in_b/b.jsonl"), "b", 10, 13);
+    append_test_input(&d.join("in_b/b.jsonl"), "b", 10, 13);
     wait_for(&f, "records after the rename", || {
-        lines(&d.join("out/kept.jsonl")) == 13
+        lines_in(&d.join("out/kept.jsonl")) == 13
     });
 
     std::thread::sleep(Duration::from_millis(500));
-    stop(&mut f);
+    f.stop();
     let log = f.log_text();
     // Each pipeline started once per definition: the unchanged pipelines
     // were never restarted by the reloads around them.
@@ -191,7 +168,7 @@ fn added_changed_invalid_removed_and_renamed_files_apply_while_the_others_run() 
     assert_eq!(said(&f, "reload: pipeline added"), 4, "{log}");
     assert_eq!(said(&f, "pipeline started"), 5, "{log}");
     assert_eq!(
-        lines(&d.join("out/new.jsonl")),
+        lines_in(&d.join("out/new.jsonl")),
         10,
         "a removed pipeline reads no more"
     );
@@ -206,7 +183,7 @@ fn an_invalid_file_at_start_is_skipped_while_watching_and_picked_up_once_fixed()
     let d = dir.path();
     fs::create_dir_all(d.join("in")).unwrap();
     fs::create_dir_all(d.join("conf")).unwrap();
-    append_input(&d.join("in/a.jsonl"), "a", 0, 10);
+    append_test_input(&d.join("in/a.jsonl"), "a", 0, 10);
     fs::write(
         d.join("conf/good.yaml"),
         pipeline("good", "in", "out/good.jsonl", ""),
@@ -228,7 +205,7 @@ fn an_invalid_file_at_start_is_skipped_while_watching_and_picked_up_once_fixed()
 
     let mut f = Ferry::start(d, &["run", "conf"]);
     wait_for(&f, "the good pipeline", || {
-        lines(&d.join("out/good.jsonl")) == 10
+        lines_in(&d.join("out/good.jsonl")) == 10
     });
     assert!(
         f.log_text()
@@ -242,9 +219,9 @@ fn an_invalid_file_at_start_is_skipped_while_watching_and_picked_up_once_fixed()
     )
     .unwrap();
     wait_for(&f, "the fixed pipeline", || {
-        lines(&d.join("out/bad.jsonl")) == 10
+        lines_in(&d.join("out/bad.jsonl")) == 10
     });
-    stop(&mut f);
+    f.stop();
 }
 
 #[test]
@@ -252,10 +229,12 @@ fn sighup_reloads_without_watching() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fs::create_dir_all(d.join("in")).unwrap();
-    append_input(&d.join("in/a.jsonl"), "a", 0, 10);
+    append_test_input(&d.join("in/a.jsonl"), "a", 0, 10);
     fs::write(d.join("p.yaml"), pipeline("p", "in", "out/one.jsonl", "")).unwrap();
     let mut f = Ferry::start(d, &["run", "--no-watch", "p.yaml"]);
-    wait_for(&f, "the pipeline", || lines(&d.join("out/one.jsonl")) == 10);
+    wait_for(&f, "the pipeline", || {
+        lines_in(&d.join("out/one.jsonl")) == 10
+    });
     fs::write(
         d.join("p.yaml"),
         pipeline("p", "in", "out/one.jsonl", "  batch_size: 500\n"),
@@ -272,11 +251,11 @@ fn sighup_reloads_without_watching() {
     wait_for(&f, "the reload", || {
         said(&f, "reload: pipeline changed") == 1
     });
-    append_input(&d.join("in/a.jsonl"), "a", 10, 15);
+    append_test_input(&d.join("in/a.jsonl"), "a", 10, 15);
     wait_for(&f, "records after it", || {
-        lines(&d.join("out/one.jsonl")) == 15
+        lines_in(&d.join("out/one.jsonl")) == 15
     });
-    stop(&mut f);
+    f.stop();
     assert_once(&d.join("out/one.jsonl"), "a", 15);
 }
 
@@ -287,7 +266,7 @@ fn a_retrying_pipeline_takes_its_fixed_file_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fs::create_dir_all(d.join("in")).unwrap();
-    append_input(&d.join("in/a.jsonl"), "a", 0, 50);
+    append_test_input(&d.join("in/a.jsonl"), "a", 0, 50);
     let table = format!("reload_fix_{}", std::process::id());
     psql_at(&pg_url(), &format!("DROP TABLE IF EXISTS {table}"));
     psql_at(
@@ -319,7 +298,7 @@ fn a_retrying_pipeline_takes_its_fixed_file_at_once() {
         &format!("SELECT count(DISTINCT seq) FROM {table}"),
     );
     assert_eq!(distinct.trim(), "50");
-    stop(&mut f);
+    f.stop();
     psql_at(&pg_url(), &format!("DROP TABLE IF EXISTS {table}"));
 }
 
@@ -347,7 +326,7 @@ fn a_reload_storm_with_sigkills_loses_and_duplicates_nothing() {
             let mut next_rewrite = std::time::Instant::now();
             while written < total {
                 let n = (written + 200).min(total);
-                append_input(&d.join("in/a.jsonl"), "a", written, n);
+                append_test_input(&d.join("in/a.jsonl"), "a", written, n);
                 written = n;
                 if std::time::Instant::now() >= next_rewrite {
                     flip = 1 - flip;
@@ -371,12 +350,12 @@ fn a_reload_storm_with_sigkills_loses_and_duplicates_nothing() {
     writer.join().unwrap();
     let f = Ferry::start(&d, &["run", "conf"]);
     let out = d.join("out/storm.jsonl");
-    let done = wait_until(Duration::from_secs(60), || lines(&out) as u64 >= total);
+    let done = wait_until(Duration::from_secs(60), || lines_in(&out) as u64 >= total);
     reloads += said(&f, "reload: pipeline changed");
-    assert!(done, "{} of {total}: {}", lines(&out), f.log_text());
+    assert!(done, "{} of {total}: {}", lines_in(&out), f.log_text());
     std::thread::sleep(Duration::from_millis(500));
     let mut f = f;
-    stop(&mut f);
+    f.stop();
     assert_once(&out, "a", total);
     assert!(
         reloads >= 3,

@@ -11,6 +11,7 @@
 //! loop today; a reload, an admin API later) needs nothing else. Commands
 //! are read while an attempt runs and while it waits to retry.
 
+mod paused;
 mod status;
 
 use std::panic::AssertUnwindSafe;
@@ -34,8 +35,13 @@ pub enum Command {
     /// Stop reading, commit what was read, close both ends, end as stopped.
     Stop,
     /// The same, then start again at once from the committed positions
-    /// (a waiting retry starts now).
+    /// (a waiting retry starts now; a paused pipeline resumes).
     Restart,
+    /// Stop reading, commit what was read, close both ends, and wait in
+    /// `paused` for a resume (or a restart, or a stop).
+    Pause,
+    /// A paused pipeline starts again from the committed positions.
+    Resume,
 }
 
 /// What every pipeline of a run shares.
@@ -49,6 +55,7 @@ pub struct RunContext {
 
 /// The steering end of a running pipeline. Dropping it does not stop the
 /// pipeline.
+#[derive(Clone)]
 pub struct PipelineHandle {
     name: String,
     commands: mpsc::Sender<Command>,
@@ -127,24 +134,58 @@ struct Supervisor {
 enum AfterAttempt {
     /// A new attempt, now.
     Again,
+    /// Drained as asked: wait paused.
+    Pause,
     /// A retriable failure: wait, then a new attempt.
     Retry(PipelineError),
     /// The pipeline's end: stopped, or failed with the error in words.
     End(Result<(), String>),
 }
 
+/// What ends a wait to retry.
+enum Wake {
+    /// The time came, or a restart: a new attempt.
+    Start,
+    /// Paused while waiting.
+    Pause,
+    /// Stopped while waiting.
+    End(Result<(), String>),
+}
+
 impl Supervisor {
     async fn run(mut self) -> Result<(), String> {
+        let mut paused = paused::is_paused(&self.context.data_dir, &self.p.name).await;
         loop {
+            if paused {
+                match self.wait_paused().await {
+                    Some(end) => return self.end(end),
+                    None => paused = false,
+                }
+            }
             self.board.set(State::Starting);
             let end = match self.attempt().await {
                 AfterAttempt::Again => continue,
+                AfterAttempt::Pause => {
+                    paused = true;
+                    continue;
+                }
                 AfterAttempt::Retry(e) => match self.wait_to_retry(e).await {
-                    None => continue,
-                    Some(end) => end,
+                    Wake::Start => continue,
+                    Wake::Pause => {
+                        paused = true;
+                        continue;
+                    }
+                    Wake::End(end) => end,
                 },
                 AfterAttempt::End(end) => end,
             };
+            return self.end(end);
+        }
+    }
+
+    /// Logs and publishes the pipeline's end.
+    fn end(&self, end: Result<(), String>) -> Result<(), String> {
+        {
             match &end {
                 Ok(()) => {
                     tracing::info!(pipeline = %self.p.name, "pipeline stopped");
@@ -157,7 +198,36 @@ impl Supervisor {
                     });
                 }
             }
-            return end;
+        }
+        end
+    }
+
+    /// Paused: marks it in the data folder and waits for a command. `None`:
+    /// start again (resumed or restarted; the mark is cleared); else the
+    /// pipeline's end.
+    async fn wait_paused(&mut self) -> Option<Result<(), String>> {
+        self.set_mark(true).await;
+        self.board.set(State::Paused);
+        tracing::info!(pipeline = %self.p.name, "pipeline paused: nothing is read until it is resumed");
+        loop {
+            match self.commands.recv().await {
+                Some(Command::Resume | Command::Restart) => {
+                    self.set_mark(false).await;
+                    tracing::info!(pipeline = %self.p.name, "pipeline resumed: starting from the committed positions");
+                    return None;
+                }
+                // Stopped while paused: it stays paused at the next start.
+                Some(Command::Stop) => return Some(Ok(())),
+                Some(Command::Pause) => {}
+                // Nobody can resume it: it ends (paused still).
+                None => return Some(Ok(())),
+            }
+        }
+    }
+
+    async fn set_mark(&self, paused: bool) {
+        if let Err(e) = paused::set_paused(&self.context.data_dir, &self.p.name, paused).await {
+            tracing::warn!(pipeline = %self.p.name, "could not record the pause in the data folder (it holds only until ferry stops): {e}");
         }
     }
 
@@ -186,6 +256,8 @@ impl Supervisor {
             tokio::select! {
                 result = &mut attempt => break result,
                 command = self.commands.recv(), if commands_open && asked.is_none() => match command {
+                    // Running already: nothing to resume.
+                    Some(Command::Resume) => {}
                     Some(command) => {
                         tracing::info!(pipeline = %self.p.name, ?command, "stopping the attempt: committing what it read");
                         asked = Some(command);
@@ -204,13 +276,15 @@ impl Supervisor {
         };
         match (result, asked) {
             (Ok(()), Some(Command::Restart)) => AfterAttempt::Again,
+            (Ok(()), Some(Command::Pause)) => AfterAttempt::Pause,
             (Ok(()), _) => AfterAttempt::End(Ok(())),
             (Err(e), Some(command)) if e.is_retriable() => {
                 // Cut short by the stop itself (a write that stopped waiting
                 // for its server): not a failure to retry.
                 tracing::info!(pipeline = %self.p.name, error = %connector_words(&e), "{} ended by the stop", e.stage());
                 match command {
-                    Command::Restart => AfterAttempt::Again,
+                    Command::Restart | Command::Resume => AfterAttempt::Again,
+                    Command::Pause => AfterAttempt::Pause,
                     Command::Stop => AfterAttempt::End(Ok(())),
                 }
             }
@@ -220,8 +294,7 @@ impl Supervisor {
     }
 
     /// Publishes the failure and waits out the backoff, reading commands.
-    /// `None`: start again; else the pipeline's end.
-    async fn wait_to_retry(&mut self, error: PipelineError) -> Option<Result<(), String>> {
+    async fn wait_to_retry(&mut self, error: PipelineError) -> Wake {
         if self.carry.committed {
             self.backoff.reset();
         }
@@ -243,17 +316,21 @@ impl Supervisor {
         });
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
-        tokio::select! {
-            _ = &mut sleep => None,
-            command = self.commands.recv() => match command {
-                Some(Command::Stop) => Some(Ok(())),
-                Some(Command::Restart) => None,
-                // Nobody can steer any more: the retry still comes.
-                None => {
-                    (&mut sleep).await;
-                    None
-                }
-            },
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return Wake::Start,
+                command = self.commands.recv() => match command {
+                    Some(Command::Stop) => return Wake::End(Ok(())),
+                    Some(Command::Restart) => return Wake::Start,
+                    Some(Command::Pause) => return Wake::Pause,
+                    Some(Command::Resume) => {}
+                    // Nobody can steer any more: the retry still comes.
+                    None => {
+                        (&mut sleep).await;
+                        return Wake::Start;
+                    }
+                },
+            }
         }
     }
 }

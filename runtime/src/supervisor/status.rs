@@ -23,6 +23,9 @@ pub enum State {
         error: String,
         next_attempt: SystemTime,
     },
+    /// Drained and stopped by an operator; nothing is read until resumed
+    /// (kept across restarts of ferry).
+    Paused,
     /// Ended by an error that a retry would not cure (or a panic: a bug).
     Failed { error: String },
     /// Ended as asked: a shutdown, or `--once` with nothing more to read.
@@ -36,6 +39,7 @@ impl State {
             State::Starting => "starting",
             State::Running => "running",
             State::Retrying { .. } => "retrying",
+            State::Paused => "paused",
             State::Failed { .. } => "failed",
             State::Stopped => "stopped",
         }
