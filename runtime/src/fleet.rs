@@ -102,17 +102,15 @@ impl Fleet {
 
     /// Gives up the pipelines still running after the shutdown timeout.
     pub(crate) fn abandon(&mut self, timeout: Duration) {
-        let mut late: Vec<String> = self.running.values().cloned().collect();
-        late.sort();
-        for name in late {
-            let e = format!(
-                "did not stop within the shutdown timeout ({}); abandoned (its committed positions are safe: what it wrote since is read again at the next start)",
-                humantime::format_duration(timeout)
-            );
-            tracing::error!(pipeline = %name, "{e}");
-            if let Some(m) = self.live_member(&name) {
-                m.error = Some(e);
-            }
+        let e = format!(
+            "did not stop within the shutdown timeout ({}); abandoned (its committed positions are safe: what it wrote since is read again at the next start)",
+            humantime::format_duration(timeout)
+        );
+        for m in self.members.iter_mut().filter(|m| m.task.is_some()) {
+            tracing::error!(pipeline = %m.config.name, "{e}");
+            m.error = Some(e.clone());
+            // Reported as it is, draining or not: it is the run's failure.
+            m.draining = false;
         }
         self.tasks.abort_all();
     }
@@ -237,7 +235,14 @@ impl Fleet {
                 self.invalid.insert(file, text);
             }
             Change::Collides { file, name, other } => {
-                tracing::error!(file = %file.display(), "reload: refused: pipeline name {name:?} is already used by {} (names must be unique: offsets are stored under them)", other.display());
+                let text = format!(
+                    "reload: refused: pipeline name {name:?} is already used by {} (names must be unique: offsets are stored under them)",
+                    other.display()
+                );
+                if self.invalid.get(&file) != Some(&text) {
+                    tracing::error!(file = %file.display(), "{text}");
+                }
+                self.invalid.insert(file, text);
             }
             Change::Unchanged { name } => {
                 if let Some(m) = self.live_member(&name) {
@@ -384,9 +389,10 @@ impl Fleet {
     }
 }
 
+/// The file of a change that is reported once, not at every reload.
 fn invalid_file(change: &Change) -> Option<&PathBuf> {
     match change {
-        Change::Invalid { file, .. } => Some(file),
+        Change::Invalid { file, .. } | Change::Collides { file, .. } => Some(file),
         _ => None,
     }
 }

@@ -199,13 +199,13 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let watch = !args.once && !args.no_watch;
     let pipelines = if watch {
         match expand_paths(&args.paths) {
-            Ok(files) if files.is_empty() => anyhow::bail!("{}", no_pipelines(&args.paths)),
+            Ok(files) if files.is_empty() => return Ok(no_pipelines_code(&args.paths)),
             Ok(_) => Vec::new(),
             Err(errors) => return Ok(print_config_errors(&errors)),
         }
     } else {
         match load(&args.paths, &registry) {
-            Ok(p) if p.is_empty() => anyhow::bail!("{}", no_pipelines(&args.paths)),
+            Ok(p) if p.is_empty() => return Ok(no_pipelines_code(&args.paths)),
             Ok(p) => p,
             Err(code) => return Ok(code),
         }
@@ -222,6 +222,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             None
         };
+        if args.once {
+            ignore_sighup();
+        }
         let reload = (!args.once).then(|| {
             reload_on_sighup(reloads);
             Reload {
@@ -237,9 +240,20 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 let addr = addr.parse().with_context(|| {
                     format!("--api {addr}: an address such as 127.0.0.1:8083, or off")
                 })?;
-                let listener = ferry::api::bind(addr)
-                    .await
-                    .with_context(|| format!("the admin API on {addr}"))?;
+                let listener = match ferry::api::bind(addr).await {
+                    // Another ferry on this machine has the default port:
+                    // this one takes a free port (the control commands find
+                    // it in the data folder).
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::AddrInUse
+                            && args.api == ferry::api::client::DEFAULT_ADDR =>
+                    {
+                        tracing::warn!("the admin API's port {addr} is in use: listening on a free port instead");
+                        ferry::api::bind("127.0.0.1:0".parse().expect("an address")).await
+                    }
+                    other => other,
+                }
+                .with_context(|| format!("the admin API on {addr}"))?;
                 let bound = listener.local_addr()?;
                 std::fs::create_dir_all(&args.data_dir)?;
                 std::fs::write(
@@ -440,6 +454,12 @@ fn api_error(body: &str) -> String {
         .unwrap_or_else(|| body.to_string())
 }
 
+/// No pipeline file in PATHS: said, exit 2 (as for invalid files).
+fn no_pipelines_code(paths: &[PathBuf]) -> ExitCode {
+    eprintln!("error: {}", no_pipelines(paths));
+    ExitCode::from(2)
+}
+
 fn no_pipelines(paths: &[PathBuf]) -> String {
     format!(
         "no pipeline files (*.yaml, *.yml) in {paths:?}; folders are not searched recursively \
@@ -467,6 +487,18 @@ fn print_config_errors(errors: &ConfigErrors) -> ExitCode {
     }
     eprintln!("{} error(s) in pipeline files", errors.0.len());
     ExitCode::from(2)
+}
+
+/// With `--once` there is nothing to reload: a SIGHUP is said and ignored
+/// (its default would end the process without a drain).
+fn ignore_sighup() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP ignored: --once does not reload");
+        }
+    });
 }
 
 /// Each SIGHUP asks for a reload of the pipeline files.

@@ -363,3 +363,105 @@ fn a_reload_storm_with_sigkills_loses_and_duplicates_nothing() {
     );
     eprintln!("{reloads} reloads applied across 8 SIGKILLs");
 }
+
+/// A deploy that swaps the whole folder (`mv cfg.new cfg`), and a pipeline
+/// file that is a link whose target is edited: inotify sees neither; the
+/// poll behind it does.
+#[test]
+fn a_swapped_folder_and_an_edited_link_target_are_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("in")).unwrap();
+    fs::create_dir_all(d.join("cfg")).unwrap();
+    fs::create_dir_all(d.join("shared")).unwrap();
+    append_test_input(&d.join("in/a.jsonl"), "a", 0, 10);
+    fs::write(d.join("cfg/p.yaml"), pipeline("p", "in", "out/p.jsonl", "")).unwrap();
+    fs::write(
+        d.join("shared/l.yaml"),
+        pipeline("l", "in", "out/l.jsonl", ""),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../shared/l.yaml", d.join("cfg/l.yaml")).unwrap();
+    let mut f = Ferry::start(d, &["run", "cfg"]);
+    wait_for(&f, "both pipelines", || {
+        lines_in(&d.join("out/p.jsonl")) == 10 && lines_in(&d.join("out/l.jsonl")) == 10
+    });
+
+    // The link's target edited in place.
+    let edited = pipeline("l", "in", "out/l.jsonl", "  batch_size: 500\n");
+    fs::write(d.join("shared/l.yaml"), edited).unwrap();
+    wait_for(&f, "the edited link target", || {
+        said(&f, "reload: pipeline changed") == 1
+    });
+
+    // The folder swapped for a new one with one more pipeline.
+    fs::create_dir_all(d.join("cfg.new")).unwrap();
+    fs::write(
+        d.join("cfg.new/p.yaml"),
+        pipeline("p", "in", "out/p.jsonl", ""),
+    )
+    .unwrap();
+    fs::write(
+        d.join("cfg.new/q.yaml"),
+        pipeline("q", "in", "out/q.jsonl", ""),
+    )
+    .unwrap();
+    fs::rename(d.join("cfg"), d.join("cfg.old")).unwrap();
+    fs::rename(d.join("cfg.new"), d.join("cfg")).unwrap();
+    wait_for(&f, "the new folder's pipeline", || {
+        lines_in(&d.join("out/q.jsonl")) == 10
+    });
+    wait_for(
+        &f,
+        "the link's pipeline removed with the old folder",
+        || said(&f, "reload: pipeline removed (its file was removed)") == 1,
+    );
+    // p is defined alike in both folders: untouched.
+    assert_eq!(said(&f, "pipeline=p file"), 1, "{}", f.log_text());
+    f.stop();
+    assert_once(&d.join("out/p.jsonl"), "a", 10);
+    assert_once(&d.join("out/q.jsonl"), "a", 10);
+}
+
+/// A sink whose server accepts and never answers holds its pipeline in
+/// `starting`: a fixed file still replaces it within seconds (the opening
+/// is cut short after a grace), and a stop does not wait for it either.
+#[test]
+fn a_pipeline_hung_while_opening_takes_its_fixed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("in")).unwrap();
+    fs::create_dir_all(d.join("cfg")).unwrap();
+    append_test_input(&d.join("in/a.jsonl"), "a", 0, 10);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        // Accepts and holds every connection, answering nothing.
+        let mut kept = Vec::new();
+        for s in silent.incoming().take(4).flatten() {
+            kept.push(s);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    let hung = format!(
+        "name: p\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: postgres\n  url: postgres://root@127.0.0.1:{port}/test\n  table: t\n"
+    );
+    fs::write(d.join("cfg/p.yaml"), hung).unwrap();
+    let mut f = Ferry::start(d, &["run", "cfg"]);
+    wait_for(&f, "the pipeline to start opening", || {
+        said(&f, "pipeline added") == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    fs::write(d.join("cfg/p.yaml"), pipeline("p", "in", "out/p.jsonl", "")).unwrap();
+    wait_for(&f, "the fixed definition", || {
+        lines_in(&d.join("out/p.jsonl")) == 10
+    });
+    assert!(
+        f.log_text().contains("the opening is cut short"),
+        "{}",
+        f.log_text()
+    );
+    f.stop();
+    assert_once(&d.join("out/p.jsonl"), "a", 10);
+    drop(held);
+}

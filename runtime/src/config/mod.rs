@@ -205,7 +205,13 @@ pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigErrors> {
                     let mut found: Vec<PathBuf> = entries
                         .filter_map(|e| e.ok().map(|e| e.path()))
                         .filter(|f| {
-                            f.is_file()
+                            // Hidden files are editors' locks and backups
+                            // (`.#p.yaml`, `.p.yaml.swp`), not pipelines.
+                            let hidden = f
+                                .file_name()
+                                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                            !hidden
+                                && f.is_file()
                                 && matches!(
                                     f.extension().and_then(|e| e.to_str()),
                                     Some("yaml" | "yml")
@@ -223,6 +229,9 @@ pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigErrors> {
             errors.push(whole_file_error(p, "no such file or folder".to_string()));
         }
     }
+    // A file named twice (`cfg cfg/p.yaml`) is one pipeline file.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(local_files::normalize(f)));
     if errors.is_empty() {
         Ok(files)
     } else {

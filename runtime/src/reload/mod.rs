@@ -57,28 +57,40 @@ pub(crate) enum Change {
     Unchanged { name: String },
 }
 
-/// The names that stay with the file that runs them, because that file
-/// still defines them or is invalid (its pipeline goes on): another file
-/// cannot take them.
-fn held<'a>(running: &[Running<'a>], found: &[Found]) -> HashMap<&'a str, &'a Path> {
-    running
-        .iter()
-        .filter(|r| {
-            found.iter().any(|f| {
-                f.file == r.file
-                    && match &f.result {
-                        Ok(p) => p.name == r.name,
-                        Err(_) => true,
-                    }
+/// The names that stay with a file, which another file cannot take: the
+/// file that runs the pipeline, when it still defines it or is invalid (its
+/// pipeline goes on); else a file that defines it exactly as it runs (the
+/// running file was renamed).
+fn held<'a>(running: &[Running<'a>], found: &[Found]) -> HashMap<&'a str, PathBuf> {
+    let mut held = HashMap::new();
+    for r in running {
+        let stays = found.iter().any(|f| {
+            f.file == r.file
+                && match &f.result {
+                    Ok(p) => p.name == r.name,
+                    Err(_) => true,
+                }
+        });
+        let moved = || {
+            found.iter().find(|f| {
+                f.result
+                    .as_ref()
+                    .is_ok_and(|p| p.name == r.name && p.definition == *r.definition)
             })
-        })
-        .map(|r| (r.name, r.file))
-        .collect()
+        };
+        if stays {
+            held.insert(r.name, r.file.to_path_buf());
+        } else if let Some(f) = moved() {
+            held.insert(r.name, f.file.clone());
+        }
+    }
+    held
 }
 
-/// What the files `found` change in what runs. `unreadable`: paths (files
-/// or folders) that could not be read this time: their pipelines are left
-/// running rather than removed.
+/// What the files `found` change in what runs. `unreadable`: paths that
+/// could not be read this time; the pipelines of files in such a folder
+/// are left running rather than removed (a pipeline file given by itself
+/// and gone is removed).
 pub(crate) fn plan(running: &[Running], found: Vec<Found>, unreadable: &[PathBuf]) -> Vec<Change> {
     let running_by_file: HashMap<&Path, &Running> = running.iter().map(|r| (r.file, r)).collect();
     let held = held(running, &found);
@@ -104,7 +116,7 @@ pub(crate) fn plan(running: &[Running], found: Vec<Found>, unreadable: &[PathBuf
             changes.push(Change::Collides {
                 file,
                 name: p.name,
-                other: other.to_path_buf(),
+                other: other.clone(),
             });
             continue;
         }
@@ -139,7 +151,7 @@ pub(crate) fn plan(running: &[Running], found: Vec<Found>, unreadable: &[PathBuf
             || held.contains_key(r.name)
             || unreadable
                 .iter()
-                .any(|u| r.file == u || r.file.parent() == Some(u.as_path()))
+                .any(|u| r.file.parent() == Some(u.as_path()))
     };
     for r in running.iter().filter(|r| !kept(r)) {
         let why = if seen.iter().any(|f| f == r.file) {

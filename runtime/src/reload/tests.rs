@@ -164,3 +164,27 @@ fn the_pipelines_of_a_folder_that_cannot_be_read_are_kept() {
     let changes = plan(&[running(&a)], vec![], &[PathBuf::from("conf")]);
     assert!(changes.is_empty(), "{changes:?}");
 }
+
+#[test]
+fn the_running_file_renamed_keeps_its_pipeline_against_a_refused_file() {
+    let a = pipeline("a.yaml", "p", "a.out");
+    let changes = plan(
+        &[running(&a)],
+        vec![
+            found(pipeline("b.yaml", "p", "b.out")),
+            found(pipeline("z.yaml", "p", "a.out")),
+        ],
+        &[],
+    );
+    assert_eq!(
+        words(&changes),
+        ["b.yaml collides on p with z.yaml", "changed p from z.yaml"]
+    );
+}
+
+#[test]
+fn a_pipeline_file_given_by_itself_and_gone_is_removed() {
+    let a = pipeline("conf/a.yaml", "a", "a.out");
+    let changes = plan(&[running(&a)], vec![], &[PathBuf::from("conf/a.yaml")]);
+    assert_eq!(words(&changes), ["removed a: its file was removed"]);
+}

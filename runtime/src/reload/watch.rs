@@ -2,6 +2,8 @@
 //! burst (an editor's save in several writes is one change).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, EventKind};
@@ -29,9 +31,13 @@ pub fn watch(paths: &[PathBuf], requests: mpsc::Sender<()>) -> Result<FileWatche
     let wanted = Wanted::new(paths);
     // One slot: events while a burst is pending are one burst.
     let (events_tx, events) = mpsc::channel::<()>(1);
+    // Events inotify reported: the poll stays quiet about what they cover.
+    let heard = Arc::new(AtomicU64::new(0));
+    tokio::spawn(poll(paths.to_vec(), events_tx.clone(), heard.clone()));
     let mut inner =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(event) if changes(&event.kind) && event.paths.iter().any(|p| wanted.covers(p)) => {
+                heard.fetch_add(1, Ordering::SeqCst);
                 let _ = events_tx.try_send(());
             }
             Ok(_) => {}
@@ -45,6 +51,59 @@ pub fn watch(paths: &[PathBuf], requests: mpsc::Sender<()>) -> Result<FileWatche
     }
     tokio::spawn(settle(events, requests));
     Ok(FileWatcher { _inner: inner })
+}
+
+/// How often the files are also looked at (their size, time and inode,
+/// through links): inotify does not see a folder replaced by another (a
+/// deploy's `mv`, a release symlink switched, a Kubernetes ConfigMap's
+/// `..data` link) nor a linked file's target change.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Asks for a reload when what the files look like changes.
+async fn poll(paths: Vec<PathBuf>, events: mpsc::Sender<()>, heard: Arc<AtomicU64>) {
+    let mut last: Option<Vec<Seen>> = None;
+    let mut heard_before = heard.load(Ordering::SeqCst);
+    let mut every = tokio::time::interval(POLL);
+    while !events.is_closed() {
+        every.tick().await;
+        let paths = paths.clone();
+        let Ok(now) = tokio::task::spawn_blocking(move || look(&paths)).await else {
+            continue;
+        };
+        let heard_now = heard.load(Ordering::SeqCst);
+        let unheard = heard_now == heard_before;
+        if unheard && last.as_ref().is_some_and(|l| *l != now) {
+            let _ = events.try_send(());
+        }
+        heard_before = heard_now;
+        last = Some(now);
+    }
+}
+
+/// One path as the poll saw it: (path, inode, length, modified).
+type Seen = (PathBuf, u64, u64, Option<std::time::SystemTime>);
+
+fn look(paths: &[PathBuf]) -> Vec<Seen> {
+    use std::os::unix::fs::MetadataExt;
+    let seen = |p: &Path| match std::fs::metadata(p) {
+        Ok(m) => (p.to_path_buf(), m.ino(), m.len(), m.modified().ok()),
+        Err(_) => (p.to_path_buf(), 0, 0, None),
+    };
+    let mut out = Vec::new();
+    for path in paths {
+        out.push(seen(path));
+        if let Ok(entries) = std::fs::read_dir(path) {
+            // Only what could be a pipeline file: outputs written beside
+            // them must not make the poll reload every second.
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| is_pipeline_name(f))
+                .collect();
+            files.sort();
+            out.extend(files.iter().map(|f| seen(f)));
+        }
+    }
+    out
 }
 
 /// Whether an event can change what a file says (ferry's own reading of
@@ -94,6 +153,18 @@ fn folder_of(path: &Path) -> PathBuf {
     }
 }
 
+/// A `*.yaml` or `*.yml` name, not hidden (as `expand_paths` reads them).
+fn is_pipeline_name(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+    !hidden
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        )
+}
+
 /// Which paths in the watched folders are pipeline files.
 struct Wanted {
     files: Vec<PathBuf>,
@@ -116,11 +187,7 @@ impl Wanted {
         if self.files.iter().any(|f| f == path) {
             return true;
         }
-        let pipeline_file = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        );
-        pipeline_file
+        is_pipeline_name(path)
             && path
                 .parent()
                 .is_some_and(|parent| self.folders.iter().any(|f| f == parent))

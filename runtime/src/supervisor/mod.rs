@@ -130,6 +130,10 @@ struct Supervisor {
     carry: Carry,
 }
 
+/// How long an attempt still opening its connectors has to notice a stop
+/// before the opening is dropped.
+const OPEN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What follows an attempt.
 enum AfterAttempt {
     /// A new attempt, now.
@@ -252,9 +256,24 @@ impl Supervisor {
         // What the attempt was asked to stop for, if it was.
         let mut asked: Option<Command> = None;
         let mut commands_open = true;
+        // Asked to stop while still opening: a connector waiting on a server
+        // that never answers (a port that accepts and stays silent) may not
+        // see the stop. Nothing was read yet, so past a short grace the
+        // opening is dropped rather than waited for.
+        let mut cut_at: Option<tokio::time::Instant> = None;
         let result = loop {
+            let cut = async {
+                match cut_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 result = &mut attempt => break result,
+                _ = cut => {
+                    tracing::info!(pipeline = %self.p.name, "still opening {}s after the stop: the opening is cut short (nothing was read)", OPEN_GRACE.as_secs());
+                    break Ok(Ok(()));
+                }
                 command = self.commands.recv(), if commands_open && asked.is_none() => match command {
                     // Running already: nothing to resume.
                     Some(Command::Resume) => {}
@@ -262,6 +281,9 @@ impl Supervisor {
                         tracing::info!(pipeline = %self.p.name, ?command, "stopping the attempt: committing what it read");
                         asked = Some(command);
                         stop_tx.send_replace(true);
+                        if self.board.state() == State::Starting {
+                            cut_at = Some(tokio::time::Instant::now() + OPEN_GRACE);
+                        }
                     }
                     None => commands_open = false,
                 },

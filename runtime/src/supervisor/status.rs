@@ -93,6 +93,11 @@ impl StatusBoard {
         (StatusBoard { tx }, rx)
     }
 
+    /// The state published last.
+    pub(crate) fn state(&self) -> State {
+        self.tx.borrow().state.clone()
+    }
+
     pub(crate) fn set(&self, state: State) {
         self.tx.send_modify(|s| {
             if let State::Retrying { error, .. } | State::Failed { error } = &state {
