@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::task::{Id, JoinError, JoinSet};
 
-use crate::api::{Lookup, PipelineView};
+use crate::api::{FleetRequest, Lookup, PipelineView};
 use crate::config::{self, PipelineConfig, reload_conflicts};
 use crate::redact::redact;
 use crate::registry::Registry;
@@ -145,9 +145,17 @@ impl Fleet {
     }
 
     /// Reads the pipeline files again and applies what changed.
-    pub(crate) async fn reload(&mut self, paths: &[PathBuf], registry: &Arc<Registry>) {
-        let Some((found, unreadable)) = read_files(paths.to_vec(), registry.clone()).await else {
-            return;
+    /// Applies what a reading of the files ([`read_files`]) found.
+    pub(crate) async fn reload(&mut self, read: Reading) {
+        let (found, unreadable) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::error!(
+                    "reload: reading the pipeline files failed: {} (a bug in ferry: please report it)",
+                    crate::join_error_message(e)
+                );
+                return;
+            }
         };
         let changes = {
             let running: Vec<Running> = self.desired().collect();
@@ -323,6 +331,16 @@ impl Fleet {
             .find(|m| !m.draining && m.config.name == name)
     }
 
+    /// Answers a request of the admin API.
+    pub(crate) fn answer(&mut self, request: FleetRequest) {
+        // A handler that gave up waiting is no one's loss.
+        let _ = match request {
+            FleetRequest::List(reply) => reply.send(self.views()).map_err(drop),
+            FleetRequest::Live(name, reply) => reply.send(self.lookup(&name)).map_err(drop),
+            FleetRequest::Restart(name, reply) => reply.send(self.restart(&name)).map_err(drop),
+        };
+    }
+
     /// Every pipeline, as the admin API shows it.
     pub(crate) fn views(&self) -> Vec<PipelineView> {
         self.members
@@ -397,14 +415,18 @@ fn invalid_file(change: &Change) -> Option<&PathBuf> {
     }
 }
 
-/// Every pipeline file under `paths`, loaded, off the async workers; and
-/// the paths that could not be read this time (reported). None when
-/// nothing is known of the files (the reload then changes nothing).
-async fn read_files(
+/// What a reading of the files found: every pipeline file loaded, and the
+/// paths that could not be read this time.
+pub(crate) type Reading = Result<(Vec<Found>, Vec<PathBuf>), JoinError>;
+
+/// Reads every pipeline file under `paths` on a blocking thread of its own:
+/// a read that hangs (a stuck network mount) holds up no one; the run loop
+/// applies the result when it comes ([`Fleet::reload`]).
+pub(crate) fn read_files(
     paths: Vec<PathBuf>,
     registry: Arc<Registry>,
-) -> Option<(Vec<Found>, Vec<PathBuf>)> {
-    let read = tokio::task::spawn_blocking(move || {
+) -> tokio::task::JoinHandle<(Vec<Found>, Vec<PathBuf>)> {
+    tokio::task::spawn_blocking(move || {
         let (files, unreadable) = match config::expand_paths(&paths) {
             Ok(files) => (files, Vec::new()),
             Err(errors) => {
@@ -423,15 +445,5 @@ async fn read_files(
             })
             .collect();
         (found, unreadable)
-    });
-    match read.await {
-        Ok(read) => Some(read),
-        Err(e) => {
-            tracing::error!(
-                "reload: reading the pipeline files failed: {} (a bug in ferry: please report it)",
-                crate::join_error_message(e)
-            );
-            None
-        }
-    }
+    })
 }

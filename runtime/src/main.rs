@@ -234,36 +234,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 stay: watch,
             }
         });
-        let api = match args.api.as_str() {
-            "off" => None,
-            addr => {
-                let addr = addr.parse().with_context(|| {
-                    format!("--api {addr}: an address such as 127.0.0.1:8083, or off")
-                })?;
-                let listener = match ferry::api::bind(addr).await {
-                    // Another ferry on this machine has the default port:
-                    // this one takes a free port (the control commands find
-                    // it in the data folder).
-                    Err(e)
-                        if e.kind() == std::io::ErrorKind::AddrInUse
-                            && args.api == ferry::api::client::DEFAULT_ADDR =>
-                    {
-                        tracing::warn!("the admin API's port {addr} is in use: listening on a free port instead");
-                        ferry::api::bind("127.0.0.1:0".parse().expect("an address")).await
-                    }
-                    other => other,
-                }
-                .with_context(|| format!("the admin API on {addr}"))?;
-                let bound = listener.local_addr()?;
-                std::fs::create_dir_all(&args.data_dir)?;
-                std::fs::write(
-                    ferry::api::client::addr_file(&args.data_dir),
-                    format!("{bound}\n"),
-                )?;
-                tracing::info!("admin API on http://{bound}");
-                Some(listener)
-            }
-        };
+        let api = bind_api(&args).await?;
         let options = RunOptions {
             api,
             data_dir: args.data_dir,
@@ -487,6 +458,43 @@ fn print_config_errors(errors: &ConfigErrors) -> ExitCode {
     }
     eprintln!("{} error(s) in pipeline files", errors.0.len());
     ExitCode::from(2)
+}
+
+/// Binds the admin API as `--api` says (`off`: none) and notes its
+/// address in the data folder for the control commands.
+async fn bind_api(args: &RunArgs) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    Ok(match args.api.as_str() {
+        "off" => None,
+        addr => {
+            let addr = addr.parse().with_context(|| {
+                format!("--api {addr}: an address such as 127.0.0.1:8083, or off")
+            })?;
+            let listener = match ferry::api::bind(addr).await {
+                // Another ferry on this machine has the default port:
+                // this one takes a free port (the control commands find
+                // it in the data folder).
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && args.api == ferry::api::client::DEFAULT_ADDR =>
+                {
+                    tracing::warn!(
+                        "the admin API's port {addr} is in use: listening on a free port instead"
+                    );
+                    ferry::api::bind("127.0.0.1:0".parse().expect("an address")).await
+                }
+                other => other,
+            }
+            .with_context(|| format!("the admin API on {addr}"))?;
+            let bound = listener.local_addr()?;
+            std::fs::create_dir_all(&args.data_dir)?;
+            std::fs::write(
+                ferry::api::client::addr_file(&args.data_dir),
+                format!("{bound}\n"),
+            )?;
+            tracing::info!("admin API on http://{bound}");
+            Some(listener)
+        }
+    })
 }
 
 /// With `--once` there is nothing to reload: a SIGHUP is said and ignored

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::api::{self, FleetRequest};
+use crate::api;
 use crate::config::{self, PipelineConfig};
-use crate::fleet::Fleet;
+use crate::fleet::{self, Fleet};
 use crate::offsets::OffsetStore;
 use crate::progress::Progress;
 use crate::registry::Registry;
@@ -106,18 +106,7 @@ pub async fn run(
         service_manager::ready();
     }
     let mut watchdog = service_manager::watchdog_interval().map(tokio::time::interval);
-    let (api_tx, mut api_requests) = mpsc::channel(16);
-    if let Some(listener) = options.api.take() {
-        let store = OffsetStore::new(&options.data_dir);
-        tokio::spawn(api::serve(
-            listener,
-            api_tx,
-            store,
-            options.shutdown_timeout,
-        ));
-    } else {
-        drop(api_tx);
-    }
+    let mut api_requests = start_api(&mut options);
 
     let mut progress = Progress::default();
     let mut ticker = tokio::time::interval(options.progress_interval);
@@ -125,16 +114,14 @@ pub async fn run(
     tokio::pin!(shutdown);
     // Set once stopping: when the pipelines still running are given up.
     let mut deadline: Option<tokio::time::Instant> = None;
+    // The reading of the files under way, and whether another was asked
+    // for meanwhile (it reads them again once this one is applied).
+    let mut reading: Option<tokio::task::JoinHandle<_>> = None;
+    let mut read_again = false;
     loop {
         if fleet.tasks.is_empty() && (deadline.is_some() || !stay) && !fleet.has_pending() {
             break;
         }
-        let overdue = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
         let requested = async {
             match reload.as_mut() {
                 Some(r) => r.requests.recv().await,
@@ -151,42 +138,36 @@ pub async fn run(
                 service_manager::stopping();
                 fleet.stop_all().await;
             }
-            _ = overdue => {
+            _ = sleep_until(deadline) => {
                 fleet.abandon(options.shutdown_timeout);
                 break;
             }
             _ = ticker.tick() => progress.report(&fleet.snapshots(), false),
-            _ = async {
-                match watchdog.as_mut() {
-                    Some(w) => w.tick().await,
-                    None => std::future::pending().await,
-                }
-            } => service_manager::alive(),
+            _ = tick(watchdog.as_mut()) => service_manager::alive(),
             request = requested, if deadline.is_none() => match request {
+                Some(()) if reading.is_some() => read_again = true,
                 Some(()) => {
                     if ready {
                         service_manager::reloading();
                     }
                     let r = reload.as_ref().expect("requested through it");
-                    fleet.reload(&r.paths, &r.registry).await;
-                    service_manager::ready();
-                    ready = true;
+                    reading = Some(fleet::read_files(r.paths.clone(), r.registry.clone()));
                 }
                 // Nobody can ask any more (the watcher and the signal
                 // handler are gone): the pipelines run on as they are.
                 None => reload = None,
             },
-            Some(request) = api_requests.recv() => match request {
-                FleetRequest::List(reply) => {
-                    let _ = reply.send(fleet.views());
+            read = async { reading.as_mut().expect("reading").await }, if reading.is_some() && deadline.is_none() => {
+                reading = None;
+                fleet.reload(read).await;
+                service_manager::ready();
+                ready = true;
+                if std::mem::take(&mut read_again) && let Some(r) = reload.as_ref() {
+                    service_manager::reloading();
+                    reading = Some(fleet::read_files(r.paths.clone(), r.registry.clone()));
                 }
-                FleetRequest::Live(name, reply) => {
-                    let _ = reply.send(fleet.lookup(&name));
-                }
-                FleetRequest::Restart(name, reply) => {
-                    let _ = reply.send(fleet.restart(&name));
-                }
-            },
+            }
+            Some(request) = api_requests.recv() => fleet.answer(request),
             joined = fleet.tasks.join_next_with_id(), if !fleet.tasks.is_empty() => {
                 if let Some(joined) = joined {
                     fleet.ended(joined).await;
@@ -197,6 +178,35 @@ pub async fn run(
     let outcomes = fleet.outcomes();
     progress.report(&fleet.snapshots(), true);
     Ok(outcomes)
+}
+
+/// Serves the admin API when a listener is given; the run loop answers
+/// its requests.
+fn start_api(options: &mut RunOptions) -> mpsc::Receiver<api::FleetRequest> {
+    let (tx, requests) = mpsc::channel(16);
+    if let Some(listener) = options.api.take() {
+        let store = OffsetStore::new(&options.data_dir);
+        tokio::spawn(api::serve(listener, tx, store, options.shutdown_timeout));
+    }
+    requests
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next tick of `interval`; never without one.
+async fn tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Takes `<data-dir>/ferry.lock`: two ferry processes on one data folder

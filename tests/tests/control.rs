@@ -123,25 +123,25 @@ fn a_failed_pipeline_stays_failed_until_restarted() {
     let d = dir.path();
     fs::create_dir_all(d.join("in")).unwrap();
     append_test_input(&d.join("in/a.jsonl"), "a", 0, 20);
-    let table = format!("control_restart_{}", std::process::id());
+    let table = format!("control_restart_{}", fastrand::u32(..));
     psql_at(&pg_url(), &format!("DROP TABLE IF EXISTS {table}"));
     fs::write(
         d.join("pg.yaml"),
         format!(
-            "name: pg\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: postgres\n  url: {}\n  table: {table}\n",
+            "name: {table}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: postgres\n  url: {}\n  table: {table}\n",
             pg_url()
         ),
     )
     .unwrap();
     let mut f = Ferry::start(d, &["run", "pg.yaml"]);
-    wait_state(&f, d, "pg", "failed");
+    wait_state(&f, d, &table, "failed");
     let (_, status, _) = ferry(d, &["status"]);
     assert!(status.contains("does not exist"), "{status}");
     psql_at(
         &pg_url(),
         &format!("CREATE TABLE {table} (file text, seq bigint, pad text)"),
     );
-    let (code, said, err) = ferry(d, &["restart", "pg"]);
+    let (code, said, err) = ferry(d, &["restart", &table]);
     assert_eq!(code, 0, "{err}");
     assert!(said.contains("started again"), "{said}");
     let count = || {

@@ -267,7 +267,7 @@ fn a_retrying_pipeline_takes_its_fixed_file_at_once() {
     let d = dir.path();
     fs::create_dir_all(d.join("in")).unwrap();
     append_test_input(&d.join("in/a.jsonl"), "a", 0, 50);
-    let table = format!("reload_fix_{}", std::process::id());
+    let table = format!("reload_fix_{}", fastrand::u32(..));
     psql_at(&pg_url(), &format!("DROP TABLE IF EXISTS {table}"));
     psql_at(
         &pg_url(),
@@ -275,7 +275,9 @@ fn a_retrying_pipeline_takes_its_fixed_file_at_once() {
     );
     let with_url = |url: &str| {
         format!(
-            "name: pg\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: postgres\n  url: {url}\n  table: {table}\nerrors:\n  retry_backoff: 1m\n  retry_backoff_max: 1m\n"
+            // Named after its table: the offsets table is shared by every
+            // test, and positions are stored under the pipeline's name.
+            "name: {table}\nsource:\n  type: file\n  path: in/*.jsonl\nsink:\n  type: postgres\n  url: {url}\n  table: {table}\nerrors:\n  retry_backoff: 1m\n  retry_backoff_max: 1m\n"
         )
     };
     let wrong = pg_url().replace(":5432", &format!(":{}", free_port()));
@@ -464,4 +466,26 @@ fn a_pipeline_hung_while_opening_takes_its_fixed_file() {
     f.stop();
     assert_once(&d.join("out/p.jsonl"), "a", 10);
     drop(held);
+}
+
+/// A pipeline file whose read never returns (a FIFO here; a stuck network
+/// mount in life) holds up no one: the run still stops on SIGTERM.
+#[test]
+fn a_reading_that_hangs_does_not_hold_up_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("cfg")).unwrap();
+    let fifo = d.join("cfg/stuck.yaml");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) on a path we own.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let mut f = Ferry::start(d, &["run", "cfg/stuck.yaml"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = std::time::Instant::now();
+    f.stop();
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{}",
+        f.log_text()
+    );
 }
