@@ -489,3 +489,54 @@ fn a_reading_that_hangs_does_not_hold_up_a_stop() {
         f.log_text()
     );
 }
+
+/// What the probe found at the edges: hidden files are not pipelines, a
+/// path named twice is one file, an empty folder is exit 2, and SIGHUP
+/// does not end `--once`.
+#[test]
+fn hidden_files_doubled_paths_empty_folders_and_sighup_with_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("in")).unwrap();
+    fs::create_dir_all(d.join("cfg")).unwrap();
+    fs::create_dir_all(d.join("empty")).unwrap();
+    append_test_input(&d.join("in/a.jsonl"), "a", 0, 10);
+    fs::write(d.join("cfg/p.yaml"), pipeline("p", "in", "out/p.jsonl", "")).unwrap();
+    // A stale backup and an editor's lock beside it.
+    fs::write(
+        d.join("cfg/.p.yaml"),
+        pipeline("p", "in", "out/old.jsonl", ""),
+    )
+    .unwrap();
+    fs::write(d.join("cfg/.#p.yaml"), "root@host.1234:1700000000").unwrap();
+
+    let (status, log) = run_to_end(d, &["run", "empty"], Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("no pipeline files"), "{log}");
+
+    let mut f = Ferry::start(d, &["run", "cfg", "cfg/p.yaml"]);
+    wait_for(&f, "the pipeline", || {
+        lines_in(&d.join("out/p.jsonl")) == 10
+    });
+    let log = f.log_text();
+    assert!(!log.contains("refused"), "{log}");
+    assert!(
+        !log.contains(".p.yaml") && !log.contains(".#p.yaml"),
+        "{log}"
+    );
+    assert!(!d.join("out/old.jsonl").exists());
+    f.stop();
+
+    // --once: a SIGHUP is said and ignored; the run ends as usual.
+    let slow = "name: g\nsource:\n  type: generate\n  count: 300\n  rate: 200\nsink:\n  type: file\n  path: out/g.jsonl\n";
+    fs::write(d.join("g.yaml"), slow).unwrap();
+    let mut f = Ferry::start(d, &["run", "--once", "g.yaml"]);
+    wait_for(&f, "the generator", || {
+        f.log_text().contains("pipeline started")
+    });
+    f.signal(SIGHUP);
+    let status = f.wait_for_exit(Duration::from_secs(20)).expect("ends");
+    assert!(status.success(), "{}", f.log_text());
+    assert!(f.log_text().contains("SIGHUP ignored"), "{}", f.log_text());
+    assert_eq!(lines_in(&d.join("out/g.jsonl")), 300);
+}
