@@ -174,24 +174,13 @@ impl Fleet {
         self.start_ready();
     }
 
-    /// The newest definition of every pipeline that is to run: pending, or
-    /// running (or ended) and not draining.
+    /// [`Fleet::desired_configs`], as the reload plan reads them.
     fn desired(&self) -> impl Iterator<Item = Running<'_>> {
-        let pending = self.pending.iter().map(|p| Running {
+        self.desired_configs().map(|p| Running {
             name: &p.name,
             file: &p.file,
             definition: &p.definition,
-        });
-        let members = self
-            .members
-            .iter()
-            .filter(|m| !m.draining && !self.pending.iter().any(|p| p.name == m.config.name))
-            .map(|m| Running {
-                name: &m.config.name,
-                file: &m.config.file,
-                definition: &m.config.definition,
-            });
-        pending.chain(members)
+        })
     }
 
     async fn apply(&mut self, change: Change) {
@@ -223,8 +212,7 @@ impl Fleet {
                 errors,
             } => {
                 let text = errors.to_string();
-                let repeated = self.invalid.get(&file) == Some(&text);
-                if !repeated {
+                if self.first_report(&file, &text) {
                     for e in &errors.0 {
                         tracing::error!("{e}");
                     }
@@ -238,19 +226,17 @@ impl Fleet {
                     }
                 }
                 if let Some(m) = running.and_then(|name| self.live_member(&name)) {
-                    m.pending_error = Some(text.clone());
+                    m.pending_error = Some(text);
                 }
-                self.invalid.insert(file, text);
             }
             Change::Collides { file, name, other } => {
                 let text = format!(
                     "reload: refused: pipeline name {name:?} is already used by {} (names must be unique: offsets are stored under them)",
                     other.display()
                 );
-                if self.invalid.get(&file) != Some(&text) {
+                if self.first_report(&file, &text) {
                     tracing::error!(file = %file.display(), "{text}");
                 }
-                self.invalid.insert(file, text);
             }
             Change::Unchanged { name } => {
                 if let Some(m) = self.live_member(&name) {
@@ -260,10 +246,23 @@ impl Fleet {
         }
     }
 
+    /// Notes `text` as what is wrong with `file`: true when it was not the
+    /// last thing said of it (so it is said, once, not at every reload).
+    fn first_report(&mut self, file: &std::path::Path, text: &str) -> bool {
+        let said = self.invalid.get(file).is_some_and(|t| t == text);
+        if !said {
+            self.invalid.insert(file.to_path_buf(), text.to_string());
+        }
+        !said
+    }
+
     /// Whether `p` must not run beside the others (they write its files);
     /// says why.
     fn refused(&self, p: &PipelineConfig) -> bool {
-        let others: Vec<&PipelineConfig> = self.desired_configs(&p.name).collect();
+        let others: Vec<&PipelineConfig> = self
+            .desired_configs()
+            .filter(|o| o.name != p.name)
+            .collect();
         let problems = reload_conflicts(p, &others, &self.context.data_dir);
         for problem in &problems {
             tracing::error!("reload: refused: {problem}");
@@ -271,15 +270,15 @@ impl Fleet {
         !problems.is_empty()
     }
 
-    /// What runs or is to run, but the pipeline `except`.
-    fn desired_configs(&self, except: &str) -> impl Iterator<Item = &PipelineConfig> {
-        let pending = self.pending.iter();
+    /// The newest definition of every pipeline that is to run: pending, or
+    /// running (or ended) and not draining.
+    fn desired_configs(&self) -> impl Iterator<Item = &PipelineConfig> {
         let members = self
             .members
             .iter()
             .filter(|m| !m.draining && !self.pending.iter().any(|p| p.name == m.config.name))
             .map(|m| m.config.as_ref());
-        pending.chain(members).filter(move |p| p.name != except)
+        self.pending.iter().chain(members)
     }
 
     /// Asks the pipeline `name` to stop for good.
@@ -388,7 +387,7 @@ impl Fleet {
         self.members.iter().map(|m| m.handle.snapshot()).collect()
     }
 
-    pub(crate) fn outcomes(&mut self) -> Vec<PipelineOutcome> {
+    pub(crate) fn outcomes(&self) -> Vec<PipelineOutcome> {
         self.members
             .iter()
             .map(|m| {
