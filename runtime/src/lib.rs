@@ -31,7 +31,9 @@
 //!   changed and removed pipelines are drained before their successors
 //!   start.
 //! * [`check_connections`] and [`delivery_guarantee`] are what
-//!   `ferry validate` adds to the config's own checks.
+//!   `ferry validate` adds to the config's own checks; [`schema`] is the
+//!   JSON Schema of pipeline files (`ferry schema`), derived from the same
+//!   config types the loader reads.
 //!
 //! ## Why replays are harmless
 //!
@@ -57,6 +59,7 @@ pub mod redact;
 pub mod registry;
 pub mod reload;
 mod run;
+pub mod schema;
 mod service_manager;
 pub mod supervisor;
 

@@ -71,6 +71,9 @@ enum Command {
         #[arg(long, env = "FERRY_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
     },
+    /// Print the JSON Schema of pipeline files, for editors:
+    /// `ferry schema > pipeline.schema.json` (see the README).
+    Schema,
     /// Print a shell completion script: `ferry completions bash > /etc/bash_completion.d/ferry`.
     Completions { shell: clap_complete::Shell },
     /// Show or reset committed offsets.
@@ -178,6 +181,11 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
         Command::Resume(a) => steer(&a, "resume"),
         Command::Restart(a) => steer(&a, "restart"),
         Command::Status { data_dir } => status(&data_dir),
+        Command::Schema => {
+            let schema = ferry::schema::pipeline_schema(&Registry::builtin());
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());

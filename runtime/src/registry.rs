@@ -62,6 +62,15 @@ impl Registry {
         self.sinks.iter().find(|p| p.kind == kind)
     }
 
+    /// Every source connector, in the order of [`Registry::builtin`].
+    pub fn sources(&self) -> &[SourcePlugin] {
+        &self.sources
+    }
+
+    pub fn sinks(&self) -> &[SinkPlugin] {
+        &self.sinks
+    }
+
     pub fn source_kinds(&self) -> Vec<&'static str> {
         self.sources.iter().map(|p| p.kind).collect()
     }

@@ -1,6 +1,6 @@
 //! ferry under a service manager: systemd's notify protocol (on a socket
 //! given as NOTIFY_SOCKET: no systemd needed), JSON logs, quiet progress
-//! lines, shell completions.
+//! lines, shell completions, the schema of pipeline files.
 
 use std::fs;
 use std::os::unix::net::UnixDatagram;
@@ -146,4 +146,21 @@ fn shell_completions_name_the_commands() {
             "{shell}: {text}"
         );
     }
+}
+
+#[test]
+fn ferry_schema_prints_the_committed_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ferry_output(dir.path(), &["schema"]);
+    assert!(out.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let committed = fs::read_to_string(workspace_root().join("configs/pipeline.schema.json"))
+        .expect("configs/pipeline.schema.json");
+    let committed: serde_json::Value = serde_json::from_str(&committed).unwrap();
+    assert_eq!(printed, committed);
+    let kinds = &printed["properties"]["sink"]["properties"]["type"]["enum"];
+    assert_eq!(
+        kinds,
+        &serde_json::json!(["file", "postgres", "kafka", "mongodb", "elasticsearch"])
+    );
 }

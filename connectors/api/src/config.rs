@@ -289,12 +289,25 @@ pub struct SourcePlugin {
     pub kind: &'static str,
     /// Parses the section (without `type`). Use [`deserialize`].
     pub parse: fn(&Value) -> Result<Box<dyn SourceConfig>, FieldError>,
+    /// The JSON Schema of the section (without `type`), from the type that
+    /// `parse` reads: [`schema_of`]`::<TheConfig>`.
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
 }
 
 /// A sink connector as the runtime's registry knows it.
 pub struct SinkPlugin {
     pub kind: &'static str,
     pub parse: fn(&Value) -> Result<Box<dyn SinkConfig>, FieldError>,
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+}
+
+/// The schema of a connector's section, as [`SourcePlugin::schema`] wants
+/// it: `T`'s own schema inline (the runtime adds the `type` key to it),
+/// the types it uses as definitions of `generator`.
+pub fn schema_of<T: schemars::JsonSchema>(
+    generator: &mut schemars::SchemaGenerator,
+) -> schemars::Schema {
+    T::json_schema(generator)
 }
 
 #[cfg(test)]

@@ -34,6 +34,31 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The JSON Schema of a duration setting: mark a field that uses this
+/// module with `#[schemars(with = "ferry_api::duration::Text")]` (or
+/// `Option<ferry_api::duration::Text>`), since the schema cannot be read off
+/// `serialize`/`deserialize`.
+pub struct Text;
+
+impl schemars::JsonSchema for Text {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // humantime's grammar: numbers each followed by a unit.
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^\\s*([0-9]+\\s*[A-Za-zµ]+\\s*)+$",
+            "examples": ["250ms", "30s", "5m", "1h 30m"],
+        })
+    }
+}
+
 /// `Option<Duration>`: absent or `null` is `None`.
 pub mod option {
     use super::*;

@@ -47,12 +47,14 @@ mod source_context;
 pub use backoff::Backoff;
 pub use config::{
     BuildContext, ConfigProblem, Delivery, FieldError, Misfit, PathSegment, Retries, SinkConfig,
-    SinkPlugin, SourceConfig, SourcePlugin, Stopping, deserialize,
+    SinkPlugin, SourceConfig, SourcePlugin, Stopping, deserialize, schema_of,
 };
 pub use error::ConnectorError;
 pub use record::{
     Invalid, Partition, Payload, Position, Positions, Raw, Record, SourceItem, Value,
 };
+/// The JSON Schema library the connectors derive their config schemas with.
+pub use schemars;
 pub use source_context::{Durable, SourceContext, runtime_end};
 
 use async_trait::async_trait;

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use crate::index::IndexTemplate;
 
 /// The bulk action each record becomes.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// `index`: create or overwrite the document with that `_id`.
@@ -28,7 +29,8 @@ pub struct ByteSize(pub usize);
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
+        #[derive(Deserialize, schemars::JsonSchema)]
+        #[schemars(inline)]
         #[serde(
             untagged,
             expecting = "expected a size: a number of bytes, or e.g. 5MB, 512KB"
@@ -43,6 +45,27 @@ impl<'de> Deserialize<'de> for ByteSize {
                 serde::de::Error::custom(format!("`{s}` is not a size (e.g. 5MB, 512KB, 1000000)"))
             }),
         }
+    }
+}
+
+impl schemars::JsonSchema for ByteSize {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // What `parse_size` reads.
+        schemars::json_schema!({
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": "^\\s*[0-9]+\\s*([bBkKmMgG]|[kKmMgG][iI]?[bB])?\\s*$"},
+            ],
+            "examples": ["5MB", "512KB", 1000000],
+        })
     }
 }
 
@@ -62,7 +85,8 @@ fn parse_size(s: &str) -> Option<usize> {
 }
 
 /// How records are grouped into `_bulk` requests.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct BulkConfig {
     /// Actions per request.
@@ -75,6 +99,7 @@ pub struct BulkConfig {
     /// Longest a record waits before its batch is sent: the pipeline's
     /// `delivery.flush_interval` for this sink, when shorter.
     #[serde(default, with = "ferry_api::duration::option")]
+    #[schemars(with = "Option<ferry_api::duration::Text>")]
     pub flush_interval: Option<Duration>,
 }
 
@@ -100,14 +125,17 @@ impl Default for BulkConfig {
 /// be reached for: exponential backoff with full jitter. After the last one
 /// the pipeline stops writing, reports it, and the runtime starts it again
 /// from its committed positions after its own backoff.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
     #[serde(default = "default_initial_backoff", with = "ferry_api::duration")]
+    #[schemars(with = "ferry_api::duration::Text")]
     pub initial_backoff: Duration,
     #[serde(default = "default_max_backoff", with = "ferry_api::duration")]
+    #[schemars(with = "ferry_api::duration::Text")]
     pub max_backoff: Duration,
 }
 
@@ -135,7 +163,8 @@ impl Default for RetryConfig {
 
 /// `{username, password}` or `{api_key}` (the base64 `id:key` Elasticsearch
 /// hands out, or `{id, key}`); secrets through `${ENV}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     #[serde(default)]
@@ -146,7 +175,8 @@ pub struct Auth {
     pub api_key: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// A PEM file with the CA that signed the cluster's certificate.
@@ -154,7 +184,8 @@ pub struct Tls {
 }
 
 /// `sink: {type: elasticsearch}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct ElasticsearchSinkConfig {
     /// One or more nodes, tried in turn.
@@ -176,6 +207,7 @@ pub struct ElasticsearchSinkConfig {
     pub tls: Option<Tls>,
     /// Per request.
     #[serde(default = "default_timeout", with = "ferry_api::duration")]
+    #[schemars(with = "ferry_api::duration::Text")]
     pub timeout: Duration,
 }
 

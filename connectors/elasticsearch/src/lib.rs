@@ -21,12 +21,13 @@ mod sink;
 
 pub use config::{Action, ElasticsearchSinkConfig};
 
-use ferry_api::{SinkPlugin, deserialize};
+use ferry_api::{SinkPlugin, deserialize, schema_of};
 
 /// The `elasticsearch` sink, for the runtime's registry.
 pub fn sink_plugin() -> SinkPlugin {
     SinkPlugin {
         kind: "elasticsearch",
         parse: |v| Ok(Box::new(deserialize::<ElasticsearchSinkConfig>(v)?)),
+        schema: schema_of::<ElasticsearchSinkConfig>,
     }
 }

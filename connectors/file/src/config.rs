@@ -11,7 +11,8 @@ use crate::sink::FileSink;
 use crate::source::FileSource;
 
 /// How lines map to records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// One JSON object per line.
@@ -34,7 +35,8 @@ impl Format {
 }
 
 /// `source: {type: file, ...}`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
     /// A file, or a glob such as `/data/in/*.jsonl`. Files that match later are
@@ -45,6 +47,7 @@ pub struct FileSourceConfig {
     pub format: Format,
     /// How often files are checked for growth when no filesystem event came.
     #[serde(default = "default_poll_interval", with = "ferry_api::duration")]
+    #[schemars(with = "ferry_api::duration::Text")]
     pub poll_interval: Duration,
     /// A longer line is dead-lettered (or stops the pipeline) instead of
     /// being held in memory.
@@ -102,7 +105,8 @@ impl SourceConfig for FileSourceConfig {
 }
 
 /// `sink: {type: file, ...}`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
     /// The output file; its folder is created when missing.

@@ -32,13 +32,14 @@ pub use config::{FileSinkConfig, FileSourceConfig, Format};
 #[doc(hidden)]
 pub use source::read_whole_file;
 
-use ferry_api::{SinkPlugin, SourcePlugin, deserialize};
+use ferry_api::{SinkPlugin, SourcePlugin, deserialize, schema_of};
 
 /// The `file` source, for the runtime's registry.
 pub fn source_plugin() -> SourcePlugin {
     SourcePlugin {
         kind: "file",
         parse: |v| Ok(Box::new(deserialize::<FileSourceConfig>(v)?)),
+        schema: schema_of::<FileSourceConfig>,
     }
 }
 
@@ -47,5 +48,6 @@ pub fn sink_plugin() -> SinkPlugin {
     SinkPlugin {
         kind: "file",
         parse: |v| Ok(Box::new(deserialize::<FileSinkConfig>(v)?)),
+        schema: schema_of::<FileSinkConfig>,
     }
 }

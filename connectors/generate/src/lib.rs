@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use ferry_api::{
     BuildContext, ConfigProblem, ConnectorError, Partition, Position, Positions, Record, Source,
-    SourceConfig, SourceContext, SourceItem, SourcePlugin, Value, deserialize,
+    SourceConfig, SourceContext, SourceItem, SourcePlugin, Value, deserialize, schema_of,
 };
 use serde::Deserialize;
 
 /// `type: generate`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateConfig {
     /// How many records in all; absent: endless.
@@ -182,6 +183,7 @@ pub fn source_plugin() -> SourcePlugin {
     SourcePlugin {
         kind: "generate",
         parse: |v| Ok(Box::new(deserialize::<GenerateConfig>(v)?)),
+        schema: schema_of::<GenerateConfig>,
     }
 }
 

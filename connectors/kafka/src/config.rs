@@ -30,6 +30,15 @@ const OWNED_BY_FERRY: &[(&str, &str)] = &[
     ("acks", "the producer always waits for all in-sync replicas"),
 ];
 
+/// The schema of `options:`: what `option_text` takes. The names and the
+/// values' meaning are librdkafka's, checked by it at `validate`.
+fn options_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {"type": ["string", "number", "boolean"]},
+    })
+}
+
 /// `options:` values may be written as YAML numbers or booleans.
 fn option_text(v: &Value) -> Option<String> {
     match v {
@@ -111,7 +120,8 @@ pub(crate) fn client_config(brokers: &str, options: &BTreeMap<String, Value>) ->
 }
 
 /// Where a group with no committed offset starts.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "lowercase")]
 pub enum Start {
     #[default]
@@ -120,7 +130,8 @@ pub enum Start {
 }
 
 /// How a message's payload becomes a record's value.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// A JSON document; a message that is not one is an invalid record.
@@ -133,7 +144,8 @@ pub enum Format {
 }
 
 /// `source: {type: kafka}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// `host:port[,host:port…]`.
@@ -153,6 +165,7 @@ pub struct KafkaSourceConfig {
     pub format: Format,
     /// Any librdkafka consumer property, passed through.
     #[serde(default)]
+    #[schemars(schema_with = "options_schema")]
     pub options: BTreeMap<String, Value>,
 }
 
@@ -235,7 +248,8 @@ impl SourceConfig for KafkaSourceConfig {
 }
 
 /// The topic a record goes to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(untagged, expecting = "expected a topic name, or `{field: name}`")]
 pub enum TopicSpec {
     /// Always this topic.
@@ -245,7 +259,8 @@ pub enum TopicSpec {
 }
 
 /// How a record becomes a message's payload.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkFormat {
     /// The record's value as JSON.
@@ -256,7 +271,8 @@ pub enum SinkFormat {
 }
 
 /// `sink: {type: kafka}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
     pub brokers: String,
@@ -269,6 +285,7 @@ pub struct KafkaSinkConfig {
     pub format: SinkFormat,
     /// Any librdkafka producer property (batching, compression, …).
     #[serde(default)]
+    #[schemars(schema_with = "options_schema")]
     pub options: BTreeMap<String, Value>,
 }
 

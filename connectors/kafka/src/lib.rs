@@ -24,7 +24,7 @@ pub use config::{KafkaSinkConfig, KafkaSourceConfig};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferry_api::{ConnectorError, SinkPlugin, SourcePlugin, Value, deserialize};
+use ferry_api::{ConnectorError, SinkPlugin, SourcePlugin, Value, deserialize, schema_of};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 /// `ferry validate --check-connections`: the cluster answers a metadata
@@ -118,6 +118,7 @@ pub fn source_plugin() -> SourcePlugin {
     SourcePlugin {
         kind: "kafka",
         parse: |v| Ok(Box::new(deserialize::<KafkaSourceConfig>(v)?)),
+        schema: schema_of::<KafkaSourceConfig>,
     }
 }
 
@@ -126,5 +127,6 @@ pub fn sink_plugin() -> SinkPlugin {
     SinkPlugin {
         kind: "kafka",
         parse: |v| Ok(Box::new(deserialize::<KafkaSinkConfig>(v)?)),
+        schema: schema_of::<KafkaSinkConfig>,
     }
 }

@@ -2,7 +2,8 @@
 
 /// Where a sink that writes documents takes each document's id from
 /// (`id:` in a MongoDB or Elasticsearch sink).
-#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, serde::Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(
     untagged,
     expecting = "expected `position`, `none`, or `{field: name}`"
@@ -15,7 +16,8 @@ pub enum IdSpec {
     Field { field: String },
 }
 
-#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "lowercase")]
 pub enum IdName {
     Position,

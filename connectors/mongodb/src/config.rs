@@ -8,7 +8,8 @@ use ferry_connector_kit::{IdName, IdSpec, redact_url};
 use serde::Deserialize;
 
 /// How documents are written.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "lowercase")]
 pub enum WriteMode {
     /// `insert`; a document whose `_id` exists already (a replay) is left
@@ -22,7 +23,8 @@ pub enum WriteMode {
 }
 
 /// `sink: {type: mongodb}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct MongoSinkConfig {
     /// A MongoDB connection string (secrets through `${ENV}`).
@@ -124,7 +126,8 @@ impl SinkConfig for MongoSinkConfig {
 }
 
 /// Whether a change-stream source first reads the documents already there.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotMode {
     /// Read every existing document (in `_id` order, resumably), then
@@ -136,7 +139,8 @@ pub enum SnapshotMode {
 }
 
 /// What an `update` event carries besides its delta.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "snake_case")]
 pub enum FullDocument {
     /// The document as it is when the event is read (`updateLookup`).
@@ -148,7 +152,8 @@ pub enum FullDocument {
 
 /// `source: {type: mongodb}`: a change stream on a collection, a database
 /// or the whole server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct MongoSourceConfig {
     pub uri: String,

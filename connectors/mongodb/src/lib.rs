@@ -26,13 +26,14 @@ mod source;
 
 pub use config::{FullDocument, MongoSinkConfig, MongoSourceConfig, SnapshotMode, WriteMode};
 
-use ferry_api::{SinkPlugin, SourcePlugin, deserialize};
+use ferry_api::{SinkPlugin, SourcePlugin, deserialize, schema_of};
 
 /// The `mongodb` sink, for the runtime's registry.
 pub fn sink_plugin() -> SinkPlugin {
     SinkPlugin {
         kind: "mongodb",
         parse: |v| Ok(Box::new(deserialize::<MongoSinkConfig>(v)?)),
+        schema: schema_of::<MongoSinkConfig>,
     }
 }
 
@@ -41,5 +42,6 @@ pub fn source_plugin() -> SourcePlugin {
     SourcePlugin {
         kind: "mongodb",
         parse: |v| Ok(Box::new(deserialize::<MongoSourceConfig>(v)?)),
+        schema: schema_of::<MongoSourceConfig>,
     }
 }

@@ -10,7 +10,8 @@ use crate::sink::PostgresSink;
 use crate::source::PostgresSource;
 
 /// How records land in the table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Plain inserts.
@@ -21,7 +22,8 @@ pub enum Mode {
 }
 
 /// `sink: {type: postgres, ...}`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSinkConfig {
     /// `postgres://user:password@host:port/database`; use `${PG_URL}` to keep
@@ -91,6 +93,26 @@ pub enum Columns {
 enum ColumnsRepr {
     Word(String),
     Map(std::collections::BTreeMap<String, String>),
+}
+
+impl schemars::JsonSchema for Columns {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Columns".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // What `try_from` takes.
+        schemars::json_schema!({
+            "anyOf": [
+                {"const": "auto"},
+                {"type": "object", "additionalProperties": {"type": "string"}},
+            ],
+        })
+    }
 }
 
 impl TryFrom<ColumnsRepr> for Columns {
@@ -254,7 +276,8 @@ mod tests {
 }
 
 /// How the source finds new rows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 pub enum SourceMode {
     /// New rows have a larger `incrementing_column` (an identity or
     /// sequence): catches inserts.
@@ -268,7 +291,8 @@ pub enum SourceMode {
 }
 
 /// `source: {type: postgres, ...}`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSourceConfig {
     pub url: String,
@@ -286,6 +310,7 @@ pub struct PostgresSourceConfig {
     pub timestamp_column: Option<String>,
     /// How long to wait before looking again when there is nothing new.
     #[serde(default = "default_poll_interval", with = "ferry_api::duration")]
+    #[schemars(with = "ferry_api::duration::Text")]
     pub poll_interval: std::time::Duration,
     /// Rows per query.
     #[serde(default = "default_source_batch")]

@@ -36,7 +36,7 @@ pub use config::{
     Columns, Mode, PostgresSinkConfig, PostgresSinkDefinition, PostgresSourceConfig, SourceMode,
 };
 
-use ferry_api::{SinkPlugin, SourcePlugin, deserialize};
+use ferry_api::{SinkPlugin, SourcePlugin, deserialize, schema_of};
 
 /// The `postgres` sink, for the runtime's registry.
 pub fn sink_plugin() -> SinkPlugin {
@@ -47,6 +47,7 @@ pub fn sink_plugin() -> SinkPlugin {
                 PostgresSinkConfig,
             >(v)?)))
         },
+        schema: schema_of::<PostgresSinkConfig>,
     }
 }
 
@@ -55,5 +56,6 @@ pub fn source_plugin() -> SourcePlugin {
     SourcePlugin {
         kind: "postgres",
         parse: |v| Ok(Box::new(deserialize::<PostgresSourceConfig>(v)?)),
+        schema: schema_of::<PostgresSourceConfig>,
     }
 }

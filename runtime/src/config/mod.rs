@@ -56,7 +56,8 @@ impl fmt::Display for ConfigError {
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
 /// What a pipeline does with a record it cannot deliver.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "lowercase")]
 pub enum Tolerance {
     /// Stop the pipeline, naming the record and its position.
@@ -67,7 +68,8 @@ pub enum Tolerance {
 }
 
 /// `delivery:` — how records are batched into sink commits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Records per sink commit. A commit costs an fsync or a transaction,
@@ -77,6 +79,7 @@ pub struct DeliveryConfig {
     pub batch_size: usize,
     /// A partial batch is committed after this long.
     #[serde(default = "default_flush_interval", with = "ferry_api::duration")]
+    #[schemars(with = "ferry_api::duration::Text")]
     pub flush_interval: Duration,
 }
 
@@ -97,7 +100,8 @@ fn default_flush_interval() -> Duration {
 }
 
 /// `errors:` — tolerance, dead letters and retries.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorsConfig {
     #[serde(default)]
@@ -107,11 +111,13 @@ pub struct ErrorsConfig {
     pub dead_letter: Option<PathBuf>,
     /// First wait before retrying a retriable failure; doubles each time.
     #[serde(default = "default_retry_backoff", with = "ferry_api::duration")]
+    #[schemars(with = "ferry_api::duration::Text")]
     pub retry_backoff: Duration,
     /// Longest wait between restarts. After a retriable failure the pipeline
     /// starts again from its committed positions, until it succeeds or ferry
     /// is stopped: it pauses, it does not die.
     #[serde(default = "default_retry_backoff_max", with = "ferry_api::duration")]
+    #[schemars(with = "ferry_api::duration::Text")]
     pub retry_backoff_max: Duration,
 }
 
