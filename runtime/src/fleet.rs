@@ -416,7 +416,8 @@ fn invalid_file(change: &Change) -> Option<&PathBuf> {
 
 /// What a reading of the files found: every pipeline file loaded, and the
 /// paths that could not be read this time.
-pub(crate) type Reading = Result<(Vec<Found>, Vec<PathBuf>), JoinError>;
+pub(crate) type Reading = Result<Files, JoinError>;
+pub(crate) type Files = (Vec<Found>, Vec<PathBuf>);
 
 /// Reads every pipeline file under `paths` on a blocking thread of its own:
 /// a read that hangs (a stuck network mount) holds up no one; the run loop
@@ -424,7 +425,7 @@ pub(crate) type Reading = Result<(Vec<Found>, Vec<PathBuf>), JoinError>;
 pub(crate) fn read_files(
     paths: Vec<PathBuf>,
     registry: Arc<Registry>,
-) -> tokio::task::JoinHandle<(Vec<Found>, Vec<PathBuf>)> {
+) -> tokio::task::JoinHandle<Files> {
     tokio::task::spawn_blocking(move || {
         let (files, unreadable) = match config::expand_paths(&paths) {
             Ok(files) => (files, Vec::new()),

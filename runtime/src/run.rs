@@ -97,12 +97,8 @@ pub async fn run(
     for p in pipelines {
         fleet.start(p);
     }
-    let mut reload = options.reload.take();
-    let stay = reload.as_ref().is_some_and(|r| r.stay);
-    // Ready once the pipelines are started: now, or after the first reading
-    // of the files when that is what is queued.
-    let mut ready = reload.as_ref().is_none_or(|r| r.requests.is_empty());
-    if ready {
+    let mut reloads = Reloads::new(options.reload.take());
+    if reloads.ready {
         service_manager::ready();
     }
     let mut watchdog = service_manager::watchdog_interval().map(tokio::time::interval);
@@ -114,20 +110,11 @@ pub async fn run(
     tokio::pin!(shutdown);
     // Set once stopping: when the pipelines still running are given up.
     let mut deadline: Option<tokio::time::Instant> = None;
-    // The reading of the files under way, and whether another was asked
-    // for meanwhile (it reads them again once this one is applied).
-    let mut reading: Option<tokio::task::JoinHandle<_>> = None;
-    let mut read_again = false;
     loop {
-        if fleet.tasks.is_empty() && (deadline.is_some() || !stay) && !fleet.has_pending() {
+        let stay = reloads.stay && deadline.is_none();
+        if fleet.tasks.is_empty() && !stay && !fleet.has_pending() {
             break;
         }
-        let requested = async {
-            match reload.as_mut() {
-                Some(r) => r.requests.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = &mut shutdown, if deadline.is_none() => {
                 tracing::info!(
@@ -144,28 +131,14 @@ pub async fn run(
             }
             _ = ticker.tick() => progress.report(&fleet.snapshots(), false),
             _ = tick(watchdog.as_mut()) => service_manager::alive(),
-            request = requested, if deadline.is_none() => match request {
-                Some(()) if reading.is_some() => read_again = true,
-                Some(()) => {
-                    if ready {
-                        service_manager::reloading();
-                    }
-                    let r = reload.as_ref().expect("requested through it");
-                    reading = Some(fleet::read_files(r.paths.clone(), r.registry.clone()));
-                }
-                // Nobody can ask any more (the watcher and the signal
-                // handler are gone): the pipelines run on as they are.
-                None => reload = None,
-            },
-            read = async { reading.as_mut().expect("reading").await }, if reading.is_some() && deadline.is_none() => {
-                reading = None;
+            // (Futures of two fields: both borrow `reloads` at once.)
+            request = Reloads::requested(&mut reloads.reload), if deadline.is_none() => {
+                reloads.asked(request);
+            }
+            read = Reloads::read(&mut reloads.reading), if deadline.is_none() => {
+                reloads.reading = None;
                 fleet.reload(read).await;
-                service_manager::ready();
-                ready = true;
-                if std::mem::take(&mut read_again) && let Some(r) = reload.as_ref() {
-                    service_manager::reloading();
-                    reading = Some(fleet::read_files(r.paths.clone(), r.registry.clone()));
-                }
+                reloads.applied();
             }
             Some(request) = api_requests.recv() => fleet.answer(request),
             joined = fleet.tasks.join_next_with_id(), if !fleet.tasks.is_empty() => {
@@ -178,6 +151,82 @@ pub async fn run(
     let outcomes = fleet.outcomes();
     progress.report(&fleet.snapshots(), true);
     Ok(outcomes)
+}
+
+type FileReading = tokio::task::JoinHandle<fleet::Files>;
+
+/// The run's side of reloading: the requests, the reading of the files
+/// under way (on a thread of its own), and whether another was asked for
+/// meanwhile (the files are read again once this reading is applied).
+struct Reloads {
+    reload: Option<Reload>,
+    reading: Option<FileReading>,
+    read_again: bool,
+    /// Whether the service manager was told the run is ready: at once, or
+    /// after the first reading of the files when that is what is queued.
+    ready: bool,
+    /// Go on running when every pipeline has ended.
+    stay: bool,
+}
+
+impl Reloads {
+    fn new(reload: Option<Reload>) -> Reloads {
+        Reloads {
+            ready: reload.as_ref().is_none_or(|r| r.requests.is_empty()),
+            stay: reload.as_ref().is_some_and(|r| r.stay),
+            reload,
+            reading: None,
+            read_again: false,
+        }
+    }
+
+    /// The next request (never, without reloads).
+    async fn requested(reload: &mut Option<Reload>) -> Option<()> {
+        match reload.as_mut() {
+            Some(r) => r.requests.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn asked(&mut self, request: Option<()>) {
+        match request {
+            Some(()) if self.reading.is_some() => self.read_again = true,
+            Some(()) => {
+                if self.ready {
+                    service_manager::reloading();
+                }
+                self.start_reading();
+            }
+            // Nobody can ask any more (the watcher and the signal handler
+            // are gone): the pipelines run on as they are.
+            None => self.reload = None,
+        }
+    }
+
+    fn start_reading(&mut self) {
+        if let Some(r) = &self.reload {
+            self.reading = Some(fleet::read_files(r.paths.clone(), r.registry.clone()));
+        }
+    }
+
+    /// The files as read, once the reading under way ends (never, when
+    /// none is).
+    async fn read(reading: &mut Option<FileReading>) -> fleet::Reading {
+        match reading.as_mut() {
+            Some(reading) => reading.await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The reading was applied: ready again, and read again if asked.
+    fn applied(&mut self) {
+        service_manager::ready();
+        self.ready = true;
+        if std::mem::take(&mut self.read_again) && self.reload.is_some() {
+            service_manager::reloading();
+            self.start_reading();
+        }
+    }
 }
 
 /// Serves the admin API when a listener is given; the run loop answers

@@ -158,3 +158,41 @@ fn a_failed_pipeline_stays_failed_until_restarted() {
     f.stop();
     psql_at(&pg_url(), &format!("DROP TABLE IF EXISTS {table}"));
 }
+
+#[test]
+fn a_busy_default_api_port_moves_to_a_free_one_and_a_busy_chosen_port_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("in")).unwrap();
+    fs::write(d.join("p.yaml"), pipeline("p")).unwrap();
+    // Held here, or by whatever else holds it: busy either way.
+    let _default = std::net::TcpListener::bind("127.0.0.1:8083");
+    let mut f = Ferry::start_with_env(d, &["run", "p.yaml"], &[("FERRY_API", "127.0.0.1:8083")]);
+    // Until ferry notes its address, `ferry status` would ask the holder
+    // of the default port.
+    assert!(wait_until(Duration::from_secs(20), || d
+        .join("data/api.addr")
+        .exists()));
+    wait_state(&f, d, "p", "running");
+    let addr = fs::read_to_string(d.join("data/api.addr")).unwrap();
+    assert_ne!(addr.trim(), "127.0.0.1:8083");
+    assert!(
+        f.log_text().contains(
+            "the admin API's port 127.0.0.1:8083 is in use: listening on a free port instead"
+        ),
+        "{}",
+        f.log_text()
+    );
+    f.stop();
+
+    // A port asked for by name is not silently replaced.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().to_string();
+    let (status, log) = run_to_end(
+        d,
+        &["run", "--api", &port, "p.yaml"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains(&format!("the admin API on {port}")), "{log}");
+}

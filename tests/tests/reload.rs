@@ -132,6 +132,10 @@ fn added_changed_invalid_removed_and_renamed_files_apply_while_the_others_run() 
         f.log_text()
             .contains(r#"reload: refused: pipeline name "keep" is already used by conf/keep.yaml"#)
     });
+    // Said once, not again at every reload while it stands.
+    fs::write(d.join("conf/edit.yaml"), format!("{edited}# saved again\n")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(said(&f, "reload: refused"), 1, "{}", f.log_text());
     fs::remove_file(d.join("conf/dup.yaml")).unwrap();
 
     // Removed: drained and stopped.
