@@ -26,7 +26,7 @@ static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
 /// Remembers `value` as a secret, with its URL-encoded and decoded forms
 /// (a password appears encoded in a URL, and decoded in some errors).
 pub fn register(value: &str) {
-    if value.len() < MIN_LEN || is_knob(value) {
+    if !is_masked(value) {
         return;
     }
     let mut forms = vec![value.to_string(), percent_encode(value)];
@@ -56,6 +56,11 @@ pub fn redact(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// Whether `value`, from the environment, is masked where it appears.
+pub(crate) fn is_masked(value: &str) -> bool {
+    value.len() >= MIN_LEN && !is_knob(value)
 }
 
 fn is_knob(value: &str) -> bool {

@@ -37,13 +37,14 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
         .collect();
     let mut delivery = generator.subschema_for::<DeliveryConfig>().to_value();
     let mut errors = generator.subschema_for::<ErrorsConfig>().to_value();
-    allow_env_references(&mut delivery);
-    allow_env_references(&mut errors);
     let mut definitions = Value::Object(generator.take_definitions(false));
-    allow_env_references(&mut definitions);
+    for value in [&mut delivery, &mut errors, &mut definitions] {
+        for_editors(value);
+        allow_env_references(value);
+    }
     let mut root = json!({
         "$schema": "http://json-schema.org/draft-07/schema#",
-        "title": "ferry pipeline",
+        // No `title`: yaml-language-server heads every hover with it.
         "description": "One pipeline: records from `source` to `sink`, positions committed once the sink has made them durable. Values may be `${NAME}` (from the environment).",
         "type": "object",
         "additionalProperties": false,
@@ -53,6 +54,7 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
                 "description": "The pipeline's name, unique among the files ferry runs: its offsets, dead letters and status go by it.",
                 "type": "string",
                 "pattern": NAME_PATTERN,
+                "patternErrorMessage": "letters, digits, '-', '_' and '.' (at most 100, not starting with '.')",
             },
             "source": section("Where records come from", sources),
             "sink": section("Where records go", sinks),
@@ -81,8 +83,14 @@ fn section(what: &str, kinds: Vec<(&'static str, Schema)>) -> Value {
         .into_iter()
         .map(|(kind, schema)| {
             let mut schema = schema.to_value();
+            for_editors(&mut schema);
             allow_env_references(&mut schema);
             with_type_key(&mut schema, kind);
+            // An editor shows the branch's description for the section:
+            // the struct's doc (`source: {type: file}`) says less than this.
+            schema["description"] = json!(format!(
+                "{what}: the `{kind}` connector (docs/connectors/{kind}.md)."
+            ));
             json!({
                 "if": {"properties": {"type": {"const": kind}}, "required": ["type"]},
                 "then": schema,
@@ -93,7 +101,10 @@ fn section(what: &str, kinds: Vec<(&'static str, Schema)>) -> Value {
         "description": format!("{what}: `type` names the connector, the other keys are its settings."),
         "type": "object",
         "required": ["type"],
-        "properties": {"type": {"enum": names}},
+        "properties": {"type": {
+            "description": "The connector; its keys are the others of this section.",
+            "enum": names,
+        }},
         "allOf": branches,
     })
 }
@@ -113,6 +124,53 @@ fn with_type_key(schema: &mut Value, kind: &str) {
             object.insert("required".into(), json!(["type"]));
         }
     }
+}
+
+/// What YAML language servers show best (checked with Red Hat's
+/// yaml-language-server): a unit enum's values as one `enum` whose
+/// description lists what each means (a `oneOf` of constants shows only
+/// the chosen value's text on hover, not the key's), and no `default:
+/// null` (absent is the default; a null default broke its completion).
+fn for_editors(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map.get("default") == Some(&Value::Null) {
+                map.remove("default");
+            }
+            if let Some(words) = words_of(map) {
+                map.remove("oneOf");
+                let mut description = map
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                for (word, meaning) in &words {
+                    description.push_str(&format!("\n- `{word}`: {meaning}"));
+                }
+                let words: Vec<&str> = words.iter().map(|(w, _)| w.as_str()).collect();
+                map.insert("type".into(), json!("string"));
+                map.insert("enum".into(), json!(words));
+                map.insert("description".into(), json!(description.trim_start()));
+            }
+            map.values_mut().for_each(for_editors);
+        }
+        Value::Array(items) => items.iter_mut().for_each(for_editors),
+        _ => {}
+    }
+}
+
+/// The words and their descriptions, when `schema` is a `oneOf` of string
+/// constants.
+fn words_of(schema: &Map<String, Value>) -> Option<Vec<(String, String)>> {
+    let branches = schema.get("oneOf")?.as_array()?;
+    branches
+        .iter()
+        .map(|b| {
+            let word = b.get("const")?.as_str()?.to_string();
+            let meaning = b.get("description").and_then(Value::as_str).unwrap_or("");
+            Some((word, meaning.replace('\n', " ")))
+        })
+        .collect()
 }
 
 /// Lets `${NAME}` stand for every value a plain string would not match.
@@ -139,7 +197,11 @@ fn allow_env_references(value: &mut Value) {
                         map.insert(key.into(), v);
                     }
                 }
-                let reference = json!({"type": "string", "pattern": ENV_REFERENCE});
+                let reference = json!({
+                    "type": "string",
+                    "pattern": ENV_REFERENCE,
+                    "patternErrorMessage": "a value, or `${NAME}` alone (from the environment)",
+                });
                 map.insert("anyOf".into(), json!([Value::Object(inner), reference]));
             }
         }

@@ -54,7 +54,7 @@ impl schemars::JsonSchema for Text {
         schemars::json_schema!({
             "type": "string",
             "pattern": "^\\s*([0-9]+\\s*[A-Za-zµ]+\\s*)+$",
-            "examples": ["250ms", "30s", "5m", "1h 30m"],
+            "patternErrorMessage": "a duration such as 250ms, 30s, 5m or 1h 30m",
         })
     }
 }

@@ -64,7 +64,7 @@ impl schemars::JsonSchema for ByteSize {
                 {"type": "integer", "minimum": 0},
                 {"type": "string", "pattern": "^\\s*[0-9]+\\s*([bBkKmMgG]|[kKmMgG][iI]?[bB])?\\s*$"},
             ],
-            "examples": ["5MB", "512KB", 1000000],
+            "examples": ["5MB"],
         })
     }
 }
@@ -129,11 +129,15 @@ impl Default for BulkConfig {
 #[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
+    /// Retries of one request before the sink gives up (the pipeline then
+    /// restarts from its committed positions).
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// The first wait; doubles each retry, with full jitter.
     #[serde(default = "default_initial_backoff", with = "ferry_api::duration")]
     #[schemars(with = "ferry_api::duration::Text")]
     pub initial_backoff: Duration,
+    /// The longest wait between two retries.
     #[serde(default = "default_max_backoff", with = "ferry_api::duration")]
     #[schemars(with = "ferry_api::duration::Text")]
     pub max_backoff: Duration,
@@ -167,10 +171,14 @@ impl Default for RetryConfig {
 #[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
+    /// Basic authentication's user, with `password`.
     #[serde(default)]
     pub username: Option<String>,
+    /// Basic authentication's password (write `${ES_PASSWORD}`).
     #[serde(default)]
     pub password: Option<String>,
+    /// An API key instead of a user: the encoded `id:key` Elasticsearch
+    /// hands out (write `${ES_API_KEY}`).
     #[serde(default)]
     pub api_key: Option<String>,
 }
@@ -203,6 +211,7 @@ pub struct ElasticsearchSinkConfig {
     pub retry: RetryConfig,
     #[serde(default)]
     pub auth: Option<Auth>,
+    /// TLS settings for `https://` URLs; absent: the system's CA store.
     #[serde(default)]
     pub tls: Option<Tls>,
     /// Per request.

@@ -255,7 +255,10 @@ pub enum TopicSpec {
     /// Always this topic.
     Static(String),
     /// The value of a record field (a string), per record.
-    Field { field: String },
+    Field {
+        /// The record field that names the topic.
+        field: String,
+    },
 }
 
 /// How a record becomes a message's payload.
@@ -275,6 +278,7 @@ pub enum SinkFormat {
 #[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
+    /// `host:port[,host:port…]`.
     pub brokers: String,
     pub topic: TopicSpec,
     /// A record field whose value is the message key (strings as text,

@@ -13,7 +13,10 @@ pub enum IdSpec {
     /// writes the same ids) or `none` (the server chooses: at-least-once).
     Named(IdName),
     /// `{field: name}`: the value of a record field.
-    Field { field: String },
+    Field {
+        /// The record field whose value is the id.
+        field: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, schemars::JsonSchema)]

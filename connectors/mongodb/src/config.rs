@@ -29,7 +29,9 @@ pub enum WriteMode {
 pub struct MongoSinkConfig {
     /// A MongoDB connection string (secrets through `${ENV}`).
     pub uri: String,
+    /// The database written to.
     pub database: String,
+    /// The collection written to (created by the server when missing).
     pub collection: String,
     /// Default: `insert` with ids from positions (a replay is the same
     /// document: nothing to update, and inserts cost the server a fraction
@@ -156,6 +158,8 @@ pub enum FullDocument {
 #[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct MongoSourceConfig {
+    /// A MongoDB connection string of a replica set or sharded cluster
+    /// (change streams need one); secrets through `${ENV}`.
     pub uri: String,
     /// Without it: every database of the server.
     #[serde(default)]

@@ -295,6 +295,8 @@ pub enum SourceMode {
 #[schemars(inline)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSourceConfig {
+    /// `postgres://user:password@host:port/database`; use `${PG_URL}` to keep
+    /// the password out of the file.
     pub url: String,
     /// `schema.table` or `table`; or use `query`.
     #[serde(default)]
@@ -305,7 +307,11 @@ pub struct PostgresSourceConfig {
     pub query: Option<String>,
     #[serde(default)]
     pub mode: SourceMode,
+    /// A column that grows with each new row (an identity or a sequence):
+    /// the cursor.
     pub incrementing_column: String,
+    /// With `mode: timestamp+incrementing`: a column that moves forward when
+    /// a row is written, compared before `incrementing_column`.
     #[serde(default)]
     pub timestamp_column: Option<String>,
     /// How long to wait before looking again when there is nothing new.

@@ -15,10 +15,17 @@ impl Secrets {
     /// asterisks: error messages may quote a bad value, which may be a secret.
     pub fn redact(&self, message: &str) -> String {
         let mut out = message.to_string();
-        for v in &self.0 {
-            if !v.is_empty() {
-                out = out.replace(v.as_str(), "***");
-            }
+        // Longest first: a value inside another (`5` in `12345`) must not
+        // cut the longer one apart before it is replaced.
+        // Masked as in the log (`crate::redact`): not numbers or very short values.
+        let mut values: Vec<&String> = self
+            .0
+            .iter()
+            .filter(|v| crate::redact::is_masked(v))
+            .collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        for v in values {
+            out = out.replace(v.as_str(), "***");
         }
         out
     }

@@ -11,6 +11,10 @@ pub(super) struct Loader<'a> {
     pub(super) errors: Vec<ConfigError>,
     /// Paths whose `${VAR}` is unset.
     pub(super) env_failed: Vec<String>,
+    /// Paths whose value is one `${VAR}` that became a number or a
+    /// boolean, with the variable's text: where the section wants a string
+    /// (a password of digits, a database named `5`), the text is put back.
+    pub(super) typed_env: Vec<(String, String)>,
 }
 
 pub(super) enum At {
@@ -91,13 +95,15 @@ impl Loader<'_> {
             // A value that is only `${NAME}` takes the type its text has in
             // YAML, so `port: ${PORT}` is a number.
             Ok(out) if is_single_reference(s) => {
-                match serde_yaml::from_str::<serde_yaml::Value>(&out) {
+                let typed = match serde_yaml::from_str::<serde_yaml::Value>(&out) {
                     Ok(serde_yaml::Value::Bool(b)) => Value::Bool(b),
                     Ok(serde_yaml::Value::Number(n)) => {
-                        serde_json::to_value(&n).unwrap_or(Value::String(out))
+                        serde_json::to_value(&n).unwrap_or(Value::String(out.clone()))
                     }
-                    _ => Value::String(out),
-                }
+                    _ => return Value::String(out),
+                };
+                self.typed_env.push((path.to_string(), out));
+                typed
             }
             Ok(out) => Value::String(out),
             Err(missing) => {
@@ -303,6 +309,7 @@ impl Loader<'_> {
                     }
                     return clean.then_some(t);
                 }
+                Err(err) if self.retype(section, &err, &mut retry.value) => {}
                 Err(err) => {
                     retry.failed = true;
                     self.step_over(section, err, &mut retry)?;
@@ -310,6 +317,29 @@ impl Loader<'_> {
             }
         }
         None
+    }
+
+    /// Puts back the text of the `${VAR}`s that were typed as numbers or
+    /// booleans at or under the place of `err` (where strings go; an
+    /// untagged enum reports its own place, not the value's): not a
+    /// mistake of the file. False when there were none.
+    fn retype(&mut self, section: &str, err: &FieldError, value: &mut Value) -> bool {
+        let at = join(section, &path_string(&err.path));
+        let below = |p: &str| {
+            p.strip_prefix(at.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        };
+        let (retyped, kept) = std::mem::take(&mut self.typed_env)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(p, _)| below(p));
+        self.typed_env = kept;
+        let mut any = false;
+        for (path, text) in retyped {
+            if let Some(segments) = segments_of(value, section, &path) {
+                any |= insert_at(value, &segments, Value::String(text));
+            }
+        }
+        any
     }
 
     /// Reports `err` and changes the section so that the next parse gets
@@ -324,6 +354,7 @@ impl Loader<'_> {
             slot.1 += 1;
             return insert_at(&mut retry.value, &slot.0, stand_in(slot.1)?).then_some(());
         }
+
         match err.misfit() {
             Misfit::UnknownKey { key, expected } => {
                 let mut path = err.path.clone();
@@ -511,6 +542,37 @@ pub fn path_string(path: &[PathSegment]) -> String {
         }
     }
     s
+}
+
+/// The place in `value` (the section at `section`) whose path reads `path`.
+fn segments_of(value: &Value, section: &str, path: &str) -> Option<Vec<PathSegment>> {
+    fn walk(v: &Value, at: &mut Vec<PathSegment>, section: &str, path: &str) -> bool {
+        if join(section, &path_string(at)) == path {
+            return true;
+        }
+        let children: Vec<(PathSegment, &Value)> = match v {
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| (PathSegment::Key(k.clone()), v))
+                .collect(),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (PathSegment::Index(i), v))
+                .collect(),
+            _ => return false,
+        };
+        for (segment, child) in children {
+            at.push(segment);
+            if walk(child, at, section, path) {
+                return true;
+            }
+            at.pop();
+        }
+        false
+    }
+    let mut at = Vec::new();
+    walk(value, &mut at, section, path).then_some(at)
 }
 
 pub(super) fn join(parent: &str, child: &str) -> String {

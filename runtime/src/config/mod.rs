@@ -386,6 +386,7 @@ pub fn load_str(
         secrets: Secrets::default(),
         errors: Vec::new(),
         env_failed: Vec::new(),
+        typed_env: Vec::new(),
     };
     let value = cx.json_value(yaml, "", lookup);
     let pipeline = cx

@@ -273,3 +273,35 @@ fn env_references_stand_where_numbers_and_words_go() {
     });
     assert!(!validator.is_valid(&not_a_reference));
 }
+
+#[test]
+fn every_key_says_what_it_is_for() {
+    // An editor shows it on hover: a key without it is a key the user has
+    // to look up.
+    fn walk(value: &Value, path: &str, missing: &mut Vec<String>) {
+        let Value::Object(map) = value else { return };
+        if let Some(Value::Object(properties)) = map.get("properties") {
+            for (key, schema) in properties {
+                let described =
+                    schema.get("description").is_some() || schema.get("const").is_some();
+                if !described && key != "type" {
+                    missing.push(format!("{path}.{key}"));
+                }
+            }
+        }
+        for (key, child) in map {
+            match child {
+                Value::Array(items) => items
+                    .iter()
+                    .for_each(|i| walk(i, &format!("{path}/{key}"), missing)),
+                _ => walk(child, &format!("{path}/{key}"), missing),
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&pipeline_schema(&Registry::builtin()), "", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "keys without a doc comment: {missing:#?}"
+    );
+}
