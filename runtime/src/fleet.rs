@@ -347,6 +347,7 @@ impl Fleet {
             .filter(|m| !m.draining)
             .map(|m| PipelineView {
                 snapshot: m.handle.snapshot(),
+                stats: m.handle.stats().clone(),
                 file: m.config.file.display().to_string(),
                 source: redact(&m.config.source.describe()).into_owned(),
                 sink: redact(&m.config.sink.describe()).into_owned(),
@@ -381,6 +382,13 @@ impl Fleet {
             self.start_shared(m.config);
         }
         lookup
+    }
+
+    /// Takes each pipeline's sample of this second.
+    pub(crate) fn sample(&self) {
+        for m in &self.members {
+            m.handle.stats().sample();
+        }
     }
 
     pub(crate) fn snapshots(&self) -> Vec<Snapshot> {

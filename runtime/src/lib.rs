@@ -67,4 +67,4 @@ pub use check::check_connections;
 pub use guarantee::delivery_guarantee;
 pub(crate) use panics::join_error_message;
 pub use panics::panic_message;
-pub use run::{PipelineOutcome, Reload, RunError, RunOptions, lock_data_dir, run};
+pub use run::{ApiServer, PipelineOutcome, Reload, RunError, RunOptions, lock_data_dir, run};

@@ -66,11 +66,8 @@ enum Command {
     Resume(SteerArgs),
     /// Restart a pipeline from its committed positions (a failed one too).
     Restart(SteerArgs),
-    /// Every pipeline of the running ferry: state, counters, last error.
-    Status {
-        #[arg(long, env = "FERRY_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
-    },
+    /// Every pipeline of the running ferry: state, counters, rate, last error.
+    Status(StatusArgs),
     /// Print the JSON Schema of pipeline files, for editors:
     /// `ferry schema > pipeline.schema.json` (see the README).
     Schema,
@@ -104,21 +101,87 @@ struct RunArgs {
     /// pipeline has ended.
     #[arg(long)]
     no_watch: bool,
-    /// Where the admin API listens (loopback only), or `off`.
+    /// Where the admin API listens, or `off`. Beyond loopback only with a token.
     #[arg(long, env = "FERRY_API", default_value = ferry::api::client::DEFAULT_ADDR)]
     api: String,
+    #[command(flatten)]
+    token: TokenArgs,
     /// Pipeline files, or folders of them (*.yaml, *.yml).
     #[arg(default_value = "configs")]
     paths: Vec<PathBuf>,
 }
 
+/// The admin API's token: a file's content, or FERRY_API_TOKEN (never an
+/// argument, which every user of the machine can read in `ps`).
 #[derive(Args)]
-struct SteerArgs {
+struct TokenArgs {
+    /// A file holding the admin API's token (else FERRY_API_TOKEN, if set).
+    #[arg(long, env = "FERRY_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        let token = match &self.api_token_file {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("--api-token-file {}", file.display()))?;
+                Some(text.trim().to_string())
+            }
+            None => std::env::var("FERRY_API_TOKEN").ok(),
+        };
+        match token {
+            Some(t) if t.is_empty() => anyhow::bail!("the admin API's token is empty"),
+            Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                anyhow::bail!(
+                    "the admin API's token must be one word (no spaces or control characters)"
+                )
+            }
+            other => Ok(other),
+        }
+    }
+}
+
+/// How to reach a running ferry.
+#[derive(Args)]
+struct ApiArgs {
     /// The data folder of the running ferry (its API address is kept there).
     #[arg(long, env = "FERRY_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
+    /// The running ferry's API address, instead of the one its data folder notes.
+    #[arg(long = "api", value_name = "ADDR")]
+    addr: Option<String>,
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+impl ApiArgs {
+    fn target(&self) -> anyhow::Result<ferry::api::client::Target> {
+        Ok(ferry::api::client::Target {
+            addr: match &self.addr {
+                Some(addr) => addr.clone(),
+                None => ferry::api::client::addr_for(&self.data_dir),
+            },
+            token: self.token.token()?,
+        })
+    }
+}
+
+#[derive(Args)]
+struct SteerArgs {
+    #[command(flatten)]
+    api: ApiArgs,
     /// The pipeline's name.
     pipeline: String,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Refresh every second, in place, until Ctrl-C.
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(Args)]
@@ -140,12 +203,7 @@ enum OffsetsCommand {
         data_dir: PathBuf,
     },
     /// Make a pipeline start again from the beginning of its source at its next start.
-    Reset {
-        #[arg(long, env = "FERRY_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
-        /// The pipeline's name.
-        pipeline: String,
-    },
+    Reset(SteerArgs),
 }
 
 fn main() -> ExitCode {
@@ -180,7 +238,7 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
         Command::Pause(a) => steer(&a, "pause"),
         Command::Resume(a) => steer(&a, "resume"),
         Command::Restart(a) => steer(&a, "restart"),
-        Command::Status { data_dir } => status(&data_dir),
+        Command::Status(args) => status(&args),
         Command::Schema => {
             let schema = ferry::schema::pipeline_schema(&Registry::builtin());
             println!("{}", serde_json::to_string_pretty(&schema)?);
@@ -195,8 +253,8 @@ fn real_main(command: Command) -> anyhow::Result<ExitCode> {
             command: OffsetsCommand::List { data_dir },
         } => list_offsets(&data_dir),
         Command::Offsets {
-            command: OffsetsCommand::Reset { data_dir, pipeline },
-        } => reset_offsets(&data_dir, &pipeline),
+            command: OffsetsCommand::Reset(args),
+        } => reset_offsets(&args),
     }
 }
 
@@ -335,14 +393,15 @@ fn list_offsets(data_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn reset_offsets(data_dir: &Path, pipeline: &str) -> anyhow::Result<ExitCode> {
+fn reset_offsets(args: &SteerArgs) -> anyhow::Result<ExitCode> {
+    let (data_dir, pipeline) = (&args.api.data_dir, &args.pipeline);
     // While a ferry runs on this folder, it does the reset (pause, reset,
     // resume): it would overwrite one made beside it.
     let _lock = match lock_data_dir(data_dir) {
         Ok(lock) => lock,
         Err(ferry::RunError::Locked(_)) => {
             let path = format!("/pipelines/{pipeline}/offsets");
-            return call_api(data_dir, "DELETE", &path);
+            return call_api(&args.api, "DELETE", &path);
         }
         Err(e) => return Err(e.into()),
     };
@@ -361,56 +420,57 @@ fn reset_offsets(data_dir: &Path, pipeline: &str) -> anyhow::Result<ExitCode> {
 /// `ferry pause|resume|restart NAME`.
 fn steer(args: &SteerArgs, what: &str) -> anyhow::Result<ExitCode> {
     call_api(
-        &args.data_dir,
+        &args.api,
         "POST",
         &format!("/pipelines/{}/{what}", args.pipeline),
     )
 }
 
-/// `ferry status`: one line per pipeline.
-fn status(data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let addr = ferry::api::client::addr_for(data_dir);
+/// `ferry status`: one line per pipeline; with `--watch`, again every
+/// second, in place.
+fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let target = args.api.target()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (code, body) = runtime
-        .block_on(ferry::api::client::request(&addr, "GET", "/pipelines"))
-        .map_err(|e| anyhow::anyhow!(e))?;
-    if code != 200 {
-        eprintln!("error: {}", api_error(&body));
-        return Ok(ExitCode::from(1));
+    loop {
+        let table = runtime
+            .block_on(ferry::api::client::request(&target, "GET", "/pipelines"))
+            .and_then(|(code, body)| match code {
+                200 => serde_json::from_str::<Vec<serde_json::Value>>(&body)
+                    .map(|p| ferry::api::client::status_table(&p))
+                    .map_err(|e| format!("ferry's API answered {e}")),
+                _ => Err(api_error(&body)),
+            });
+        if !args.watch {
+            return match table {
+                Ok(table) => {
+                    print!("{table}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            };
+        }
+        // Home, clear: the table stays in place like `top`.
+        let shown = table.unwrap_or_else(|e| format!("error: {e}\n"));
+        print!("\x1b[H\x1b[2J{shown}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        std::thread::sleep(Duration::from_secs(1));
     }
-    let pipelines: Vec<serde_json::Value> = serde_json::from_str(&body)?;
-    println!(
-        "{:<24} {:<10} {:>12} {:>12} {:>8}  error",
-        "pipeline", "state", "in", "out", "retries"
-    );
-    for p in &pipelines {
-        let error = p["state"]["error"]
-            .as_str()
-            .or(p["pending_config_error"].as_str())
-            .unwrap_or("");
-        println!(
-            "{:<24} {:<10} {:>12} {:>12} {:>8}  {}",
-            p["name"].as_str().unwrap_or("?"),
-            p["state"]["name"].as_str().unwrap_or("?"),
-            p["records_in"].as_u64().unwrap_or(0),
-            p["records_out"].as_u64().unwrap_or(0),
-            p["retries"].as_u64().unwrap_or(0),
-            error.lines().next().unwrap_or("")
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// One request to the running ferry's API; prints its answer.
-fn call_api(data_dir: &Path, method: &str, path: &str) -> anyhow::Result<ExitCode> {
-    let addr = ferry::api::client::addr_for(data_dir);
+fn call_api(api: &ApiArgs, method: &str, path: &str) -> anyhow::Result<ExitCode> {
+    let target = api.target()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (code, body) = runtime
-        .block_on(ferry::api::client::request(&addr, method, path))
+        .block_on(ferry::api::client::request(&target, method, path))
         .map_err(|e| anyhow::anyhow!(e))?;
     if (200..300).contains(&code) {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -470,14 +530,15 @@ fn print_config_errors(errors: &ConfigErrors) -> ExitCode {
 
 /// Binds the admin API as `--api` says (`off`: none) and notes its
 /// address in the data folder for the control commands.
-async fn bind_api(args: &RunArgs) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+async fn bind_api(args: &RunArgs) -> anyhow::Result<Option<ferry::ApiServer>> {
+    let token = args.token.token()?;
     Ok(match args.api.as_str() {
         "off" => None,
         addr => {
             let addr = addr.parse().with_context(|| {
                 format!("--api {addr}: an address such as 127.0.0.1:8083, or off")
             })?;
-            let listener = match ferry::api::bind(addr).await {
+            let listener = match ferry::api::bind(addr, token.is_some()).await {
                 // Another ferry on this machine has the default port:
                 // this one takes a free port (the control commands find
                 // it in the data folder).
@@ -488,7 +549,8 @@ async fn bind_api(args: &RunArgs) -> anyhow::Result<Option<tokio::net::TcpListen
                     tracing::warn!(
                         "the admin API's port {addr} is in use: listening on a free port instead"
                     );
-                    ferry::api::bind("127.0.0.1:0".parse().expect("an address")).await
+                    let free = "127.0.0.1:0".parse().expect("an address");
+                    ferry::api::bind(free, token.is_some()).await
                 }
                 other => other,
             }
@@ -499,8 +561,13 @@ async fn bind_api(args: &RunArgs) -> anyhow::Result<Option<tokio::net::TcpListen
                 ferry::api::client::addr_file(&args.data_dir),
                 format!("{bound}\n"),
             )?;
-            tracing::info!("admin API on http://{bound}");
-            Some(listener)
+            let guarded = if token.is_some() {
+                " (with a token)"
+            } else {
+                ""
+            };
+            tracing::info!("admin API on http://{bound}{guarded}");
+            Some(ferry::ApiServer { listener, token })
         }
     })
 }

@@ -46,8 +46,15 @@ pub struct RunOptions {
     /// Where the pipelines come from again when asked to reload; None: the
     /// pipelines given are all there is.
     pub reload: Option<Reload>,
-    /// Serve the admin API on this listener.
-    pub api: Option<tokio::net::TcpListener>,
+    /// Serve the admin API.
+    pub api: Option<ApiServer>,
+}
+
+/// Where the admin API listens, and the token it wants.
+pub struct ApiServer {
+    pub listener: tokio::net::TcpListener,
+    /// Every endpoint but `/health` wants `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 /// Reloading the pipeline files while running.
@@ -107,6 +114,9 @@ pub async fn run(
     let mut progress = Progress::default();
     let mut ticker = tokio::time::interval(options.progress_interval);
     ticker.tick().await; // the first tick is immediate
+    // The counters' history, for the rates: one sample a second.
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     // Set once stopping: when the pipelines still running are given up.
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -130,6 +140,7 @@ pub async fn run(
                 break;
             }
             _ = ticker.tick() => progress.report(&fleet.snapshots(), false),
+            _ = second.tick() => fleet.sample(),
             _ = tick(watchdog.as_mut()) => service_manager::alive(),
             // (Futures of two fields: both borrow `reloads` at once.)
             request = Reloads::requested(&mut reloads.reload), if deadline.is_none() => {
@@ -233,9 +244,13 @@ impl Reloads {
 /// its requests.
 fn start_api(options: &mut RunOptions) -> mpsc::Receiver<api::FleetRequest> {
     let (tx, requests) = mpsc::channel(16);
-    if let Some(listener) = options.api.take() {
-        let store = OffsetStore::new(&options.data_dir);
-        tokio::spawn(api::serve(listener, tx, store, options.shutdown_timeout));
+    if let Some(server) = options.api.take() {
+        let config = api::ApiConfig {
+            store: OffsetStore::new(&options.data_dir),
+            drain_timeout: options.shutdown_timeout,
+            token: server.token,
+        };
+        tokio::spawn(api::serve(server.listener, tx, config));
     }
     requests
 }

@@ -640,14 +640,29 @@ pub fn parse_http(raw: &[u8]) -> Option<HttpMessage> {
 /// `(status, body)`. Plain HTTP/1.0 over a socket: no client library, and a
 /// server that cannot be reached fails the test.
 pub fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    http_with(base, method, path, &[], body)
+}
+
+/// [`http`] with more headers (`("Authorization", "Bearer x")`).
+pub fn http_with(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://").trim_end_matches('/');
     let mut s = std::net::TcpStream::connect(addr)
-        .unwrap_or_else(|e| panic!("no ES-API server at {base}: {e}"));
+        .unwrap_or_else(|e| panic!("no HTTP server at {base}: {e}"));
     let body = body.unwrap_or("");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("request");

@@ -25,15 +25,28 @@ pub fn addr_for(data_dir: &Path) -> String {
         .unwrap_or_else(|_| DEFAULT_ADDR.to_string())
 }
 
-/// Sends `method path` to `addr` and returns the status code and body.
-pub async fn request(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
+/// A running ferry's API: where, and the token it wants.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: String,
+    pub token: Option<String>,
+}
+
+/// Sends `method path` to `target` and returns the status code and body.
+pub async fn request(target: &Target, method: &str, path: &str) -> Result<(u16, String), String> {
+    let addr = target.addr.as_str();
+    let authorization = target
+        .token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let target: SocketAddr = addr
         .parse()
         .map_err(|e| format!("the API address {addr:?}: {e}"))?;
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(target).await?;
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(head.as_bytes()).await?;
         let mut raw = Vec::new();
@@ -54,4 +67,29 @@ pub async fn request(addr: &str, method: &str, path: &str) -> Result<(u16, Strin
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("ferry's API at {addr} answered something that is not HTTP"))?;
     Ok((status, body.to_string()))
+}
+
+/// `ferry status`'s table of `GET /pipelines`.
+pub fn status_table(pipelines: &[serde_json::Value]) -> String {
+    let mut out = format!(
+        "{:<24} {:<10} {:>12} {:>12} {:>10} {:>8}  error\n",
+        "pipeline", "state", "in", "out", "records/s", "retries"
+    );
+    for p in pipelines {
+        let error = p["state"]["error"]
+            .as_str()
+            .or(p["pending_config_error"].as_str())
+            .unwrap_or("");
+        out.push_str(&format!(
+            "{:<24} {:<10} {:>12} {:>12} {:>10.0} {:>8}  {}\n",
+            p["name"].as_str().unwrap_or("?"),
+            p["state"]["name"].as_str().unwrap_or("?"),
+            p["records_in"].as_u64().unwrap_or(0),
+            p["records_out"].as_u64().unwrap_or(0),
+            p["rate"]["records_per_second"].as_f64().unwrap_or(0.0),
+            p["retries"].as_u64().unwrap_or(0),
+            error.lines().next().unwrap_or("")
+        ));
+    }
+    out
 }

@@ -48,7 +48,7 @@ use crate::config::PipelineConfig;
 use crate::dead_letter::DeadLetters;
 use crate::offsets::{OffsetStore, OffsetStoreError};
 use reader::read_loop;
-pub use stats::Stats;
+pub use stats::{Rate, Sample, Stats};
 use writer::{FromSource, Uncommitted, Writer};
 
 /// Most records a source returns per poll, and so per sink write.

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use ferry_api::runtime_end::{FlushRequest, FlushRequests};
-use ferry_api::{ConnectorError, Durable, Positions, Record, Sink, SourceItem, Value};
+use ferry_api::{ConnectorError, Durable, Positions, Record, Rejected, Sink, SourceItem, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::{PipelineError, Stats, WRITE_MAX};
@@ -21,6 +21,8 @@ pub(super) struct Uncommitted {
     pub(super) positions: Positions,
     pub(super) items: usize,
     pub(super) records_out: u64,
+    /// Their size as JSON text.
+    pub(super) bytes_out: u64,
     pub(super) dead: Vec<Value>,
     /// When the first item since the last commit arrived.
     pub(super) since: Option<Instant>,
@@ -72,6 +74,7 @@ impl FromSource {
 pub(super) struct InFlight {
     durable: tokio::task::JoinHandle<Result<(), ConnectorError>>,
     open: Uncommitted,
+    started: Instant,
 }
 
 /// What the writer waits for next.
@@ -286,6 +289,7 @@ impl Writer<'_> {
                 .push(self.dead_letters.rejected(&records[r.index], &r.error));
         }
         self.open.records_out += (records.len() - rejected.len()) as u64;
+        self.open.bytes_out += accepted_bytes(&records, &rejected);
         if let Some(SourceItem::Invalid(bad)) = bad {
             self.commit().await?;
             return Err(PipelineError::BadRecord {
@@ -309,7 +313,10 @@ impl Writer<'_> {
         match self.in_flight.take() {
             Some(f) => {
                 let result = f.durable.await;
-                self.settled(f.open, result).await
+                let took = f.started.elapsed();
+                self.settled(f.open, result).await?;
+                self.stats.commit_seconds.observe(took.as_secs_f64());
+                Ok(())
             }
             None => Ok(()),
         }
@@ -339,6 +346,7 @@ impl Writer<'_> {
         self.in_flight = Some(InFlight {
             durable: tokio::spawn(pending),
             open,
+            started: Instant::now(),
         });
         Ok(())
     }
@@ -385,10 +393,50 @@ impl Writer<'_> {
             .records_out
             .fetch_add(open.records_out, Ordering::Relaxed);
         self.stats
+            .bytes_out
+            .fetch_add(open.bytes_out, Ordering::Relaxed);
+        self.stats
             .dead_lettered
             .fetch_add(open.dead.len() as u64, Ordering::Relaxed);
+        self.stats.batch_records.observe(open.items as f64);
         self.stats.committed_now(&open.positions);
         self.commits.send_replace(open.positions);
+        Ok(())
+    }
+}
+
+/// The size as JSON text of the records the sink took (all but
+/// `rejected`, sorted by index): the text's length when a record kept the
+/// text it was read as (no work), else the length of its serialization.
+fn accepted_bytes(records: &[Record], rejected: &[Rejected]) -> u64 {
+    let mut refused = rejected.iter().map(|r| r.index).peekable();
+    let mut bytes = 0;
+    for (i, r) in records.iter().enumerate() {
+        if refused.next_if_eq(&i).is_some() {
+            continue;
+        }
+        bytes += match r.value.json_text() {
+            Some(text) => text.len() as u64,
+            None => {
+                let mut counted = Counted(0);
+                let _ = serde_json::to_writer(&mut counted, &*r.value);
+                counted.0
+            }
+        };
+    }
+    bytes
+}
+
+/// Counts what is written to it.
+struct Counted(u64);
+
+impl std::io::Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }

@@ -1,0 +1,348 @@
+//! The admin API of a running ferry, endpoint by endpoint, against real
+//! pipelines (a file → PostgreSQL pipeline and one that fails): states,
+//! counters that match what was delivered, rates, positions, offsets,
+//! metrics, readiness, the error statuses, and the token rules.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_tests::*;
+use serde_json::Value;
+
+fn api_base(dir: &Path) -> String {
+    let addr = fs::read_to_string(dir.join("data/api.addr")).expect("ferry notes its API address");
+    format!("http://{}", addr.trim())
+}
+
+fn get_json(base: &str, path: &str) -> (u16, Value) {
+    let (status, body) = http(base, "GET", path, None);
+    let v = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body}"));
+    (status, v)
+}
+
+/// A line of the metrics text, by its series.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn every_endpoint_answers_with_what_the_pipelines_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = format!("api_{}", std::process::id());
+    psql_at(
+        &pg_url(),
+        &format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (seq bigint, file text, pad text)"
+        ),
+    );
+    fs::create_dir_all(d.join("in")).unwrap();
+    write_test_input(&d.join("in/a.jsonl"), "a", 500);
+    // Named after its table: positions kept in PostgreSQL's ferry_offsets
+    // table outlive the run. The password is one PostgreSQL does not ask for (trust): it must
+    // still never show.
+    let url = pg_url().replacen("postgres://root@", "postgres://root:S3cretPw@", 1);
+    fs::write(
+        d.join("topg.yaml"),
+        format!("name: {table}\nsource:\n  type: file\n  path: in/*.jsonl\n  poll_interval: 50ms\nsink:\n  type: postgres\n  url: ${{PG}}\n  table: {table}\ndelivery:\n  flush_interval: 100ms\n"),
+    )
+    .unwrap();
+    // Fails at once: its sink's table does not exist.
+    fs::write(
+        d.join("broken.yaml"),
+        format!("name: broken\nsource:\n  type: generate\n  count: 1\nsink:\n  type: postgres\n  url: {}\n  table: no_such_table_{table}\n", pg_url()),
+    )
+    .unwrap();
+    let mut f = Ferry::start_with_env(
+        d,
+        &["run", "topg.yaml", "broken.yaml"],
+        &[("PG", url.as_str())],
+    );
+    assert!(wait_until(Duration::from_secs(20), || d
+        .join("data/api.addr")
+        .exists()));
+    let base = api_base(d);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let (_, p) = get_json(&base, &format!("/pipelines/{table}"));
+            p["records_out"] == 500
+        }),
+        "{}",
+        f.log_text()
+    );
+
+    let (status, body) = http(&base, "GET", "/health", None);
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    let (status, list) = get_json(&base, "/pipelines");
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{list}");
+    assert!(
+        names.contains(&table.as_str()) && names.contains(&"broken"),
+        "{list}"
+    );
+    let text = list.to_string();
+    assert!(!text.contains("S3cretPw"), "a password shows: {text}");
+
+    let (_, p) = get_json(&base, &format!("/pipelines/{table}"));
+    assert_eq!(p["state"]["name"], "running", "{p}");
+    assert!(p["file"].as_str().unwrap().ends_with("topg.yaml"), "{p}");
+    assert!(p["sink"].as_str().unwrap().contains(&table), "{p}");
+    assert_eq!(
+        p["delivery"]
+            .as_str()
+            .map(|s| s.starts_with("exactly-once")),
+        Some(true),
+        "{p}"
+    );
+    assert_eq!(p["records_in"], 500);
+    let rows: u64 = psql_at(&pg_url(), &format!("SELECT count(*) FROM {table}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(rows, 500, "the counters say what was delivered");
+    assert!(p["bytes_out"].as_u64().unwrap() > 500 * 20, "{p}");
+    assert!(p["rates"]["10s"]["records_per_second"].is_number(), "{p}");
+    assert!(p["last_commit"].is_string(), "{p}");
+    let parts = p["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 1, "{p}");
+    assert!(
+        parts[0]["label"].as_str().unwrap().ends_with("in/a.jsonl"),
+        "{p}"
+    );
+    assert_eq!(parts[0]["committed"], parts[0]["read"], "{p}");
+
+    let (status, offsets) = get_json(&base, &format!("/pipelines/{table}/offsets"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        offsets["partitions"].as_array().map(Vec::len),
+        Some(1),
+        "{offsets}"
+    );
+
+    // The failed pipeline: visible with its error, not ready, not steerable.
+    assert!(wait_until(Duration::from_secs(20), || get_json(
+        &base,
+        "/pipelines/broken"
+    )
+    .1["state"]["name"]
+        == "failed"));
+    let (_, b) = get_json(&base, "/pipelines/broken");
+    assert!(
+        b["state"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_table"),
+        "{b}"
+    );
+    assert!(b["last_error"]["at"].is_string(), "{b}");
+    let (status, ready) = get_json(&base, "/ready");
+    assert_eq!(status, 503, "{ready}");
+    assert!(
+        ready["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("broken: failed"),
+        "{ready}"
+    );
+    let (status, e) = http(&base, "POST", "/pipelines/broken/pause", None);
+    assert_eq!(status, 409, "{e}");
+    assert!(e.contains("\"error\""), "{e}");
+    let (status, e) = get_json(&base, "/pipelines/nope");
+    assert_eq!(
+        (status, e["error"].as_str().unwrap()),
+        (404, "no pipeline named \"nope\"")
+    );
+    let (status, e) = get_json(&base, "/no/such/thing");
+    assert_eq!(status, 404, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("no such endpoint"),
+        "{e}"
+    );
+
+    // The metrics say the same.
+    let (status, m) = http(&base, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(
+            &m,
+            &format!(r#"ferry_records_out_total{{pipeline="{table}"}}"#)
+        ),
+        Some(500.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(r#"ferry_records_in_total{{pipeline="{table}"}}"#)
+        ),
+        Some(500.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(r#"ferry_pipeline_state{{pipeline="{table}",state="running"}}"#)
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"ferry_pipeline_state{pipeline="broken",state="failed"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"ferry_pipeline_state{pipeline="broken",state="running"}"#
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            &format!(r#"ferry_commit_duration_seconds_count{{pipeline="{table}"}}"#)
+        )
+        .unwrap()
+            >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            &format!(r#"ferry_bytes_out_total{{pipeline="{table}"}}"#)
+        )
+        .unwrap()
+            > 0.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            &format!(r#"ferry_last_commit_timestamp_seconds{{pipeline="{table}"}}"#)
+        )
+        .is_some(),
+        "{m}"
+    );
+    assert!(!m.contains("S3cretPw"));
+
+    // The history has a point a second.
+    let points = || {
+        let (_, h) = get_json(&base, &format!("/pipelines/{table}/history"));
+        h["points"].as_array().map_or(0, Vec::len)
+    };
+    assert!(wait_until(Duration::from_secs(10), || points() >= 3));
+
+    // Restarted, the failed pipeline fails again: the table is still missing.
+    let (status, _) = http(&base, "POST", "/pipelines/broken/restart", None);
+    assert_eq!(status, 202);
+    let (status, ok) = http(&base, "POST", &format!("/pipelines/{table}/pause"), None);
+    assert_eq!(status, 202, "{ok}");
+    assert!(wait_until(Duration::from_secs(20), || get_json(
+        &base,
+        &format!("/pipelines/{table}")
+    )
+    .1["state"]["name"]
+        == "paused"));
+
+    // Exit 1: a pipeline failed.
+    f.signal(libc::SIGTERM);
+    let status = f.wait_for_exit(Duration::from_secs(20)).expect("stops");
+    assert_eq!(status.code(), Some(1), "{}", f.log_text());
+    psql_at(&pg_url(), &format!("DROP TABLE IF EXISTS {table}"));
+}
+
+#[test]
+fn with_a_token_every_endpoint_but_health_wants_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("in")).unwrap();
+    fs::write(
+        d.join("p.yaml"),
+        "name: p\nsource:\n  type: generate\n  count: 10\nsink:\n  type: file\n  path: out.jsonl\n",
+    )
+    .unwrap();
+    // Beyond loopback without a token: refused, said why.
+    let (status, log) = run_to_end(
+        d,
+        &["run", "--api", "0.0.0.0:0", "p.yaml"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("only with a token"), "{log}");
+
+    fs::write(d.join("token"), "s3cr3t-t0ken\n").unwrap();
+    let mut f = Ferry::start(
+        d,
+        &[
+            "run",
+            "--api",
+            "0.0.0.0:0",
+            "--api-token-file",
+            "token",
+            "p.yaml",
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(20), || d
+        .join("data/api.addr")
+        .exists()));
+    let port = api_base(d).rsplit(':').next().unwrap().to_string();
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(http(&base, "GET", "/health", None).0, 200);
+    let (status, body) = http(&base, "GET", "/pipelines", None);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Authorization: Bearer"), "{body}");
+    let wrong = [("Authorization", "Bearer guess")];
+    assert_eq!(http_with(&base, "GET", "/metrics", &wrong, None).0, 401);
+    let right = [("Authorization", "Bearer s3cr3t-t0ken")];
+    let (status, body) = http_with(&base, "GET", "/pipelines", &right, None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"name\":\"p\""), "{body}");
+    // The control commands send it.
+    let out = ferry_output(
+        d,
+        &[
+            "status",
+            "--api",
+            &format!("127.0.0.1:{port}"),
+            "--api-token-file",
+            "token",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("p "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = ferry_output(d, &["status", "--api", &format!("127.0.0.1:{port}")]);
+    assert!(!out.status.success());
+    f.stop();
+    let log = f.log_text();
+    assert!(log.contains("GET /pipelines from 127.0.0.1"), "{log}");
+    assert!(
+        log.contains("refused: no token") && log.contains("refused: a wrong token"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("guess") && !log.contains("s3cr3t-t0ken"),
+        "{log}"
+    );
+}
