@@ -52,6 +52,7 @@ mod dead_letter;
 pub mod engine;
 mod fleet;
 mod guarantee;
+pub mod lag;
 pub mod offsets;
 mod panics;
 mod progress;

@@ -120,6 +120,19 @@ fn every_endpoint_answers_with_what_the_pipelines_did() {
     );
     assert_eq!(parts[0]["committed"], parts[0]["read"], "{p}");
 
+    // The lag of the file: nothing left to read, in bytes.
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            get_json(&base, &format!("/pipelines/{table}")).1["partitions"][0]["lag"]["unit"]
+                == "bytes"
+        }),
+        "{}",
+        f.log_text()
+    );
+    let (_, p) = get_json(&base, &format!("/pipelines/{table}"));
+    assert_eq!(p["partitions"][0]["lag"]["amount"], 0.0, "{p}");
+    assert_eq!(p["lag"]["amount"], 0.0, "{p}");
+
     let (status, offsets) = get_json(&base, &format!("/pipelines/{table}/offsets"));
     assert_eq!(status, 200);
     assert_eq!(
@@ -345,4 +358,76 @@ fn with_a_token_every_endpoint_but_health_wants_it() {
         !log.contains("guess") && !log.contains("s3cr3t-t0ken"),
         "{log}"
     );
+}
+
+#[test]
+fn the_lag_of_a_kafka_source_is_the_messages_past_the_committed_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let brokers = kafka_brokers();
+    let topic = format!("api-lag-{}", std::process::id());
+    create_topic(&brokers, &topic, 2);
+    produce_test_lines(&brokers, &topic, 100, None);
+    fs::write(
+        d.join("k.yaml"),
+        format!("name: k\nsource:\n  type: kafka\n  brokers: {brokers}\n  topics: [{topic}]\n  group_id: {topic}\nsink:\n  type: file\n  path: out.jsonl\ndelivery:\n  flush_interval: 100ms\n"),
+    )
+    .unwrap();
+    let mut f = Ferry::start(d, &["run", "k.yaml"]);
+    assert!(wait_until(Duration::from_secs(20), || d
+        .join("data/api.addr")
+        .exists()));
+    let base = api_base(d);
+    assert!(
+        wait_until(Duration::from_secs(60), || lines_in(&d.join("out.jsonl"))
+            == 100),
+        "{}",
+        f.log_text()
+    );
+    let lag = || get_json(&base, "/pipelines/k").1["lag"].clone();
+    assert!(
+        wait_until(Duration::from_secs(20), || lag()["amount"] == 0.0),
+        "{}",
+        lag()
+    );
+    assert_eq!(lag()["unit"], "messages");
+    // Paused, the backlog grows, and the lag shows it.
+    assert_eq!(http(&base, "POST", "/pipelines/k/pause", None).0, 202);
+    assert!(wait_until(Duration::from_secs(20), || get_json(
+        &base,
+        "/pipelines/k"
+    )
+    .1["state"]["name"]
+        == "paused"));
+    produce_test_lines(&brokers, &topic, 50, None);
+    // 50 with Kafka; Tansu, the broker here, moves its offsets (and so its
+    // high watermarks) by record batch, not by message: more than 0 is
+    // what holds on both.
+    let grown = || lag()["amount"].as_f64().unwrap_or(0.0);
+    assert!(
+        wait_until(Duration::from_secs(20), || grown() > 0.0),
+        "{}",
+        lag()
+    );
+    let backlog = grown();
+    let (_, m) = http(&base, "GET", "/metrics", None);
+    let series: f64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("ferry_source_lag{pipeline=\"k\"") && l.contains("unit=\"messages\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(series, backlog, "{m}");
+    assert_eq!(http(&base, "POST", "/pipelines/k/resume", None).0, 202);
+    assert!(wait_until(Duration::from_secs(30), || lines_in(
+        &d.join("out.jsonl")
+    ) == 150));
+    assert!(
+        wait_until(Duration::from_secs(20), || lag()["amount"] == 0.0),
+        "{}",
+        lag()
+    );
+    f.stop();
+    delete_topic(&brokers, &topic);
 }

@@ -233,6 +233,16 @@ pub trait SourceConfig: Send + Sync + fmt::Debug {
     async fn check(&self, _ctx: &BuildContext) -> Result<(), ConnectorError> {
         Ok(())
     }
+
+    /// What measures this source's lag, if it can be measured. May do I/O
+    /// (connect); the runtime builds it while the pipeline runs and builds
+    /// it again after a failure. Sources that cannot keep the default.
+    async fn backlog(
+        &self,
+        _ctx: &BuildContext,
+    ) -> Result<Option<Box<dyn crate::Backlog>>, ConnectorError> {
+        Ok(None)
+    }
 }
 
 /// A parsed sink config: validated without I/O, then built.

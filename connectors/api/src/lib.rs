@@ -37,6 +37,7 @@
 //! or idempotent (a replayed record overwrites itself). A sink that is neither
 //! is at-least-once, and says so through [`SinkConfig::delivery`].
 
+mod backlog;
 mod backoff;
 mod config;
 pub mod duration;
@@ -44,6 +45,7 @@ mod error;
 mod record;
 mod source_context;
 
+pub use backlog::{Backlog, Lag};
 pub use backoff::Backoff;
 pub use config::{
     BuildContext, ConfigProblem, Delivery, FieldError, Misfit, PathSegment, Retries, SinkConfig,

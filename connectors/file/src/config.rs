@@ -95,6 +95,18 @@ impl SourceConfig for FileSourceConfig {
         vec![("path", self.path.clone())]
     }
 
+    async fn backlog(
+        &self,
+        ctx: &BuildContext,
+    ) -> Result<Option<Box<dyn ferry_api::Backlog>>, ConnectorError> {
+        let glob = crate::paths::Glob::new(&self.path)
+            .map_err(|e| ConnectorError::Fatal(format!("path: invalid glob: {e}")))?;
+        Ok(Some(Box::new(crate::backlog::FileBacklog {
+            glob,
+            writes: ctx.writes.clone(),
+        })))
+    }
+
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
         Ok(Box::new(FileSource::new(
             self.clone(),

@@ -22,6 +22,7 @@
 //! [`Format::Text`] (one line per record), [`Format::Csv`] (a header row, then
 //! one record per row; quoted fields may span lines).
 
+mod backlog;
 mod config;
 mod format;
 mod paths;

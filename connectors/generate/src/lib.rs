@@ -87,6 +87,20 @@ impl SourceConfig for GenerateConfig {
         format!("generate {count}, {rate}, from {}", self.template)
     }
 
+    /// With a `count`: the records not yet committed.
+    async fn backlog(
+        &self,
+        _: &BuildContext,
+    ) -> Result<Option<Box<dyn ferry_api::Backlog>>, ConnectorError> {
+        Ok(self.count.map(|count| {
+            let end = self.start.saturating_add(count);
+            Box::new(Remaining {
+                start: self.start,
+                end,
+            }) as Box<dyn ferry_api::Backlog>
+        }))
+    }
+
     async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
         Ok(Box::new(GenerateSource {
             config: self.clone(),
@@ -95,6 +109,32 @@ impl SourceConfig for GenerateConfig {
             opened: Instant::now(),
             first: self.start,
         }))
+    }
+}
+
+/// The generator's lag: the sequence numbers not yet committed.
+struct Remaining {
+    start: u64,
+    end: u64,
+}
+
+#[async_trait]
+impl ferry_api::Backlog for Remaining {
+    async fn measure(
+        &mut self,
+        committed: &Positions,
+    ) -> Result<Vec<ferry_api::Lag>, ConnectorError> {
+        let next = committed
+            .get(PARTITION)
+            .and_then(|p| p.offset.as_u64())
+            .unwrap_or(self.start);
+        Ok(vec![ferry_api::Lag {
+            partition: PARTITION.to_string(),
+            label: PARTITION.to_string(),
+            amount: self.end.saturating_sub(next) as f64,
+            unit: "records",
+            estimate: false,
+        }])
     }
 }
 

@@ -242,6 +242,14 @@ impl SourceConfig for KafkaSourceConfig {
         )))
     }
 
+    async fn backlog(
+        &self,
+        ctx: &BuildContext,
+    ) -> Result<Option<Box<dyn ferry_api::Backlog>>, ConnectorError> {
+        let backlog = crate::backlog::KafkaBacklog::new(self, &ctx.pipeline)?;
+        Ok(Some(Box::new(backlog)))
+    }
+
     async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
         crate::check_brokers(&self.brokers, &self.options, &ctx.pipeline, &self.topics).await
     }

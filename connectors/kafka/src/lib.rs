@@ -13,6 +13,7 @@
 //! again). A message the broker refuses goes through the error-tolerance
 //! path.
 
+mod backlog;
 mod client;
 mod config;
 mod librdkafka;

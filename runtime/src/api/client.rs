@@ -72,8 +72,8 @@ pub async fn request(target: &Target, method: &str, path: &str) -> Result<(u16, 
 /// `ferry status`'s table of `GET /pipelines`.
 pub fn status_table(pipelines: &[serde_json::Value]) -> String {
     let mut out = format!(
-        "{:<24} {:<10} {:>12} {:>12} {:>10} {:>8}  error\n",
-        "pipeline", "state", "in", "out", "records/s", "retries"
+        "{:<24} {:<10} {:>12} {:>12} {:>10} {:>18} {:>8}  error\n",
+        "pipeline", "state", "in", "out", "records/s", "lag", "retries"
     );
     for p in pipelines {
         let error = p["state"]["error"]
@@ -81,15 +81,28 @@ pub fn status_table(pipelines: &[serde_json::Value]) -> String {
             .or(p["pending_config_error"].as_str())
             .unwrap_or("");
         out.push_str(&format!(
-            "{:<24} {:<10} {:>12} {:>12} {:>10.0} {:>8}  {}\n",
+            "{:<24} {:<10} {:>12} {:>12} {:>10.0} {:>18} {:>8}  {}\n",
             p["name"].as_str().unwrap_or("?"),
             p["state"]["name"].as_str().unwrap_or("?"),
             p["records_in"].as_u64().unwrap_or(0),
             p["records_out"].as_u64().unwrap_or(0),
             p["rate"]["records_per_second"].as_f64().unwrap_or(0.0),
+            lag_text(&p["lag"]),
             p["retries"].as_u64().unwrap_or(0),
             error.lines().next().unwrap_or("")
         ));
     }
     out
+}
+
+/// `12345 messages`, `~3 rows`, or `-` when not measured.
+fn lag_text(lag: &serde_json::Value) -> String {
+    match lag["amount"].as_f64() {
+        Some(amount) => format!(
+            "{}{amount:.0} {}",
+            if lag["estimate"] == true { "~" } else { "" },
+            lag["unit"].as_str().unwrap_or("")
+        ),
+        None => "-".to_string(),
+    }
 }

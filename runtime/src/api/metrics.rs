@@ -199,10 +199,49 @@ impl Pipelines {
     }
 }
 
+/// Partitions of one pipeline with a lag series of their own; the rest are
+/// summed into one (`partition="others"`): a topic of thousands of
+/// partitions must not make thousands of series.
+const MAX_LAG_SERIES: usize = 100;
+
+impl Pipelines {
+    fn lags(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "ferry_source_lag",
+            "Input past the committed position, in the source's unit (bytes, messages, rows, seconds, records).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for v in &self.0 {
+            let Some(report) = v.stats.lag() else {
+                continue;
+            };
+            let mut series: Vec<(String, &'static str, f64)> = Vec::new();
+            for (i, p) in report.partitions.iter().enumerate() {
+                if i < MAX_LAG_SERIES {
+                    series.push((p.lag.label.clone(), p.lag.unit, p.lag.amount));
+                } else if let Some(last) = series.get_mut(MAX_LAG_SERIES) {
+                    last.2 += p.lag.amount;
+                } else {
+                    series.push(("others".to_string(), p.lag.unit, p.lag.amount));
+                }
+            }
+            for (partition, unit, amount) in series {
+                let mut labels = pipeline(v);
+                labels.push(("partition", partition));
+                labels.push(("unit", unit.to_string()));
+                ConstGauge::new(amount).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Collector for Pipelines {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         self.counters(&mut encoder)?;
         self.states(&mut encoder)?;
-        self.commits(&mut encoder)
+        self.commits(&mut encoder)?;
+        self.lags(&mut encoder)
     }
 }

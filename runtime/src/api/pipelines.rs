@@ -163,6 +163,7 @@ fn view_json(v: &PipelineView) -> Value {
         "retries": s.retries,
         "restarts": s.status.restarts,
         "rate": rate_json(v.stats.rate(10)),
+        "lag": lag_total(v),
         "committed": s.committed,
         "last_commit": s.last_commit.map(time),
         "last_error": s.status.last_error.as_ref().map(|e| json!({"error": e.error, "at": time(e.at)})),
@@ -181,8 +182,11 @@ fn detail_json(v: &PipelineView) -> Value {
     });
     let read = v.stats.read_positions();
     let committed = v.stats.committed_positions();
+    let lag = v.stats.lag();
+    let lags = lag.as_ref().map_or(&[][..], |l| &l.partitions[..]);
     let mut keys: Vec<&str> = read.iter().map(|p| p.partition.key.as_str()).collect();
     keys.extend(committed.iter().map(|p| p.partition.key.as_str()));
+    keys.extend(lags.iter().map(|l| l.lag.partition.as_str()));
     keys.sort_unstable();
     keys.dedup();
     let partitions: Vec<Value> = keys
@@ -190,15 +194,47 @@ fn detail_json(v: &PipelineView) -> Value {
         .map(|key| {
             let c = committed.get(key);
             let r = read.get(key);
-            let label = c.or(r).map(|p| p.partition.label().to_string());
+            let l = lags.iter().find(|l| l.lag.partition == *key);
+            let label = c
+                .or(r)
+                .map(|p| p.partition.label().to_string())
+                .or(l.map(|l| l.lag.label.clone()));
             json!({
                 "partition": key,
                 "label": label,
                 "committed": c.map(|p| p.offset.clone()),
                 "read": r.map(|p| p.offset.clone()),
+                "lag": l.map(|l| json!({"amount": l.lag.amount, "unit": l.lag.unit, "estimate": l.lag.estimate})),
+                "eta_seconds": l.and_then(|l| l.eta_seconds),
             })
         })
         .collect();
     out["partitions"] = json!(partitions);
+    out["lag_measured"] = json!(lag.as_ref().map(|l| time(l.at)));
+    out["lag_error"] = json!(lag.and_then(|l| l.error));
     out
+}
+
+/// The pipeline's lag over its partitions, when it was measured (and the
+/// partitions agree on the unit); its ETA is that of the slowest.
+fn lag_total(v: &PipelineView) -> Value {
+    let Some(report) = v.stats.lag() else {
+        return Value::Null;
+    };
+    let Some(first) = report.partitions.first() else {
+        return Value::Null;
+    };
+    let unit = first.lag.unit;
+    if report.partitions.iter().any(|p| p.lag.unit != unit) {
+        return Value::Null;
+    }
+    let amount: f64 = report.partitions.iter().map(|p| p.lag.amount).sum();
+    let estimate = report.partitions.iter().any(|p| p.lag.estimate);
+    let eta = report
+        .partitions
+        .iter()
+        .filter(|p| p.lag.amount > 0.0)
+        .map(|p| p.eta_seconds)
+        .try_fold(0.0f64, |worst, e| e.map(|e| worst.max(e)));
+    json!({"amount": amount, "unit": unit, "estimate": estimate, "eta_seconds": eta})
 }

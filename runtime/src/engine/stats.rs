@@ -40,6 +40,7 @@ pub struct Stats {
     /// on its way to the sink.
     read: Mutex<Positions>,
     history: Mutex<VecDeque<Sample>>,
+    lag: Mutex<Option<crate::lag::LagReport>>,
 }
 
 impl Default for Stats {
@@ -62,6 +63,7 @@ impl Default for Stats {
             committed: Mutex::default(),
             read: Mutex::default(),
             history: Mutex::default(),
+            lag: Mutex::default(),
         }
     }
 }
@@ -142,6 +144,30 @@ impl Stats {
             .lock()
             .expect("not poisoned")
             .advance_all(positions);
+    }
+
+    /// The last measurement of the lag, if any.
+    pub fn lag(&self) -> Option<crate::lag::LagReport> {
+        self.lag.lock().expect("not poisoned").clone()
+    }
+
+    pub(crate) fn set_lag(&self, report: crate::lag::LagReport) {
+        *self.lag.lock().expect("not poisoned") = Some(report);
+    }
+
+    /// A measurement failed: said beside the last figures.
+    pub(crate) fn lag_failed(&self, error: String) {
+        let mut lag = self.lag.lock().expect("not poisoned");
+        match lag.as_mut() {
+            Some(report) => report.error = Some(error),
+            None => {
+                *lag = Some(crate::lag::LagReport {
+                    at: SystemTime::now(),
+                    partitions: Vec::new(),
+                    error: Some(error),
+                })
+            }
+        }
     }
 
     /// Takes this second's sample (the run loop calls it once a second).

@@ -157,7 +157,21 @@ enum Wake {
 }
 
 impl Supervisor {
-    async fn run(mut self) -> Result<(), String> {
+    async fn run(self) -> Result<(), String> {
+        // The lag is measured for as long as the pipeline lives.
+        let lag = tokio::spawn(crate::lag::watch(
+            self.p.clone(),
+            self.stats.clone(),
+            self.board.subscribe(),
+            self.context.data_dir.clone(),
+        ))
+        .abort_handle();
+        let end = self.supervise().await;
+        lag.abort();
+        end
+    }
+
+    async fn supervise(mut self) -> Result<(), String> {
         let mut paused = paused::is_paused(&self.context.data_dir, &self.p.name).await;
         loop {
             if paused {

@@ -93,6 +93,11 @@ impl StatusBoard {
         (StatusBoard { tx }, rx)
     }
 
+    /// A reader of what is published.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Status> {
+        self.tx.subscribe()
+    }
+
     /// The state published last.
     pub(crate) fn state(&self) -> State {
         self.tx.borrow().state.clone()

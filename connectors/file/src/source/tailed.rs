@@ -356,7 +356,7 @@ pub(super) fn line_content(line: &[u8], at_start: bool) -> &[u8] {
     }
 }
 
-pub(super) fn partition_key((dev, ino): (u64, u64)) -> String {
+pub(crate) fn partition_key((dev, ino): (u64, u64)) -> String {
     format!("file:{dev}:{ino}")
 }
 
