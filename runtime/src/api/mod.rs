@@ -1,7 +1,7 @@
 //! The admin API (axum, on 127.0.0.1:8083 by default): every pipeline's
 //! state, counters, rates and positions (`pipelines.rs`), pause / resume /
-//! restart / offsets reset of a running ferry (`steer.rs`), and Prometheus
-//! metrics (`metrics.rs`).
+//! restart / offsets reset of a running ferry (`steer.rs`), Prometheus
+//! metrics (`metrics.rs`), and a status page at `/` (`page.rs`).
 //!
 //! The run loop owns the pipelines; a handler asks it through a channel
 //! ([`FleetRequest`]) for what it needs and does any waiting itself, so a
@@ -13,6 +13,7 @@
 
 pub mod client;
 mod metrics;
+mod page;
 mod pipelines;
 mod steer;
 
@@ -109,8 +110,12 @@ pub(crate) async fn serve(
         )
         .fallback(no_such_endpoint)
         .route_layer(middleware::from_fn_with_state(api.clone(), authorized))
-        // After the layer: answered without a token (a load balancer's probe).
+        // After the layer: answered without a token (a load balancer's
+        // probe; the page, which holds no data and asks for the token).
         .route("/health", get(|| async { "ok\n" }))
+        .route("/", get(page::index))
+        .route("/page/app.js", get(page::script))
+        .route("/page/style.css", get(page::style))
         .with_state(api);
     let served = axum::serve(
         listener,
