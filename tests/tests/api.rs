@@ -431,3 +431,73 @@ fn the_lag_of_a_kafka_source_is_the_messages_past_the_committed_offsets() {
     f.stop();
     delete_topic(&brokers, &topic);
 }
+
+#[test]
+fn the_lag_of_a_postgres_source_is_the_rows_past_the_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = format!("api_lag_{}", std::process::id());
+    let insert = |from: u64, to: u64| {
+        psql_at(
+            &pg_url(),
+            &format!(
+                "INSERT INTO {table} (v) SELECT 'row ' || g FROM generate_series({from}, {to}) g"
+            ),
+        );
+    };
+    psql_at(
+        &pg_url(),
+        &format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id bigserial PRIMARY KEY, v text)"
+        ),
+    );
+    insert(1, 100);
+    fs::write(
+        d.join("pg.yaml"),
+        format!("name: {table}\nsource:\n  type: postgres\n  url: {}\n  table: {table}\n  incrementing_column: id\n  poll_interval: 100ms\nsink:\n  type: file\n  path: out.jsonl\ndelivery:\n  flush_interval: 100ms\n", pg_url()),
+    )
+    .unwrap();
+    let mut f = Ferry::start(d, &["run", "pg.yaml"]);
+    assert!(wait_until(Duration::from_secs(20), || d
+        .join("data/api.addr")
+        .exists()));
+    let base = api_base(d);
+    assert!(
+        wait_until(Duration::from_secs(30), || lines_in(&d.join("out.jsonl"))
+            == 100),
+        "{}",
+        f.log_text()
+    );
+    let path = format!("/pipelines/{table}");
+    let lag = || get_json(&base, &path).1["lag"].clone();
+    assert!(
+        wait_until(Duration::from_secs(20), || lag()["amount"] == 0.0),
+        "{}",
+        lag()
+    );
+    assert_eq!(lag()["unit"], "rows");
+    assert_eq!(http(&base, "POST", &format!("{path}/pause"), None).0, 202);
+    assert!(wait_until(Duration::from_secs(20), || get_json(
+        &base, &path
+    )
+    .1["state"]["name"]
+        == "paused"));
+    insert(101, 130);
+    assert!(
+        wait_until(Duration::from_secs(20), || lag()["amount"] == 30.0),
+        "{}",
+        lag()
+    );
+    assert_eq!(lag()["estimate"], false);
+    assert_eq!(http(&base, "POST", &format!("{path}/resume"), None).0, 202);
+    assert!(wait_until(Duration::from_secs(30), || lines_in(
+        &d.join("out.jsonl")
+    ) == 130));
+    assert!(
+        wait_until(Duration::from_secs(20), || lag()["amount"] == 0.0),
+        "{}",
+        lag()
+    );
+    f.stop();
+    psql_at(&pg_url(), &format!("DROP TABLE IF EXISTS {table}"));
+}

@@ -429,6 +429,14 @@ impl SourceConfig for PostgresSourceConfig {
         )))
     }
 
+    async fn backlog(
+        &self,
+        ctx: &BuildContext,
+    ) -> Result<Option<Box<dyn ferry_api::Backlog>>, ConnectorError> {
+        let backlog = crate::backlog::PostgresBacklog::new(self.clone(), ctx.pipeline.clone());
+        Ok(Some(Box::new(backlog)))
+    }
+
     async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
         let mut source = PostgresSource::new(self.clone(), ctx.pipeline.clone());
         let opened = source

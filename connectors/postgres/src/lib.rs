@@ -24,6 +24,7 @@
 //! row becomes a record whose fields are its columns (`row_to_json` types;
 //! bytea as base64; timestamps as RFC 3339 in UTC).
 
+mod backlog;
 mod column_types;
 mod config;
 mod copy_text;

@@ -108,7 +108,7 @@ impl Pipelines {
             encoder,
             (
                 "ferry_bytes_out",
-                "Size of the records committed, as JSON text.",
+                "Size of the records committed, as JSON text (for parsed records, estimated from one in 32).",
                 counter,
             ),
             |v| load(&v.stats.bytes_out),

@@ -60,7 +60,7 @@ pub(super) async fn read_loop(
         replays -= again;
         stats.replayed.fetch_add(again, Ordering::Relaxed);
         stats.records_in.fetch_add(n - again, Ordering::Relaxed);
-        stats.read_up_to(items.iter().map(SourceItem::position));
+        stats.read_up_to(&items);
         // Sent even when a stop came meanwhile: a stop drains what the
         // source returned (the writer writes and commits it), so a restart
         // asked for reads nothing twice. The send waits only for the writer.

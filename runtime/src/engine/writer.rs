@@ -405,26 +405,40 @@ impl Writer<'_> {
     }
 }
 
+/// One record in this many is serialized to estimate the size of those
+/// that hold a parsed value: serializing every one cost 13% more
+/// instructions on file → file (measured with callgrind).
+const SIZE_SAMPLE: usize = 32;
+
 /// The size as JSON text of the records the sink took (all but
 /// `rejected`, sorted by index): the text's length when a record kept the
-/// text it was read as (no work), else the length of its serialization.
+/// text it was read as (no work); for parsed values, the serialized size of
+/// one in [`SIZE_SAMPLE`], scaled to all of them.
 fn accepted_bytes(records: &[Record], rejected: &[Rejected]) -> u64 {
     let mut refused = rejected.iter().map(|r| r.index).peekable();
-    let mut bytes = 0;
+    let (mut text, mut parsed, mut sampled, mut sample_bytes) = (0u64, 0u64, 0u64, 0u64);
     for (i, r) in records.iter().enumerate() {
         if refused.next_if_eq(&i).is_some() {
             continue;
         }
-        bytes += match r.value.json_text() {
-            Some(text) => text.len() as u64,
+        match r.value.json_text() {
+            Some(t) => text += t.len() as u64,
             None => {
-                let mut counted = Counted(0);
-                let _ = serde_json::to_writer(&mut counted, &*r.value);
-                counted.0
+                if parsed % SIZE_SAMPLE as u64 == 0 {
+                    let mut counted = Counted(0);
+                    let _ = serde_json::to_writer(&mut counted, &*r.value);
+                    sample_bytes += counted.0;
+                    sampled += 1;
+                }
+                parsed += 1;
             }
-        };
+        }
     }
-    bytes
+    let estimated = match sampled {
+        0 => 0,
+        n => (sample_bytes as f64 * parsed as f64 / n as f64).round() as u64,
+    };
+    text + estimated
 }
 
 /// Counts what is written to it.

@@ -9,8 +9,14 @@
 //! Prints records/s, MB/s and peak RSS (from wait4's rusage) for each, and
 //! ferry's ratio to the parse-and-write baseline.
 //!
-//! Usage: `bench_file [--records N] [--batch-size N] [--dir DIR]`, or
-//! `scripts/bench-file` which builds in release mode first.
+//! With `--against OTHER_FERRY`, also runs the same pipeline with another
+//! ferry binary (an earlier commit's), alternating the two `--rounds` times
+//! (default 5), and prints the median of each and their ratio: how a change
+//! costs or gains, measured in one run.
+//!
+//! Usage: `bench_file [--records N] [--batch-size N] [--dir DIR]
+//! [--against FERRY --rounds N]`, or `scripts/bench-file` which builds in
+//! release mode first.
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -137,4 +143,49 @@ fn main() {
             runs[0].seconds / m.seconds
         );
     }
+    if let Some(other) = arg(&args, "--against") {
+        let rounds = arg(&args, "--rounds").map_or(5, |s| s.parse().expect("--rounds N"));
+        against(&dir, ferry, Path::new(&other), rounds, records);
+    }
+}
+
+/// This ferry and `other` on the same pipeline (batch_size 10000),
+/// alternating, `rounds` times each: medians and their ratio.
+fn against(dir: &Path, this: &Path, other: &Path, rounds: usize, records: u64) {
+    let run = |bin: &Path| {
+        let _ = fs::remove_dir_all(dir.join("data"));
+        let _ = fs::remove_dir_all(dir.join("out/ferry"));
+        measure(
+            &bin.display().to_string(),
+            Command::new(bin)
+                .args(["run", "--once", "--data-dir", "data", "bench.yaml"])
+                .current_dir(dir)
+                .env("FERRY_LOG", "warn")
+                .env("FERRY_API", "127.0.0.1:0")
+                .stdout(Stdio::null()),
+        )
+        .seconds
+    };
+    fs::write(
+        dir.join("bench.yaml"),
+        "name: bench\nsource:\n  type: file\n  path: in/input.jsonl\nsink:\n  type: file\n  path: out/ferry/out.jsonl\ndelivery:\n  batch_size: 10000\n",
+    )
+    .unwrap();
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        mine.push(run(this));
+        theirs.push(run(other));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (m, t) = (median(&mut mine), median(&mut theirs));
+    println!(
+        "this ferry {:.0} records/s, {} {:.0} records/s (medians of {rounds}, alternating): {:.3} of it",
+        records as f64 / m,
+        other.display(),
+        records as f64 / t,
+        t / m
+    );
 }

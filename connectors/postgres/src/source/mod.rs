@@ -294,6 +294,39 @@ impl PostgresSource {
     }
 }
 
+impl PostgresSource {
+    /// The rows after the committed cursor, counted up to
+    /// [`statements::LAG_CAP`] (then an estimate: at least that many).
+    /// Rows not yet final (behind a fence) count too: they are there.
+    pub(crate) async fn rows_after(
+        &mut self,
+        committed: &Positions,
+    ) -> Result<(u64, bool), ConnectorError> {
+        let cursor = committed
+            .get(&self.partition.key)
+            .and_then(|p| self.cursor_from(&p.offset));
+        let sql = match cursor {
+            Some(_) => self.statements.lag_next.clone(),
+            None => self.statements.lag_first.clone(),
+        };
+        let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
+        for v in cursor.into_iter().flatten() {
+            q = q.bind(v);
+        }
+        let origin = self.config.origin();
+        let n = q
+            .fetch_one(self.conn())
+            .await
+            .map_err(|e| db_error(&format!("counting the rows of {origin} not yet read"), e))?;
+        Ok((n.max(0) as u64, n >= statements::LAG_CAP))
+    }
+
+    /// How people know the source's one partition, and its key.
+    pub(crate) fn partition(&self) -> &Partition {
+        &self.partition
+    }
+}
+
 #[async_trait]
 impl Source for PostgresSource {
     async fn open(

@@ -16,7 +16,15 @@ pub(super) struct Statements {
     /// The snapshot's xmin and xmax, the largest cursor visible, and the
     /// virtual transactions writing to the watched tables.
     pub refresh: String,
+    /// How many rows there are (at most [`LAG_CAP`]): the lag from the start.
+    pub lag_first: String,
+    /// How many rows are after the cursor `$1..$n` (at most [`LAG_CAP`]).
+    pub lag_next: String,
 }
+
+/// The most rows a lag measurement counts: past it the lag is "at least
+/// this many" (an estimate), so that a huge backlog costs a bounded scan.
+pub(super) const LAG_CAP: i64 = 1_000_000;
 
 /// A relation's column: its name and its type as `format_type` gives it.
 pub(super) type Column = (String, String);
@@ -87,6 +95,13 @@ impl Statements {
                 params(1),
                 params(n + 1),
                 2 * n + 1
+            ),
+            lag_first: format!(
+                "SELECT count(*) FROM (SELECT 1 FROM {relation} s WHERE {present} LIMIT {LAG_CAP}) c"
+            ),
+            lag_next: format!(
+                "SELECT count(*) FROM (SELECT 1 FROM {relation} s WHERE {present} AND {tuple} > {} LIMIT {LAG_CAP}) c",
+                params(1)
             ),
             refresh: format!(
                 "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, pg_snapshot_xmax(pg_current_snapshot())::text, \
