@@ -132,9 +132,10 @@ impl TokenArgs {
         };
         match token {
             Some(t) if t.is_empty() => anyhow::bail!("the admin API's token is empty"),
-            Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            // What an HTTP header carries as it is, and a user can type.
+            Some(t) if !t.chars().all(|c| c.is_ascii_graphic()) => {
                 anyhow::bail!(
-                    "the admin API's token must be one word (no spaces or control characters)"
+                    "the admin API's token must be one word of visible ASCII characters (no spaces, no accents)"
                 )
             }
             other => Ok(other),
@@ -172,7 +173,23 @@ struct SteerArgs {
     #[command(flatten)]
     api: ApiArgs,
     /// The pipeline's name.
+    #[arg(value_parser = pipeline_name)]
     pipeline: String,
+}
+
+/// A pipeline's name as pipeline files allow it: it goes into a request's
+/// path as it is.
+fn pipeline_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 100
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("a pipeline's name has letters, digits, '-', '_' and '.' only".to_string())
+    }
 }
 
 #[derive(Args)]
@@ -429,11 +446,12 @@ fn steer(args: &SteerArgs, what: &str) -> anyhow::Result<ExitCode> {
 /// `ferry status`: one line per pipeline; with `--watch`, again every
 /// second, in place.
 fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let target = args.api.target()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     loop {
+        // Read again each time: a ferry started again may listen elsewhere.
+        let target = args.api.target()?;
         let table = runtime
             .block_on(ferry::api::client::request(&target, "GET", "/pipelines"))
             .and_then(|(code, body)| match code {
@@ -490,7 +508,10 @@ fn api_error(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| body.to_string())
+        .unwrap_or_else(|| match body.trim() {
+            "" => "the API answered with an error and no message".to_string(),
+            text => text.to_string(),
+        })
 }
 
 /// No pipeline file in PATHS: said, exit 2 (as for invalid files).

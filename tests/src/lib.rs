@@ -660,9 +660,15 @@ pub fn http_with(
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
+    // A Host among `headers` stands instead of the address.
+    let host = if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        String::new()
+    } else {
+        format!("Host: {addr}\r\n")
+    };
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\n{host}Connection: close\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("request");

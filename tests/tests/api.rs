@@ -288,6 +288,15 @@ fn with_a_token_every_endpoint_but_health_wants_it() {
         "name: p\nsource:\n  type: generate\n  count: 10\nsink:\n  type: file\n  path: out.jsonl\n",
     )
     .unwrap();
+    // A token a header cannot carry as it is: refused at start.
+    fs::write(d.join("accented"), "tökén").unwrap();
+    let (status, log) = run_to_end(
+        d,
+        &["run", "--api-token-file", "accented", "p.yaml"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("visible ASCII"), "{log}");
     // Beyond loopback without a token: refused, said why.
     let (status, log) = run_to_end(
         d,
@@ -318,6 +327,12 @@ fn with_a_token_every_endpoint_but_health_wants_it() {
     let (status, body) = http(&base, "GET", "/pipelines", None);
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("Authorization: Bearer"), "{body}");
+    let lower = [("Authorization", "bearer  s3cr3t-t0ken")];
+    assert_eq!(
+        http_with(&base, "GET", "/ready", &lower, None).0,
+        200,
+        "the scheme's case does not matter"
+    );
     let wrong = [("Authorization", "Bearer guess")];
     assert_eq!(http_with(&base, "GET", "/metrics", &wrong, None).0, 401);
     let right = [("Authorization", "Bearer s3cr3t-t0ken")];
@@ -500,4 +515,72 @@ fn the_lag_of_a_postgres_source_is_the_rows_past_the_cursor() {
     );
     f.stop();
     psql_at(&pg_url(), &format!("DROP TABLE IF EXISTS {table}"));
+}
+
+#[test]
+fn requests_a_foreign_page_could_make_and_racing_resets_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(
+        d.join("g.yaml"),
+        "name: g\nsource:\n  type: generate\n  rate: 500\nsink:\n  type: file\n  path: out.jsonl\ndelivery:\n  flush_interval: 100ms\n",
+    )
+    .unwrap();
+    let mut f = Ferry::start(d, &["run", "g.yaml"]);
+    assert!(wait_until(Duration::from_secs(20), || d
+        .join("data/api.addr")
+        .exists()));
+    let base = api_base(d);
+    let host = base.trim_start_matches("http://").to_string();
+    // CSRF: a page elsewhere posting here. DNS rebinding: another name for
+    // this address.
+    let foreign = [("Origin", "http://evil.example")];
+    let (status, body) = http_with(&base, "POST", "/pipelines/g/pause", &foreign, None);
+    assert_eq!(status, 403, "{body}");
+    let rebound = [("Host", "rebind.evil.example:8083")];
+    assert_eq!(http_with(&base, "GET", "/pipelines", &rebound, None).0, 403);
+    // The API's own page, and tools, are welcome.
+    let own = format!("http://{host}");
+    let (status, _) = http_with(
+        &base,
+        "GET",
+        "/pipelines",
+        &[("Origin", own.as_str())],
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        state_of(&base, "g"),
+        "running",
+        "nothing was paused by the foreign page"
+    );
+
+    // Ten resets at once: one at a time, never a 500, the pipeline never fails.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|_| s.spawn(|| http(&base, "DELETE", "/pipelines/g/offsets", None).0))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 409),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(wait_until(Duration::from_secs(20), || state_of(&base, "g")
+        == "running"));
+    // A name that is not a pipeline's is not sent.
+    let out = ferry_output(d, &["pause", "g/resume?x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("letters, digits"));
+    f.stop();
+    assert!(
+        f.log_text()
+            .contains("refused: a request from a page of http://evil.example")
+    );
+}
+
+fn state_of(base: &str, name: &str) -> String {
+    let (_, p) = get_json(base, &format!("/pipelines/{name}"));
+    p["state"]["name"].as_str().unwrap_or("").to_string()
 }

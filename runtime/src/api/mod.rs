@@ -79,6 +79,9 @@ struct Api {
     store: OffsetStore,
     drain_timeout: Duration,
     token: Option<Arc<str>>,
+    /// One operation on a pipeline at a time (`steer.rs`). A std mutex:
+    /// held only to find a pipeline's lock, never across an await.
+    steering: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// Serves the API on `listener` until the fleet's end of the channel
@@ -94,6 +97,7 @@ pub(crate) async fn serve(
         store: config.store,
         drain_timeout: config.drain_timeout,
         token: config.token.map(Arc::from),
+        steering: Arc::default(),
     };
     let app = Router::new()
         .route("/ready", get(pipelines::ready))
@@ -151,6 +155,14 @@ async fn authorized(
     request: Request,
     next: Next,
 ) -> Response {
+    let path: String = request.uri().path().chars().take(200).collect();
+    if let Some(why) = cross_site(&request, api.token.is_some()) {
+        tracing::warn!(
+            "admin API: {} {path} from {peer} refused: {why}",
+            request.method()
+        );
+        return answer(StatusCode::FORBIDDEN, json!({"error": why})).into_response();
+    }
     let Some(token) = &api.token else {
         return next.run(request).await;
     };
@@ -158,15 +170,16 @@ async fn authorized(
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
     if given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
         return next.run(request).await;
     }
     let what = if given.is_some() { "a wrong" } else { "no" };
     tracing::warn!(
-        "admin API: {} {} from {peer} refused: {what} token",
-        request.method(),
-        request.uri().path()
+        "admin API: {} {path} from {peer} refused: {what} token",
+        request.method()
     );
     let mut refused = answer(
         StatusCode::UNAUTHORIZED,
@@ -178,6 +191,42 @@ async fn authorized(
         axum::http::HeaderValue::from_static("Bearer"),
     );
     refused
+}
+
+/// Why a request that a web page of another site could have made is
+/// refused, if it is one: an `Origin` other than this API's own (a page
+/// elsewhere posting to it: CSRF), or, without a token, a `Host` that is a
+/// name other than `localhost` (a name of another site rebound to this
+/// machine's address: DNS rebinding). Tools (curl, ferry's CLI, Prometheus)
+/// send no `Origin` and the address as `Host`.
+fn cross_site(request: &Request, token: bool) -> Option<String> {
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let host = header(axum::http::header::HOST);
+    if let Some(origin) = header(axum::http::header::ORIGIN) {
+        let own = host.is_some_and(|h| origin == format!("http://{h}"));
+        if !own {
+            return Some(format!(
+                "a request from a page of {origin} (only this API's own page may steer it)"
+            ));
+        }
+    }
+    let name = host.map(|h| match h.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => h,
+    });
+    let local = name.is_none_or(|n| {
+        n.eq_ignore_ascii_case("localhost")
+            || n.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+    });
+    (!token && !local).then(|| {
+        format!(
+            "Host {:?} is not an address of this machine (without a token, the API answers requests to its address or localhost)",
+            host.unwrap_or_default()
+        )
+    })
 }
 
 /// Compares in time that does not depend on where they differ.

@@ -5,13 +5,50 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use super::{Api, FleetRequest, Lookup, Reply, answer, ask, ended, gone, unknown};
-use crate::supervisor::{Command, State};
+use crate::supervisor::{Command, PipelineHandle, State};
+
+/// One operation on a pipeline at a time: a restart or a second reset in
+/// the middle of a reset would start the pipeline from the positions the
+/// reset is replacing (and two resets would write one file at once).
+/// Held for the operation; another one meanwhile is refused, not queued.
+fn one_at_a_time(api: &Api, name: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, Reply> {
+    let lock = {
+        let mut locks = api.steering.lock().expect("not poisoned");
+        locks.entry(name.to_string()).or_default().clone()
+    };
+    lock.try_lock_owned().map_err(|_| {
+        answer(
+            StatusCode::CONFLICT,
+            json!({"error": format!("another operation on pipeline {name:?} is under way (an offsets reset): try again once it is done")}),
+        )
+    })
+}
+
+/// Gives `command` to the supervisor, or says why it cannot take it.
+fn offer(handle: &PipelineHandle, name: &str, command: Command) -> Result<(), Reply> {
+    handle.offer(command).map_err(|busy| {
+        if busy {
+            answer(
+                StatusCode::CONFLICT,
+                json!({"error": format!("pipeline {name:?} has not yet taken the operations asked before (a drain that does not end?): try again later")}),
+            )
+        } else {
+            ended(name, "steer")
+        }
+    })
+}
 
 /// Sends `command` to the live pipeline `name`.
 async fn steer(api: &Api, name: &str, command: Command, done: &str) -> Reply {
+    let _one = match one_at_a_time(api, name) {
+        Ok(guard) => guard,
+        Err(reply) => return reply,
+    };
     match ask(api, |tx| FleetRequest::Live(name.to_string(), tx)).await {
         Some(Lookup::Live(handle)) => {
-            handle.send(command).await;
+            if let Err(reply) = offer(&handle, name, command) {
+                return reply;
+            }
             tracing::info!(pipeline = %name, "admin API: {done}");
             answer(StatusCode::ACCEPTED, json!({"pipeline": name, "ok": done}))
         }
@@ -32,9 +69,15 @@ pub(super) async fn resume(AxumState(api): AxumState<Api>, Path(name): Path<Stri
 }
 
 pub(super) async fn restart(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Reply {
+    let _one = match one_at_a_time(&api, &name) {
+        Ok(guard) => guard,
+        Err(reply) => return reply,
+    };
     match ask(&api, |tx| FleetRequest::Restart(name.clone(), tx)).await {
         Some(Lookup::Live(handle)) => {
-            handle.send(Command::Restart).await;
+            if let Err(reply) = offer(&handle, &name, Command::Restart) {
+                return reply;
+            }
             tracing::info!(pipeline = %name, "admin API: restarting from the committed positions");
             answer(
                 StatusCode::ACCEPTED,
@@ -59,6 +102,10 @@ pub(super) async fn reset_offsets(
     AxumState(api): AxumState<Api>,
     Path(name): Path<String>,
 ) -> Reply {
+    let _one = match one_at_a_time(&api, &name) {
+        Ok(guard) => guard,
+        Err(reply) => return reply,
+    };
     let handle = match ask(&api, |tx| FleetRequest::Live(name.clone(), tx)).await {
         Some(Lookup::Live(handle)) => handle,
         Some(Lookup::Ended) => return ended(&name, "reset"),
@@ -66,7 +113,9 @@ pub(super) async fn reset_offsets(
         None => return gone(),
     };
     let was_paused = handle.snapshot().status.state == State::Paused;
-    handle.send(Command::Pause).await;
+    if let Err(reply) = offer(&handle, &name, Command::Pause) {
+        return reply;
+    }
     let mut status = handle.watch();
     // The watch's guard is not held past this statement (it is not Send).
     let paused = tokio::time::timeout(
@@ -79,6 +128,10 @@ pub(super) async fn reset_offsets(
         Ok(true) => {}
         Ok(false) => return ended(&name, "reset"),
         Err(_) => {
+            // Given up, not left paused: once the drain ends it goes on.
+            if !was_paused {
+                let _ = handle.offer(Command::Resume);
+            }
             return answer(
                 StatusCode::GATEWAY_TIMEOUT,
                 json!({"error": format!("pipeline {name:?} did not pause within {}; nothing was reset", humantime::format_duration(api.drain_timeout))}),
@@ -95,7 +148,7 @@ pub(super) async fn reset_offsets(
         Err(e) => Err(crate::join_error_message(e)),
     };
     if !was_paused {
-        handle.send(Command::Resume).await;
+        let _ = handle.offer(Command::Resume);
     }
     match outcome {
         Ok(done) => {

@@ -69,6 +69,15 @@ impl PipelineHandle {
     }
 
     /// Asks the supervisor; false when it has already ended.
+    /// Asks the supervisor without waiting: Err(true) when earlier
+    /// commands still wait (a drain that does not end), Err(false) when it
+    /// has ended.
+    pub fn offer(&self, command: Command) -> Result<(), bool> {
+        self.commands
+            .try_send(command)
+            .map_err(|e| matches!(e, mpsc::error::TrySendError::Full(_)))
+    }
+
     pub async fn send(&self, command: Command) -> bool {
         self.commands.send(command).await.is_ok()
     }
