@@ -318,6 +318,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         });
         let api = bind_api(&args).await?;
+        // Said only while it is true: a stale address would send the
+        // control commands to whatever takes the port next.
+        let noted = api
+            .is_some()
+            .then(|| ferry::api::client::addr_file(&args.data_dir));
         let options = RunOptions {
             api,
             data_dir: args.data_dir,
@@ -326,7 +331,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             shutdown_timeout: args.shutdown_timeout,
             reload,
         };
-        anyhow::Ok(ferry::run(pipelines, options, shutdown_signal()).await)
+        let outcomes = ferry::run(pipelines, options, shutdown_signal()).await;
+        if let Some(file) = noted {
+            let _ = std::fs::remove_file(file);
+        }
+        anyhow::Ok(outcomes)
     });
     // A pipeline abandoned at the shutdown timeout may leave a blocking
     // read behind: do not wait for it.

@@ -584,3 +584,34 @@ fn state_of(base: &str, name: &str) -> String {
     let (_, p) = get_json(base, &format!("/pipelines/{name}"));
     p["state"]["name"].as_str().unwrap_or("").to_string()
 }
+
+#[test]
+fn a_wrong_method_is_a_json_error_and_the_address_note_goes_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(
+        d.join("g.yaml"),
+        "name: g\nsource:\n  type: generate\n  count: 10\nsink:\n  type: file\n  path: out.jsonl\n",
+    )
+    .unwrap();
+    let mut f = Ferry::start(d, &["run", "g.yaml"]);
+    assert!(wait_until(Duration::from_secs(20), || d
+        .join("data/api.addr")
+        .exists()));
+    let base = api_base(d);
+    let (status, body) = http(&base, "PUT", "/pipelines/g/pause", None);
+    assert_eq!(status, 405, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("PUT is not an operation"),
+        "{body}"
+    );
+    f.stop();
+    assert!(
+        !d.join("data/api.addr").exists(),
+        "a stale address is left behind"
+    );
+}

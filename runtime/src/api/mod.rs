@@ -113,6 +113,7 @@ pub(crate) async fn serve(
             get(pipelines::offsets).delete(steer::reset_offsets),
         )
         .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(no_such_method)
         .route_layer(middleware::from_fn_with_state(api.clone(), authorized))
         // After the layer: answered without a token (a load balancer's
         // probe; the page, which holds no data and asks for the token).
@@ -238,6 +239,13 @@ async fn no_such_endpoint(request: Request) -> Reply {
     answer(
         StatusCode::NOT_FOUND,
         json!({"error": format!("no such endpoint: {} {}", request.method(), request.uri().path())}),
+    )
+}
+
+async fn no_such_method(request: Request) -> Reply {
+    answer(
+        StatusCode::METHOD_NOT_ALLOWED,
+        json!({"error": format!("{} is not an operation of {}", request.method(), request.uri().path())}),
     )
 }
 
