@@ -615,3 +615,81 @@ fn a_wrong_method_is_a_json_error_and_the_address_note_goes_at_exit() {
         "a stale address is left behind"
     );
 }
+
+#[test]
+fn the_lag_of_a_change_stream_is_the_seconds_behind_the_server() {
+    use mongodb::bson::{Document, doc};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = format!("api_lag_{}", std::process::id());
+    let insert = |from: i64, to: i64| {
+        let db = db.clone();
+        with_mongodb(async move |c| {
+            let docs: Vec<Document> = (from..to).map(|i| doc! {"_id": i}).collect();
+            c.database(&db)
+                .collection::<Document>("items")
+                .insert_many(docs)
+                .await
+                .expect("insert");
+        });
+    };
+    fs::write(
+        d.join("m.yaml"),
+        format!("name: m\nsource:\n  type: mongodb\n  uri: {}\n  database: {db}\n  collection: items\n  snapshot: never\nsink:\n  type: file\n  path: out.jsonl\ndelivery:\n  flush_interval: 50ms\n", mongodb_uri()),
+    )
+    .unwrap();
+    let mut f = Ferry::start(d, &["run", "m.yaml"]);
+    assert!(wait_until(Duration::from_secs(20), || d
+        .join("data/api.addr")
+        .exists()));
+    let base = api_base(d);
+    assert!(wait_until(Duration::from_secs(20), || get_json(
+        &base,
+        "/pipelines/m"
+    )
+    .1["state"]["name"]
+        == "running"));
+    std::thread::sleep(Duration::from_secs(1));
+    insert(0, 10);
+    assert!(
+        wait_until(Duration::from_secs(30), || lines_in(&d.join("out.jsonl"))
+            == 10),
+        "{}",
+        f.log_text()
+    );
+    let lag = || get_json(&base, "/pipelines/m").1["lag"].clone();
+    assert!(
+        wait_until(Duration::from_secs(20), || lag()["amount"] == 0.0),
+        "{}",
+        lag()
+    );
+    assert_eq!(lag()["unit"], "seconds");
+    // Paused, the change waiting falls behind the server's present.
+    assert_eq!(http(&base, "POST", "/pipelines/m/pause", None).0, 202);
+    assert!(wait_until(Duration::from_secs(20), || get_json(
+        &base,
+        "/pipelines/m"
+    )
+    .1["state"]["name"]
+        == "paused"));
+    insert(10, 20);
+    assert!(
+        wait_until(Duration::from_secs(30), || lag()["amount"]
+            .as_f64()
+            .unwrap_or(0.0)
+            >= 2.0),
+        "{} {}",
+        lag(),
+        get_json(&base, "/pipelines/m").1["lag_error"]
+    );
+    assert_eq!(http(&base, "POST", "/pipelines/m/resume", None).0, 202);
+    assert!(wait_until(Duration::from_secs(30), || lines_in(
+        &d.join("out.jsonl")
+    ) == 20));
+    assert!(
+        wait_until(Duration::from_secs(20), || lag()["amount"] == 0.0),
+        "{}",
+        lag()
+    );
+    f.stop();
+}

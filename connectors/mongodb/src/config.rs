@@ -272,6 +272,15 @@ impl SourceConfig for MongoSourceConfig {
         )))
     }
 
+    async fn backlog(
+        &self,
+        _ctx: &BuildContext,
+    ) -> Result<Option<Box<dyn ferry_api::Backlog>>, ConnectorError> {
+        Ok(Some(Box::new(crate::source::Behind(
+            crate::source::ChangeStreamSource::new(self.clone()),
+        ))))
+    }
+
     async fn check(&self, _ctx: &BuildContext) -> Result<(), ConnectorError> {
         let shown = self.redacted_uri();
         let client = crate::client::connect(&self.uri, &shown).await?;

@@ -54,6 +54,24 @@ impl Conn {
         }
     }
 
+    /// The server's present (its cluster time), when it reports one.
+    pub(super) async fn server_time(&self) -> Result<Option<Timestamp>, ConnectorError> {
+        let reply = self
+            .client
+            .database("admin")
+            .run_command(doc! {"ping": 1})
+            .await
+            .map_err(|e| self.error("asking for the server's cluster time", e))?;
+        Ok(reply
+            .get_timestamp("operationTime")
+            .or_else(|_| {
+                reply
+                    .get_document("$clusterTime")
+                    .and_then(|c| c.get_timestamp("clusterTime"))
+            })
+            .ok())
+    }
+
     /// The error for a committed position the server's history no longer
     /// reaches.
     pub(super) fn stale(&self, why: &str) -> ConnectorError {

@@ -140,6 +140,48 @@ impl ChangeStreamSource {
         }
     }
 
+    /// How far the change stream is behind: the seconds between the
+    /// server's present and the first change after the committed position
+    /// (0 when there is none). None while a snapshot is read or before
+    /// anything was committed. For the lag probe: it opens a stream of its
+    /// own at the committed position, beside the pipeline's.
+    pub(crate) async fn seconds_behind(
+        &mut self,
+        committed: &Positions,
+    ) -> Result<Option<f64>, ConnectorError> {
+        if self.conn.is_none() {
+            let client = connect(&self.config.uri, &self.shown).await?;
+            self.conn = Some(Arc::new(Conn {
+                client,
+                config: self.config.clone(),
+                shown: self.shown.clone(),
+            }));
+        }
+        let conn = self.conn();
+        let Some(offset) = committed.get(&self.partition.key).map(|p| p.offset.clone()) else {
+            return Ok(None);
+        };
+        let Some(token) = offset.get("token").and_then(token_from_json) else {
+            return Ok(None);
+        };
+        let time = offset.get("time").and_then(timestamp_from_json);
+        let mut stream = conn.resume(token, time).await?;
+        let next = stream
+            .next_if_any()
+            .await
+            .map_err(|e| conn.error("measuring the lag", e))?;
+        let Some(pending) = next.and_then(|ev| ev.cluster_time) else {
+            return Ok(Some(0.0));
+        };
+        let now = conn.server_time().await?;
+        Ok(now.map(|now| f64::from(now.time.saturating_sub(pending.time))))
+    }
+
+    /// The partition of the watched scope.
+    pub(crate) fn partition(&self) -> &Partition {
+        &self.partition
+    }
+
     /// The connection, a shared handle, so that the
     /// caller may hold it across `.await`s while it changes `self`.
     fn conn(&self) -> Arc<Conn> {
@@ -321,6 +363,35 @@ impl Source for ChangeStreamSource {
         self.phase = Phase::Closed;
         if let Some(conn) = self.conn.take() {
             crate::client::shut_down(conn.client.clone()).await;
+        }
+    }
+}
+
+/// The change stream's lag, in seconds behind the server's present.
+pub(crate) struct Behind(pub(crate) ChangeStreamSource);
+
+#[async_trait]
+impl ferry_api::Backlog for Behind {
+    async fn measure(
+        &mut self,
+        committed: &Positions,
+    ) -> Result<Vec<ferry_api::Lag>, ConnectorError> {
+        match self.0.seconds_behind(committed).await {
+            Ok(seconds) => Ok(seconds
+                .map(|amount| ferry_api::Lag {
+                    partition: self.0.partition().key.clone(),
+                    label: self.0.partition().label().to_string(),
+                    amount,
+                    unit: "seconds",
+                    estimate: false,
+                })
+                .into_iter()
+                .collect()),
+            Err(e) => {
+                // A fresh connection next time.
+                self.0.close().await;
+                Err(e)
+            }
         }
     }
 }

@@ -21,26 +21,13 @@ impl ChangeStreamSource {
         let conn = self.conn();
         // The server's present: every change the snapshot might not see
         // happens at or after it.
-        let reply = conn
-            .client
-            .database("admin")
-            .run_command(doc! {"ping": 1})
-            .await
-            .map_err(|e| conn.error("asking for the server's cluster time", e))?;
-        let start = reply
-            .get_timestamp("operationTime")
-            .or_else(|_| {
-                reply
-                    .get_document("$clusterTime")
-                    .and_then(|c| c.get_timestamp("clusterTime"))
-            })
-            .map_err(|_| {
-                ConnectorError::Fatal(format!(
-                    "the server ({}) reports no cluster time, so a snapshot cannot be joined to \
+        let start = conn.server_time().await?.ok_or_else(|| {
+            ConnectorError::Fatal(format!(
+                "the server ({}) reports no cluster time, so a snapshot cannot be joined to \
                      the change stream without a gap; use `snapshot: never`",
-                    self.shown
-                ))
-            })?;
+                self.shown
+            ))
+        })?;
         let namespaces = conn.namespaces().await?;
         tracing::info!(
             scope = %self.config.scope(),
