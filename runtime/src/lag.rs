@@ -99,30 +99,31 @@ pub(crate) async fn watch(
 /// What a probe gets to build with: the pipeline's own context, without
 /// its stop (the probe is aborted) and without counting its retries.
 fn context(p: &PipelineConfig, data_dir: &std::path::Path) -> BuildContext {
-    let mut writes: Vec<PathBuf> = p.sink.local_outputs().into_iter().map(|(_, f)| f).collect();
-    writes.push(p.dead_letter_path(data_dir));
     BuildContext {
         pipeline: p.name.clone(),
         once: false,
         stopping: ferry_api::Stopping::never(),
-        writes,
+        writes: p.local_writes(data_dir),
         retries: ferry_api::Retries::default(),
     }
 }
 
-/// The lags with their ETAs against the measurement `before`.
+/// The lags with their ETAs against the measurement `before`, which then
+/// holds this one's partitions only (rotated files come and go for months).
 fn report(lags: Vec<Lag>, before: &mut HashMap<String, (f64, Instant)>) -> LagReport {
     let now = Instant::now();
+    let mut seen = HashMap::with_capacity(lags.len());
     let partitions = lags
         .into_iter()
         .map(|lag| {
             let eta_seconds = before
                 .get(&lag.partition)
                 .and_then(|&(was, at)| eta(was, lag.amount, now.duration_since(at).as_secs_f64()));
-            before.insert(lag.partition.clone(), (lag.amount, now));
+            seen.insert(lag.partition.clone(), (lag.amount, now));
             PartitionLag { lag, eta_seconds }
         })
         .collect();
+    *before = seen;
     LagReport {
         at: SystemTime::now(),
         partitions,

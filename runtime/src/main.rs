@@ -180,12 +180,7 @@ struct SteerArgs {
 /// A pipeline's name as pipeline files allow it: it goes into a request's
 /// path as it is.
 fn pipeline_name(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 100
-        && !s.starts_with('.')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if ferry::config::is_pipeline_name(s) {
         Ok(s.to_string())
     } else {
         Err("a pipeline's name has letters, digits, '-', '_' and '.' only".to_string())
@@ -458,9 +453,12 @@ fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut target = args.api.target()?;
     loop {
         // Read again each time: a ferry started again may listen elsewhere.
-        let target = args.api.target()?;
+        if args.api.addr.is_none() {
+            target.addr = ferry::api::client::addr_for(&args.api.data_dir);
+        }
         let table = runtime
             .block_on(ferry::api::client::request(&target, "GET", "/pipelines"))
             .and_then(|(code, body)| match code {

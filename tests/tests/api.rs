@@ -15,6 +15,42 @@ fn api_base(dir: &Path) -> String {
     format!("http://{}", addr.trim())
 }
 
+/// `ferry ARGS…` in `dir`, and its API's base URL once it listens.
+fn start_api(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Ferry, String) {
+    let f = Ferry::start_with_env(dir, args, env);
+    assert!(
+        wait_until(Duration::from_secs(20), || dir
+            .join("data/api.addr")
+            .exists()),
+        "{}",
+        f.log_text()
+    );
+    let base = api_base(dir);
+    (f, base)
+}
+
+/// Pauses `name` through the API and waits until it is paused.
+fn pause(base: &str, name: &str) {
+    let path = format!("/pipelines/{name}");
+    assert_eq!(http(base, "POST", &format!("{path}/pause"), None).0, 202);
+    assert!(
+        wait_until(Duration::from_secs(20), || get_json(base, &path).1["state"]
+            ["name"]
+            == "paused"),
+        "{name} never paused"
+    );
+}
+
+fn resume(base: &str, name: &str) {
+    let path = format!("/pipelines/{name}/resume");
+    assert_eq!(http(base, "POST", &path, None).0, 202);
+}
+
+/// The pipeline's total lag, as `GET /pipelines/{name}` shows it.
+fn lag_of(base: &str, name: &str) -> Value {
+    get_json(base, &format!("/pipelines/{name}")).1["lag"].clone()
+}
+
 fn get_json(base: &str, path: &str) -> (u16, Value) {
     let (status, body) = http(base, "GET", path, None);
     let v = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body}"));
@@ -55,15 +91,11 @@ fn every_endpoint_answers_with_what_the_pipelines_did() {
         format!("name: broken\nsource:\n  type: generate\n  count: 1\nsink:\n  type: postgres\n  url: {}\n  table: no_such_table_{table}\n", pg_url()),
     )
     .unwrap();
-    let mut f = Ferry::start_with_env(
+    let (mut f, base) = start_api(
         d,
         &["run", "topg.yaml", "broken.yaml"],
         &[("PG", url.as_str())],
     );
-    assert!(wait_until(Duration::from_secs(20), || d
-        .join("data/api.addr")
-        .exists()));
-    let base = api_base(d);
     assert!(
         wait_until(Duration::from_secs(30), || {
             let (_, p) = get_json(&base, &format!("/pipelines/{table}"));
@@ -307,21 +339,16 @@ fn with_a_token_every_endpoint_but_health_wants_it() {
     assert!(log.contains("only with a token"), "{log}");
 
     fs::write(d.join("token"), "s3cr3t-t0ken\n").unwrap();
-    let mut f = Ferry::start(
-        d,
-        &[
-            "run",
-            "--api",
-            "0.0.0.0:0",
-            "--api-token-file",
-            "token",
-            "p.yaml",
-        ],
-    );
-    assert!(wait_until(Duration::from_secs(20), || d
-        .join("data/api.addr")
-        .exists()));
-    let port = api_base(d).rsplit(':').next().unwrap().to_string();
+    let args = [
+        "run",
+        "--api",
+        "0.0.0.0:0",
+        "--api-token-file",
+        "token",
+        "p.yaml",
+    ];
+    let (mut f, listening) = start_api(d, &args, &[]);
+    let port = listening.rsplit(':').next().unwrap().to_string();
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(http(&base, "GET", "/health", None).0, 200);
     let (status, body) = http(&base, "GET", "/pipelines", None);
@@ -388,18 +415,14 @@ fn the_lag_of_a_kafka_source_is_the_messages_past_the_committed_offsets() {
         format!("name: k\nsource:\n  type: kafka\n  brokers: {brokers}\n  topics: [{topic}]\n  group_id: {topic}\nsink:\n  type: file\n  path: out.jsonl\ndelivery:\n  flush_interval: 100ms\n"),
     )
     .unwrap();
-    let mut f = Ferry::start(d, &["run", "k.yaml"]);
-    assert!(wait_until(Duration::from_secs(20), || d
-        .join("data/api.addr")
-        .exists()));
-    let base = api_base(d);
+    let (mut f, base) = start_api(d, &["run", "k.yaml"], &[]);
     assert!(
         wait_until(Duration::from_secs(60), || lines_in(&d.join("out.jsonl"))
             == 100),
         "{}",
         f.log_text()
     );
-    let lag = || get_json(&base, "/pipelines/k").1["lag"].clone();
+    let lag = || lag_of(&base, "k");
     assert!(
         wait_until(Duration::from_secs(20), || lag()["amount"] == 0.0),
         "{}",
@@ -407,13 +430,7 @@ fn the_lag_of_a_kafka_source_is_the_messages_past_the_committed_offsets() {
     );
     assert_eq!(lag()["unit"], "messages");
     // Paused, the backlog grows, and the lag shows it.
-    assert_eq!(http(&base, "POST", "/pipelines/k/pause", None).0, 202);
-    assert!(wait_until(Duration::from_secs(20), || get_json(
-        &base,
-        "/pipelines/k"
-    )
-    .1["state"]["name"]
-        == "paused"));
+    pause(&base, "k");
     produce_test_lines(&brokers, &topic, 50, None);
     // 50 with Kafka; Tansu, the broker here, moves its offsets (and so its
     // high watermarks) by record batch, not by message: more than 0 is
@@ -434,7 +451,7 @@ fn the_lag_of_a_kafka_source_is_the_messages_past_the_committed_offsets() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(series, backlog, "{m}");
-    assert_eq!(http(&base, "POST", "/pipelines/k/resume", None).0, 202);
+    resume(&base, "k");
     assert!(wait_until(Duration::from_secs(30), || lines_in(
         &d.join("out.jsonl")
     ) == 150));
@@ -472,31 +489,21 @@ fn the_lag_of_a_postgres_source_is_the_rows_past_the_cursor() {
         format!("name: {table}\nsource:\n  type: postgres\n  url: {}\n  table: {table}\n  incrementing_column: id\n  poll_interval: 100ms\nsink:\n  type: file\n  path: out.jsonl\ndelivery:\n  flush_interval: 100ms\n", pg_url()),
     )
     .unwrap();
-    let mut f = Ferry::start(d, &["run", "pg.yaml"]);
-    assert!(wait_until(Duration::from_secs(20), || d
-        .join("data/api.addr")
-        .exists()));
-    let base = api_base(d);
+    let (mut f, base) = start_api(d, &["run", "pg.yaml"], &[]);
     assert!(
         wait_until(Duration::from_secs(30), || lines_in(&d.join("out.jsonl"))
             == 100),
         "{}",
         f.log_text()
     );
-    let path = format!("/pipelines/{table}");
-    let lag = || get_json(&base, &path).1["lag"].clone();
+    let lag = || lag_of(&base, &table);
     assert!(
         wait_until(Duration::from_secs(20), || lag()["amount"] == 0.0),
         "{}",
         lag()
     );
     assert_eq!(lag()["unit"], "rows");
-    assert_eq!(http(&base, "POST", &format!("{path}/pause"), None).0, 202);
-    assert!(wait_until(Duration::from_secs(20), || get_json(
-        &base, &path
-    )
-    .1["state"]["name"]
-        == "paused"));
+    pause(&base, &table);
     insert(101, 130);
     assert!(
         wait_until(Duration::from_secs(20), || lag()["amount"] == 30.0),
@@ -504,7 +511,7 @@ fn the_lag_of_a_postgres_source_is_the_rows_past_the_cursor() {
         lag()
     );
     assert_eq!(lag()["estimate"], false);
-    assert_eq!(http(&base, "POST", &format!("{path}/resume"), None).0, 202);
+    resume(&base, &table);
     assert!(wait_until(Duration::from_secs(30), || lines_in(
         &d.join("out.jsonl")
     ) == 130));
@@ -526,11 +533,7 @@ fn requests_a_foreign_page_could_make_and_racing_resets_are_refused() {
         "name: g\nsource:\n  type: generate\n  rate: 500\nsink:\n  type: file\n  path: out.jsonl\ndelivery:\n  flush_interval: 100ms\n",
     )
     .unwrap();
-    let mut f = Ferry::start(d, &["run", "g.yaml"]);
-    assert!(wait_until(Duration::from_secs(20), || d
-        .join("data/api.addr")
-        .exists()));
-    let base = api_base(d);
+    let (mut f, base) = start_api(d, &["run", "g.yaml"], &[]);
     let host = base.trim_start_matches("http://").to_string();
     // CSRF: a page elsewhere posting here. DNS rebinding: another name for
     // this address.
@@ -594,11 +597,7 @@ fn a_wrong_method_is_a_json_error_and_the_address_note_goes_at_exit() {
         "name: g\nsource:\n  type: generate\n  count: 10\nsink:\n  type: file\n  path: out.jsonl\n",
     )
     .unwrap();
-    let mut f = Ferry::start(d, &["run", "g.yaml"]);
-    assert!(wait_until(Duration::from_secs(20), || d
-        .join("data/api.addr")
-        .exists()));
-    let base = api_base(d);
+    let (mut f, base) = start_api(d, &["run", "g.yaml"], &[]);
     let (status, body) = http(&base, "PUT", "/pipelines/g/pause", None);
     assert_eq!(status, 405, "{body}");
     let v: Value = serde_json::from_str(&body).expect("JSON");
@@ -638,11 +637,7 @@ fn the_lag_of_a_change_stream_is_the_seconds_behind_the_server() {
         format!("name: m\nsource:\n  type: mongodb\n  uri: {}\n  database: {db}\n  collection: items\n  snapshot: never\nsink:\n  type: file\n  path: out.jsonl\ndelivery:\n  flush_interval: 50ms\n", mongodb_uri()),
     )
     .unwrap();
-    let mut f = Ferry::start(d, &["run", "m.yaml"]);
-    assert!(wait_until(Duration::from_secs(20), || d
-        .join("data/api.addr")
-        .exists()));
-    let base = api_base(d);
+    let (mut f, base) = start_api(d, &["run", "m.yaml"], &[]);
     assert!(wait_until(Duration::from_secs(20), || get_json(
         &base,
         "/pipelines/m"
@@ -657,7 +652,7 @@ fn the_lag_of_a_change_stream_is_the_seconds_behind_the_server() {
         "{}",
         f.log_text()
     );
-    let lag = || get_json(&base, "/pipelines/m").1["lag"].clone();
+    let lag = || lag_of(&base, "m");
     assert!(
         wait_until(Duration::from_secs(20), || lag()["amount"] == 0.0),
         "{}",
@@ -665,13 +660,7 @@ fn the_lag_of_a_change_stream_is_the_seconds_behind_the_server() {
     );
     assert_eq!(lag()["unit"], "seconds");
     // Paused, the change waiting falls behind the server's present.
-    assert_eq!(http(&base, "POST", "/pipelines/m/pause", None).0, 202);
-    assert!(wait_until(Duration::from_secs(20), || get_json(
-        &base,
-        "/pipelines/m"
-    )
-    .1["state"]["name"]
-        == "paused"));
+    pause(&base, "m");
     insert(10, 20);
     assert!(
         wait_until(Duration::from_secs(30), || lag()["amount"]
@@ -682,7 +671,7 @@ fn the_lag_of_a_change_stream_is_the_seconds_behind_the_server() {
         lag(),
         get_json(&base, "/pipelines/m").1["lag_error"]
     );
-    assert_eq!(http(&base, "POST", "/pipelines/m/resume", None).0, 202);
+    resume(&base, "m");
     assert!(wait_until(Duration::from_secs(30), || lines_in(
         &d.join("out.jsonl")
     ) == 20));
@@ -692,4 +681,31 @@ fn the_lag_of_a_change_stream_is_the_seconds_behind_the_server() {
         lag()
     );
     f.stop();
+}
+
+#[test]
+fn values_from_the_environment_are_masked_in_answers_as_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(
+        d.join("g.yaml"),
+        "name: g\nsource:\n  type: generate\n  count: 1\nsink:\n  type: file\n  path: ${OUT}/out.jsonl\n",
+    )
+    .unwrap();
+    // A folder that cannot be made: the error quotes the path.
+    let (mut f, base) = start_api(d, &["run", "g.yaml"], &[("OUT", "/dev/null/S3cretDir")]);
+    assert!(wait_until(Duration::from_secs(20), || get_json(
+        &base,
+        "/pipelines/g"
+    )
+    .1["state"]["name"]
+        == "failed"));
+    let (_, body) = http(&base, "GET", "/pipelines/g", None);
+    assert!(body.contains("***"), "{body}");
+    assert!(!body.contains("S3cretDir"), "{body}");
+    let (_, metrics) = http(&base, "GET", "/metrics", None);
+    assert!(!metrics.contains("S3cretDir"), "{metrics}");
+    f.signal(libc::SIGTERM);
+    assert!(f.wait_for_exit(Duration::from_secs(20)).is_some());
+    assert!(!f.log_text().contains("S3cretDir"));
 }

@@ -34,6 +34,8 @@ pub(super) async fn metrics(AxumState(api): AxumState<Api>) -> Response {
         tracing::error!("encoding the metrics failed: {e}");
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
+    // Labels are names and paths: masked as in the log.
+    let text = crate::redact::redact(&text).into_owned();
     (
         [(
             header::CONTENT_TYPE,

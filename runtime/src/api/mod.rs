@@ -251,8 +251,24 @@ async fn no_such_method(request: Request) -> Reply {
 
 type Reply = (StatusCode, Json<Value>);
 
-fn answer(status: StatusCode, body: Value) -> Reply {
+/// Every answer passes here: values from the environment are masked in it
+/// as in the log (`crate::redact`), whoever wrote the error it quotes.
+fn answer(status: StatusCode, mut body: Value) -> Reply {
+    mask(&mut body);
     (status, Json(body))
+}
+
+fn mask(value: &mut Value) {
+    match value {
+        Value::String(s) => {
+            if let std::borrow::Cow::Owned(masked) = crate::redact::redact(s) {
+                *s = masked;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(mask),
+        Value::Object(map) => map.values_mut().for_each(mask),
+        _ => {}
+    }
 }
 
 fn gone() -> Reply {

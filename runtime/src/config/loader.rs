@@ -206,15 +206,8 @@ impl Loader<'_> {
     }
 
     pub(super) fn name(&mut self, v: Value) -> Option<String> {
-        let ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 100
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                && !s.starts_with('.')
-        };
         match v {
-            Value::String(s) if ok(&s) => Some(s),
+            Value::String(s) if is_pipeline_name(&s) => Some(s),
             _ => {
                 self.error("name", At::Value, "must be a string of letters, digits, '-', '_' and '.' (at most 100, not starting with '.')");
                 None

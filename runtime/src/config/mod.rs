@@ -157,6 +157,19 @@ pub struct PipelineConfig {
 }
 
 impl PipelineConfig {
+    /// The local files this pipeline writes: its sink's outputs and its
+    /// dead-letter file (what its source must not read back).
+    pub fn local_writes(&self, data_dir: &Path) -> Vec<PathBuf> {
+        let mut writes: Vec<PathBuf> = self
+            .sink
+            .local_outputs()
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect();
+        writes.push(self.dead_letter_path(data_dir));
+        writes
+    }
+
     /// Where this pipeline's dead letters go: `errors.dead_letter`, or
     /// `<data-dir>/dlq/<name>.jsonl`.
     pub fn dead_letter_path(&self, data_dir: &Path) -> PathBuf {
@@ -165,6 +178,17 @@ impl PipelineConfig {
             .clone()
             .unwrap_or_else(|| data_dir.join("dlq").join(format!("{}.jsonl", self.name)))
     }
+}
+
+/// Whether `s` is a pipeline's name: letters, digits, `-`, `_` and `.`, at
+/// most 100, not starting with `.`. Names become file names (offsets, dead
+/// letters) and parts of the API's paths.
+pub fn is_pipeline_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 const TOP_KEYS: &[&str] = &["name", "source", "sink", "delivery", "errors"];

@@ -158,13 +158,11 @@ pub async fn run_attempt(
 }
 
 fn build_context(p: &PipelineConfig, env: &PipelineEnv) -> BuildContext {
-    let mut writes: Vec<PathBuf> = p.sink.local_outputs().into_iter().map(|(_, f)| f).collect();
-    writes.push(p.dead_letter_path(&env.data_dir));
     BuildContext {
         pipeline: p.name.clone(),
         once: env.once,
         stopping: ferry_api::Stopping::new(env.stop.clone()),
-        writes,
+        writes: p.local_writes(&env.data_dir),
         retries: ferry_api::Retries::new(env.stats.retries.clone()),
     }
 }
