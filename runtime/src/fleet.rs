@@ -337,6 +337,10 @@ impl Fleet {
             FleetRequest::List(reply) => reply.send(self.views()).map_err(drop),
             FleetRequest::Live(name, reply) => reply.send(self.lookup(&name)).map_err(drop),
             FleetRequest::Restart(name, reply) => reply.send(self.restart(&name)).map_err(drop),
+            FleetRequest::Definition(name, reply) => {
+                let config = self.live_member(&name).map(|m| m.config.clone());
+                reply.send(config).map_err(drop)
+            }
         };
     }
 

@@ -96,9 +96,10 @@ pub(crate) async fn watch(
     }
 }
 
-/// What a probe gets to build with: the pipeline's own context, without
-/// its stop (the probe is aborted) and without counting its retries.
-fn context(p: &PipelineConfig, data_dir: &std::path::Path) -> BuildContext {
+/// What a probe (or an offsets check) gets to build with: the pipeline's
+/// own context, without its stop (the probe is aborted) and without
+/// counting its retries.
+pub(crate) fn context(p: &PipelineConfig, data_dir: &std::path::Path) -> BuildContext {
     BuildContext {
         pipeline: p.name.clone(),
         once: false,

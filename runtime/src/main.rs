@@ -402,7 +402,7 @@ fn list_offsets(data_dir: &Path) -> anyhow::Result<ExitCode> {
             ""
         };
         let reset = if e.reset {
-            " — reset: restarts from the beginning"
+            " — chosen by an operator (a reset or a PUT): its next start begins from these"
         } else {
             ""
         };

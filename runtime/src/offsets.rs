@@ -25,12 +25,19 @@ pub struct StoredOffsets {
     /// The sink keeps the authoritative copy of these positions.
     #[serde(default)]
     pub kept_by_sink: bool,
-    /// Set by `ferry offsets reset`: the next start begins from nothing,
-    /// whatever the sink holds.
+    /// Set by an operator (`ferry offsets reset`, the API's offsets
+    /// DELETE and PUT): the next start begins from `positions`, whatever
+    /// the sink holds. Cleared by the first commit after it.
     #[serde(default)]
     pub reset: bool,
     pub updated: String,
     pub positions: Positions,
+    /// The latest operator choice (reset or set), by a number of its own:
+    /// a sink that keeps its positions stores it with them
+    /// (`engine/resume.rs`), which tells a start whether the sink has
+    /// committed since the choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,14 +78,16 @@ impl OffsetStore {
         positions: &Positions,
         kept_by_sink: bool,
         durable: bool,
+        choice: Option<u64>,
     ) -> Result<(), OffsetStoreError> {
         let entry = StoredOffsets {
             version: VERSION,
             pipeline: pipeline.to_string(),
             kept_by_sink,
             reset: false,
-            updated: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            updated: now(),
             positions: positions.clone(),
+            choice,
         };
         let path = self.path(pipeline);
         let bytes = serde_json::to_vec_pretty(&entry).expect("offsets serialize");
@@ -127,20 +136,42 @@ impl OffsetStore {
     /// Makes the next start of `pipeline` begin from the start of its source.
     /// Returns false if nothing was stored for it.
     pub fn reset(&self, pipeline: &str) -> Result<bool, OffsetStoreError> {
-        let Some(mut entry) = self.load(pipeline)? else {
+        if self.load(pipeline)?.is_none() {
             return Ok(false);
-        };
-        entry.reset = true;
-        entry.positions = Positions::new();
-        entry.updated = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let path = self.path(pipeline);
-        write_atomically(
-            &path,
-            &serde_json::to_vec_pretty(&entry).expect("offsets serialize"),
-        )
-        .map_err(|source| OffsetStoreError::Io { path, source })?;
+        }
+        self.choose(pipeline, Positions::new())?;
         Ok(true)
     }
+
+    /// Makes the next start of `pipeline` begin from `positions` (an
+    /// operator's choice), whatever its sink holds.
+    pub fn choose(&self, pipeline: &str, positions: Positions) -> Result<(), OffsetStoreError> {
+        let kept_by_sink = self.load(pipeline)?.is_some_and(|e| e.kept_by_sink);
+        self.write(&StoredOffsets {
+            version: VERSION,
+            pipeline: pipeline.to_string(),
+            kept_by_sink,
+            reset: true,
+            updated: now(),
+            positions,
+            // Told apart from every other choice.
+            choice: Some(fastrand::u64(1..)),
+        })
+    }
+
+    /// Stores `entry` as it is, durably.
+    pub fn write(&self, entry: &StoredOffsets) -> Result<(), OffsetStoreError> {
+        let path = self.path(&entry.pipeline);
+        write_atomically(
+            &path,
+            &serde_json::to_vec_pretty(entry).expect("offsets serialize"),
+        )
+        .map_err(|source| OffsetStoreError::Io { path, source })
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 fn read(path: &Path) -> Result<Option<StoredOffsets>, OffsetStoreError> {
@@ -187,7 +218,7 @@ mod tests {
             partition: Arc::new(Partition::new("k")),
             offset: 42.into(),
         });
-        store.save("p", &positions, false, true).unwrap();
+        store.save("p", &positions, false, true, None).unwrap();
         assert_eq!(store.load("p").unwrap().unwrap().positions, positions);
         assert_eq!(store.list().unwrap().len(), 1);
         assert!(store.reset("p").unwrap());

@@ -247,6 +247,7 @@ fn start_api(options: &mut RunOptions) -> mpsc::Receiver<api::FleetRequest> {
     if let Some(server) = options.api.take() {
         let config = api::ApiConfig {
             store: OffsetStore::new(&options.data_dir),
+            data_dir: options.data_dir.clone(),
             drain_timeout: options.shutdown_timeout,
             token: server.token,
         };

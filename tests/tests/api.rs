@@ -1,14 +1,16 @@
 //! The admin API of a running ferry, endpoint by endpoint, against real
 //! pipelines (a file → PostgreSQL pipeline and one that fails): states,
 //! counters that match what was delivered, rates, positions, offsets,
-//! metrics, readiness, the error statuses, and the token rules.
+//! metrics, readiness, the error statuses, the token rules, offsets moved
+//! by PUT, and the OpenAPI document held against every answer.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
 use ferry_tests::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn api_base(dir: &Path) -> String {
     let addr = fs::read_to_string(dir.join("data/api.addr")).expect("ferry notes its API address");
@@ -61,6 +63,15 @@ fn get_json(base: &str, path: &str) -> (u16, Value) {
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `g.yaml`: a generator that never ends, at 500 records/s, into a file.
+fn endless_generator(d: &Path) {
+    fs::write(
+        d.join("g.yaml"),
+        "name: g\nsource:\n  type: generate\n  rate: 500\nsink:\n  type: file\n  path: out.jsonl\ndelivery:\n  flush_interval: 100ms\n",
+    )
+    .unwrap();
 }
 
 #[test]
@@ -528,11 +539,7 @@ fn the_lag_of_a_postgres_source_is_the_rows_past_the_cursor() {
 fn requests_a_foreign_page_could_make_and_racing_resets_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    fs::write(
-        d.join("g.yaml"),
-        "name: g\nsource:\n  type: generate\n  rate: 500\nsink:\n  type: file\n  path: out.jsonl\ndelivery:\n  flush_interval: 100ms\n",
-    )
-    .unwrap();
+    endless_generator(d);
     let (mut f, base) = start_api(d, &["run", "g.yaml"], &[]);
     let host = base.trim_start_matches("http://").to_string();
     // CSRF: a page elsewhere posting here. DNS rebinding: another name for
@@ -708,4 +715,419 @@ fn values_from_the_environment_are_masked_in_answers_as_in_the_log() {
     f.signal(libc::SIGTERM);
     assert!(f.wait_for_exit(Duration::from_secs(20)).is_some());
     assert!(!f.log_text().contains("S3cretDir"));
+}
+
+/// `PUT /pipelines/{name}/offsets` into a sink that keeps its positions
+/// (PostgreSQL): the source checks every position first (a refusal names
+/// each bad one and changes nothing), the pipeline is paused around the
+/// change, a partition moved back is read again from there and one set to
+/// null from its start — also after a kill -9 — and a failed pipeline's
+/// offsets can be moved before it is restarted.
+#[test]
+fn offsets_put_moves_partitions_and_refuses_what_the_source_cannot_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let table = format!("api_put_{}", std::process::id());
+    psql_at(
+        &pg_url(),
+        &format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (seq bigint, file text, pad text)"
+        ),
+    );
+    fs::create_dir_all(d.join("in")).unwrap();
+    // Lines of 100 bytes: line k starts at byte 100·k.
+    write_test_input(&d.join("in/a.jsonl"), "a", 100);
+    write_test_input(&d.join("in/b.jsonl"), "b", 100);
+    let pipeline = format!(
+        "name: {table}\nsource:\n  type: file\n  path: in/*.jsonl\n  poll_interval: 50ms\nsink:\n  type: postgres\n  url: {}\n  table: {table}\ndelivery:\n  flush_interval: 100ms\n",
+        pg_url()
+    );
+    fs::write(d.join("p.yaml"), &pipeline).unwrap();
+    let rows = |file: &str| -> i64 {
+        psql_at(
+            &pg_url(),
+            &format!("SELECT count(*) FROM {table} WHERE file = '{file}'"),
+        )
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let (mut f, base) = start_api(d, &["run", "p.yaml"], &[]);
+    assert!(
+        wait_until(Duration::from_secs(30), || rows("a") == 100
+            && rows("b") == 100),
+        "{}",
+        f.log_text()
+    );
+    let path = format!("/pipelines/{table}/offsets");
+    let (_, offsets) = get_json(&base, &path);
+    let key_of = |name: &str| {
+        offsets["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["label"].as_str().unwrap().ends_with(name))
+            .unwrap_or_else(|| panic!("{name} in {offsets}"))["partition"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a, b) = (key_of("a.jsonl"), key_of("b.jsonl"));
+    let put = |body: String| http(&base, "PUT", &path, Some(&body));
+
+    // Refused, every bad position named at once, nothing changed.
+    let (status, e) = put(format!(
+        r#"{{"partitions": [{{"partition": "{a}", "offset": 150}}, {{"partition": "{b}", "offset": 99999}}, {{"partition": "file:0:0", "offset": 0}}]}}"#
+    ));
+    assert_eq!(status, 400, "{e}");
+    for why in [
+        "not the start of a line",
+        "past its end",
+        "not a partition this pipeline has committed",
+    ] {
+        assert!(e.contains(why), "{why}: {e}");
+    }
+    let (status, e) = put(format!(
+        r#"{{"partitions": [{{"partition": "{a}", "offset": "x"}}]}}"#
+    ));
+    assert_eq!(status, 400, "{e}");
+    assert!(e.contains("byte offset"), "{e}");
+    let (status, e) = put(r#"{"partitons": []}"#.to_string());
+    assert_eq!(status, 400, "{e}");
+    assert!(e.contains("unknown field"), "{e}");
+    let (status, e) = put(format!(
+        r#"{{"partitions": [{{"partition": "{a}", "offset": 0}}, {{"partition": "{a}", "offset": 100}}]}}"#
+    ));
+    assert_eq!(status, 400, "{e}");
+    assert!(e.contains("given twice"), "{e}");
+    let (status, _) = http(
+        &base,
+        "PUT",
+        "/pipelines/nope/offsets",
+        Some(r#"{"partitions": [{"partition": "x", "offset": 1}]}"#),
+    );
+    assert_eq!(status, 404);
+    assert_eq!(
+        get_json(&base, &path).1["partitions"],
+        offsets["partitions"]
+    );
+    assert_eq!(
+        get_json(&base, &format!("/pipelines/{table}")).1["state"]["name"],
+        "running"
+    );
+
+    // a back to its line 50, b from its start: read again from there.
+    let (status, ok) = put(format!(
+        r#"{{"partitions": [{{"partition": "{a}", "offset": 5000}}, {{"partition": "{b}", "offset": null}}]}}"#
+    ));
+    assert_eq!(status, 200, "{ok}");
+    assert!(
+        wait_until(Duration::from_secs(30), || rows("a") == 150
+            && rows("b") == 200),
+        "a {} b {}: {}",
+        rows("a"),
+        rows("b"),
+        f.log_text()
+    );
+    assert_eq!(
+        get_json(&base, &format!("/pipelines/{table}")).1["state"]["name"],
+        "running"
+    );
+    // Resumed after a kill -9 from what was committed since: nothing again.
+    f.kill9();
+    let (mut f, base) = {
+        fs::remove_file(d.join("data/api.addr")).ok();
+        start_api(d, &["run", "p.yaml"], &[])
+    };
+    assert!(wait_until(Duration::from_secs(20), || get_json(
+        &base,
+        &format!("/pipelines/{table}")
+    )
+    .1["state"]["name"]
+        == "running"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!((rows("a"), rows("b")), (150, 200), "{}", f.log_text());
+
+    // A failed pipeline's offsets are moved for its restart.
+    psql_at(
+        &pg_url(),
+        &format!("ALTER TABLE {table} RENAME TO {table}_away"),
+    );
+    fs::write(d.join("in/a.jsonl"), {
+        let mut s = fs::read_to_string(d.join("in/a.jsonl")).unwrap();
+        s.push_str(&test_line("a", 100, 100));
+        s
+    })
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || get_json(
+            &base,
+            &format!("/pipelines/{table}")
+        )
+        .1["state"]["name"]
+            == "failed"),
+        "{}",
+        f.log_text()
+    );
+    psql_at(
+        &pg_url(),
+        &format!("ALTER TABLE {table}_away RENAME TO {table}"),
+    );
+    let path = format!("/pipelines/{table}/offsets");
+    let (status, ok) = http(
+        &base,
+        "PUT",
+        &path,
+        Some(&format!(
+            r#"{{"partitions": [{{"partition": "{a}", "offset": 9900}}]}}"#
+        )),
+    );
+    assert_eq!(status, 200, "{ok}");
+    assert!(ok.contains("once restarted"), "{ok}");
+    assert_eq!(
+        http(&base, "POST", &format!("/pipelines/{table}/restart"), None).0,
+        202
+    );
+    // Lines 99 and 100 of a: 150 + 2.
+    assert!(
+        wait_until(Duration::from_secs(30), || rows("a") == 152),
+        "a {}: {}",
+        rows("a"),
+        f.log_text()
+    );
+    f.signal(libc::SIGTERM);
+    f.wait_for_exit(Duration::from_secs(20)).expect("stops");
+    psql_at(&pg_url(), &format!("DROP TABLE IF EXISTS {table}"));
+}
+
+/// The OpenAPI document against the API itself: it lists exactly the
+/// operations ferry serves, and every answer of a running ferry —
+/// successes and errors — has a status the document lists for it and a
+/// body its schema accepts (checked by the `jsonschema` crate).
+/// Holds an answer to `method template` against the document.
+fn conforms(doc: &Value, method: &str, template: &str, status: u16, body: &str) {
+    let op = &doc["paths"][template][method.to_ascii_lowercase()];
+    assert!(op.is_object(), "{method} {template} is not in the document");
+    let response = &op["responses"][status.to_string()];
+    assert!(
+        response.is_object(),
+        "{method} {template} answered {status}, which the document does not list for it: {body}"
+    );
+    let Some(schema) = response["content"]["application/json"].get("schema") else {
+        return;
+    };
+    let value: Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{method} {template} {status}: not JSON ({e}): {body}"));
+    // The schema's references point into the document's components.
+    let root = json!({"allOf": [schema], "components": doc["components"]});
+    let validator = jsonschema::validator_for(&root).expect("the document's schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {template} {status}: {errors:?} in {body}"
+    );
+}
+
+#[test]
+fn every_answer_of_a_running_ferry_matches_the_openapi_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    endless_generator(d);
+    // Fails at once: its sink's table does not exist.
+    fs::write(
+        d.join("broken.yaml"),
+        format!(
+            "name: broken\nsource:\n  type: generate\n  count: 1\nsink:\n  type: postgres\n  url: {}\n  table: no_such_table_openapi\n",
+            pg_url()
+        ),
+    )
+    .unwrap();
+    let (mut f, base) = start_api(d, &["run", "g.yaml", "broken.yaml"], &[]);
+    let (status, text) = http(&base, "GET", "/openapi.json", None);
+    assert_eq!(status, 200, "{text}");
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+
+    // Exactly what is served.
+    let listed: BTreeSet<String> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| ["get", "put", "post", "delete", "patch"].contains(&k.as_str()))
+                .map(move |m| format!("{} {path}", m.to_uppercase()))
+        })
+        .collect();
+    let served: BTreeSet<String> = [
+        "GET /health",
+        "GET /ready",
+        "GET /metrics",
+        "GET /pipelines",
+        "GET /pipelines/{name}",
+        "GET /pipelines/{name}/history",
+        "POST /pipelines/{name}/pause",
+        "POST /pipelines/{name}/resume",
+        "POST /pipelines/{name}/restart",
+        "GET /pipelines/{name}/offsets",
+        "PUT /pipelines/{name}/offsets",
+        "DELETE /pipelines/{name}/offsets",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(listed, served);
+
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let (_, p) = http(&base, "GET", "/pipelines/g", None);
+            serde_json::from_str::<Value>(&p).is_ok_and(|p| p["last_commit"].is_string())
+        }),
+        "{}",
+        f.log_text()
+    );
+    assert!(wait_until(Duration::from_secs(20), || http(
+        &base,
+        "GET",
+        "/pipelines/broken",
+        None
+    )
+    .1
+    .contains(r#""name":"failed""#)));
+    // Every operation, on a running, a failed and an unknown pipeline, with
+    // good and bad bodies.
+    let good = r#"{"partitions": [{"partition": "generate", "offset": 5}]}"#;
+    let calls: &[(&str, &str, &str, Option<&str>)] = &[
+        ("GET", "/health", "/health", None),
+        ("GET", "/ready", "/ready", None),
+        ("GET", "/metrics", "/metrics", None),
+        ("GET", "/pipelines", "/pipelines", None),
+        ("GET", "/pipelines/{name}", "/pipelines/g", None),
+        ("GET", "/pipelines/{name}", "/pipelines/broken", None),
+        ("GET", "/pipelines/{name}", "/pipelines/nope", None),
+        (
+            "GET",
+            "/pipelines/{name}/history",
+            "/pipelines/g/history",
+            None,
+        ),
+        (
+            "GET",
+            "/pipelines/{name}/history",
+            "/pipelines/nope/history",
+            None,
+        ),
+        (
+            "GET",
+            "/pipelines/{name}/offsets",
+            "/pipelines/g/offsets",
+            None,
+        ),
+        (
+            "GET",
+            "/pipelines/{name}/offsets",
+            "/pipelines/nope/offsets",
+            None,
+        ),
+        (
+            "PUT",
+            "/pipelines/{name}/offsets",
+            "/pipelines/g/offsets",
+            Some(good),
+        ),
+        (
+            "PUT",
+            "/pipelines/{name}/offsets",
+            "/pipelines/g/offsets",
+            Some("{}"),
+        ),
+        (
+            "PUT",
+            "/pipelines/{name}/offsets",
+            "/pipelines/g/offsets",
+            Some(r#"{"partitions": [{"partition": "other", "offset": -1}]}"#),
+        ),
+        (
+            "PUT",
+            "/pipelines/{name}/offsets",
+            "/pipelines/nope/offsets",
+            Some(good),
+        ),
+        (
+            "DELETE",
+            "/pipelines/{name}/offsets",
+            "/pipelines/g/offsets",
+            None,
+        ),
+        (
+            "DELETE",
+            "/pipelines/{name}/offsets",
+            "/pipelines/nope/offsets",
+            None,
+        ),
+        (
+            "POST",
+            "/pipelines/{name}/pause",
+            "/pipelines/g/pause",
+            None,
+        ),
+        (
+            "POST",
+            "/pipelines/{name}/pause",
+            "/pipelines/broken/pause",
+            None,
+        ),
+        (
+            "POST",
+            "/pipelines/{name}/resume",
+            "/pipelines/g/resume",
+            None,
+        ),
+        (
+            "POST",
+            "/pipelines/{name}/resume",
+            "/pipelines/nope/resume",
+            None,
+        ),
+        (
+            "POST",
+            "/pipelines/{name}/restart",
+            "/pipelines/g/restart",
+            None,
+        ),
+        (
+            "POST",
+            "/pipelines/{name}/restart",
+            "/pipelines/broken/restart",
+            None,
+        ),
+        ("GET", "/pipelines/{name}", "/pipelines/g", None),
+    ];
+    let mut statuses = BTreeSet::new();
+    for (method, template, path, body) in calls {
+        let (status, answer) = http(&base, method, path, *body);
+        conforms(&doc, method, template, status, &answer);
+        statuses.insert(status);
+    }
+    // Errors among them, not only successes.
+    for s in [400, 404, 409, 503] {
+        assert!(statuses.contains(&s), "no {s} among {statuses:?}");
+    }
+    // A foreign page's request: 403, as listed.
+    let (status, answer) = http_with(
+        &base,
+        "POST",
+        "/pipelines/g/pause",
+        &[("Origin", "http://evil.example")],
+        None,
+    );
+    conforms(&doc, "POST", "/pipelines/{name}/pause", status, &answer);
+    assert_eq!(status, 403);
+    f.signal(libc::SIGTERM);
+    f.wait_for_exit(Duration::from_secs(20)).expect("stops");
 }

@@ -378,7 +378,10 @@ fn offsets_list_and_reset() {
     );
     let (status, log) = run_to_end(d, &["run", "--once", "again.yaml"], Duration::from_secs(30));
     assert!(status.success(), "{log}");
-    assert!(log.contains("offsets were reset"), "{log}");
+    assert!(
+        log.contains("starting from the positions an operator chose"),
+        "{log}"
+    );
     assert_eq!(
         count_lines(&d.join("out/out.jsonl")),
         2_000,

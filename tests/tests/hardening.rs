@@ -262,23 +262,54 @@ fn sigterm_does_not_wait_for_a_poll_interval() {
     );
 }
 
-/// A sink server that accepts connections and never answers: SIGTERM ends
-/// ferry within the shutdown timeout, exit 1, naming the pipeline.
+/// Answers `GET /` as Elasticsearch 8 does, so the sink opens, and then
+/// holds every other request (a bulk write) without a word.
+fn elasticsearch_that_never_acknowledges() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(16).flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut head = Vec::new();
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                        head.push(std::mem::take(&mut line));
+                    }
+                    if !head.first().is_some_and(|l| l.starts_with("GET / ")) {
+                        // A write, or the connection closed: hold it unanswered.
+                        std::thread::sleep(Duration::from_secs(120));
+                        return;
+                    }
+                    let body =
+                        r#"{"version":{"number":"8.15.0"},"tagline":"You Know, for Search"}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if reader.get_mut().write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A sink server that opens and then never acknowledges a write: SIGTERM
+/// ends ferry within the shutdown timeout, exit 1, naming the pipeline.
+/// (A server silent from the first byte holds the sink's opening instead,
+/// which a stop cuts short: reload's tests.)
 #[test]
 fn a_sink_that_never_answers_is_abandoned_at_the_shutdown_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fs::create_dir_all(d.join("in")).unwrap();
     write_test_input(&d.join("in/a.jsonl"), "a", 100);
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = silent.local_addr().unwrap();
-    // Accepts and holds every connection, reads nothing, answers nothing.
-    let held = std::thread::spawn(move || {
-        let mut conns = Vec::new();
-        for c in silent.incoming().take(16) {
-            conns.push(c);
-        }
-    });
+    let addr = elasticsearch_that_never_acknowledges();
     pipeline(
         d,
         "es.yaml",
@@ -293,6 +324,7 @@ fn a_sink_that_never_answers_is_abandoned_at_the_shutdown_timeout() {
     let status = f.wait_for_exit(Duration::from_secs(30)).expect("stops");
     let took = asked.elapsed();
     let log = f.log_text();
+    assert!(log.contains("Elasticsearch 8.15.0 at"), "opened: {log}");
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_secs(10),
@@ -303,7 +335,6 @@ fn a_sink_that_never_answers_is_abandoned_at_the_shutdown_timeout() {
         "{log}"
     );
     assert!(log.contains("pipeline es failed"), "{log}");
-    drop(held);
 }
 
 /// Environment values never appear in what ferry prints: not in validate's

@@ -243,6 +243,44 @@ pub trait SourceConfig: Send + Sync + fmt::Debug {
     ) -> Result<Option<Box<dyn crate::Backlog>>, ConnectorError> {
         Ok(None)
     }
+
+    /// The position from which the source would resume `partition` (a key
+    /// of [`crate::Position`]'s partition) at `offset`, for an operator who
+    /// moves a pipeline's positions (the admin API's `PUT .../offsets`, as
+    /// Kafka Connect's KIP-875 allows). `committed` is the partition's
+    /// committed position, if it has one. A position the source could not
+    /// resume from is refused with `Fatal(why)`; `Retriable` when it could
+    /// not be checked (a server down). Called while the pipeline is paused;
+    /// may do I/O. The default refuses every position.
+    async fn resume_point(
+        &self,
+        _ctx: &BuildContext,
+        _partition: &str,
+        _offset: &Value,
+        _committed: Option<&crate::Position>,
+    ) -> Result<crate::Position, ConnectorError> {
+        Err(ConnectorError::Fatal(
+            "this source cannot be given positions".to_string(),
+        ))
+    }
+}
+
+/// A [`SourceConfig::resume_point`] for `partition` when it must be one the
+/// pipeline has committed: that partition at `offset`.
+pub fn committed_partition_at(
+    partition: &str,
+    offset: &Value,
+    committed: Option<&crate::Position>,
+) -> Result<crate::Position, ConnectorError> {
+    match committed {
+        Some(c) => Ok(crate::Position {
+            partition: c.partition.clone(),
+            offset: offset.clone(),
+        }),
+        None => Err(ConnectorError::Fatal(format!(
+            "{partition:?} is not a partition this pipeline has committed (GET .../offsets lists them)"
+        ))),
+    }
 }
 
 /// A parsed sink config: validated without I/O, then built.

@@ -49,7 +49,8 @@ pub use backlog::{Backlog, Lag};
 pub use backoff::Backoff;
 pub use config::{
     BuildContext, ConfigProblem, Delivery, FieldError, Misfit, PathSegment, Retries, SinkConfig,
-    SinkPlugin, SourceConfig, SourcePlugin, Stopping, deserialize, schema_of,
+    SinkPlugin, SourceConfig, SourcePlugin, Stopping, committed_partition_at, deserialize,
+    schema_of,
 };
 pub use error::ConnectorError;
 pub use record::{

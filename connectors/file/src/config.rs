@@ -107,6 +107,38 @@ impl SourceConfig for FileSourceConfig {
         })))
     }
 
+    /// A byte offset at the start of a line of a file this pipeline has
+    /// committed (a file not yet committed is read from its start).
+    async fn resume_point(
+        &self,
+        _: &BuildContext,
+        partition: &str,
+        offset: &ferry_api::Value,
+        committed: Option<&ferry_api::Position>,
+    ) -> Result<ferry_api::Position, ConnectorError> {
+        let position = ferry_api::committed_partition_at(partition, offset, committed)?;
+        let Some(at) = offset.as_u64() else {
+            return Err(ConnectorError::Fatal(
+                "a file's offset is a byte offset, a whole number (null: read the file from its start)"
+                    .to_string(),
+            ));
+        };
+        let Some(path) = position.partition.info.get("path").and_then(|p| p.as_str()) else {
+            return Err(ConnectorError::Fatal(format!(
+                "{partition:?} is not a file's partition"
+            )));
+        };
+        let (path, key, csv) = (
+            PathBuf::from(path),
+            partition.to_string(),
+            self.format == Format::Csv,
+        );
+        tokio::task::spawn_blocking(move || crate::source::check_line_start(&path, &key, at, csv))
+            .await
+            .map_err(|e| ConnectorError::Fatal(format!("checking the offset: {e}")))??;
+        Ok(position)
+    }
+
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
         Ok(Box::new(FileSource::new(
             self.clone(),

@@ -101,6 +101,34 @@ impl SourceConfig for GenerateConfig {
         }))
     }
 
+    /// The next sequence number to produce, from `start` to the last one
+    /// plus one.
+    async fn resume_point(
+        &self,
+        _: &BuildContext,
+        partition: &str,
+        offset: &Value,
+        _: Option<&Position>,
+    ) -> Result<Position, ConnectorError> {
+        if partition != PARTITION {
+            return Err(ConnectorError::Fatal(format!(
+                "a generator has one partition, {PARTITION:?}"
+            )));
+        }
+        let end = self.count.map(|c| self.start.saturating_add(c));
+        match offset.as_u64() {
+            Some(next) if next >= self.start && end.is_none_or(|end| next <= end) => Ok(Position {
+                partition: Arc::new(Partition::new(PARTITION)),
+                offset: Value::from(next),
+            }),
+            _ => Err(ConnectorError::Fatal(format!(
+                "the offset is the next sequence number to produce: a whole number from {}{}",
+                self.start,
+                end.map_or(String::new(), |end| format!(" to {end}"))
+            ))),
+        }
+    }
+
     async fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Source>, ConnectorError> {
         Ok(Box::new(GenerateSource {
             config: self.clone(),

@@ -34,6 +34,38 @@ impl KafkaBacklog {
     }
 }
 
+impl KafkaBacklog {
+    /// The low and high watermarks of `topic`'s partition `id`; an
+    /// unknown partition is refused.
+    pub(crate) async fn watermarks(
+        &self,
+        topic: &str,
+        id: i32,
+    ) -> Result<(i64, i64), ConnectorError> {
+        let (consumer, topic) = (self.consumer.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            let unanswered = |e| ConnectorError::Retriable(format!("Kafka's watermarks: {e}"));
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), ASK)
+                .map_err(unanswered)?;
+            let known = metadata
+                .topics()
+                .iter()
+                .any(|t| t.partitions().iter().any(|p| p.id() == id) && t.error().is_none());
+            if !known {
+                return Err(ConnectorError::Fatal(format!(
+                    "the brokers know no partition {id} of topic {topic:?}"
+                )));
+            }
+            consumer
+                .fetch_watermarks(&topic, id, ASK)
+                .map_err(unanswered)
+        })
+        .await
+        .map_err(|e| ConnectorError::Fatal(format!("asking for watermarks: {e}")))?
+    }
+}
+
 #[async_trait]
 impl Backlog for KafkaBacklog {
     async fn measure(&mut self, committed: &Positions) -> Result<Vec<Lag>, ConnectorError> {

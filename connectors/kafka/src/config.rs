@@ -253,6 +253,54 @@ impl SourceConfig for KafkaSourceConfig {
     async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
         crate::check_brokers(&self.brokers, &self.options, &ctx.pipeline, &self.topics).await
     }
+
+    /// The next offset to read of `topic/partition`, between the
+    /// partition's low and high watermarks.
+    async fn resume_point(
+        &self,
+        ctx: &BuildContext,
+        partition: &str,
+        offset: &ferry_api::Value,
+        committed: Option<&ferry_api::Position>,
+    ) -> Result<ferry_api::Position, ConnectorError> {
+        let named = partition
+            .rsplit_once('/')
+            .and_then(|(topic, p)| Some((topic, p.parse::<i32>().ok()?)));
+        let Some((topic, id)) = named else {
+            return Err(ConnectorError::Fatal(format!(
+                "{partition:?} is not a Kafka partition (topic/partition, e.g. orders/0)"
+            )));
+        };
+        if committed.is_none() && !self.topics.iter().any(|t| t == topic) {
+            return Err(ConnectorError::Fatal(format!(
+                "topic {topic:?} is not one this pipeline reads{}",
+                if self.topic_pattern.is_some() {
+                    " yet (a topic of the pattern can be given once it has been committed)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let Some(next) = offset.as_i64().filter(|o| *o >= 0) else {
+            return Err(ConnectorError::Fatal(
+                "a Kafka offset is the next offset to read, a whole number".to_string(),
+            ));
+        };
+        let backlog = crate::backlog::KafkaBacklog::new(self, &ctx.pipeline)?;
+        let (low, high) = backlog.watermarks(topic, id).await?;
+        if next < low || next > high {
+            return Err(ConnectorError::Fatal(format!(
+                "{partition} holds offsets {low} to {high} (the high watermark: what is written next): {next} is outside them"
+            )));
+        }
+        Ok(ferry_api::Position {
+            partition: committed.map_or_else(
+                || std::sync::Arc::new(crate::source::partition_of(topic, id)),
+                |c| c.partition.clone(),
+            ),
+            offset: ferry_api::Value::from(next),
+        })
+    }
 }
 
 /// The topic a record goes to.

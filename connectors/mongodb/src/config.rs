@@ -281,6 +281,19 @@ impl SourceConfig for MongoSourceConfig {
         ))))
     }
 
+    /// A resume token as the committed positions hold it (`{"token": …,
+    /// "time": …}`), checked by resuming a change stream from it.
+    async fn resume_point(
+        &self,
+        _: &BuildContext,
+        partition: &str,
+        offset: &ferry_api::Value,
+        _: Option<&ferry_api::Position>,
+    ) -> Result<ferry_api::Position, ConnectorError> {
+        let mut probe = crate::source::ChangeStreamSource::new(self.clone());
+        probe.resume_point(partition, offset).await
+    }
+
     async fn check(&self, _ctx: &BuildContext) -> Result<(), ConnectorError> {
         let shown = self.redacted_uri();
         let client = crate::client::connect(&self.uri, &shown).await?;

@@ -2,7 +2,7 @@
 //! (up to a cap, past which it is an estimate) on a connection of its own.
 
 use async_trait::async_trait;
-use ferry_api::{Backlog, ConnectorError, Lag, Positions, Source, SourceContext};
+use ferry_api::{Backlog, ConnectorError, Lag, Position, Positions, Source, SourceContext};
 
 use crate::config::PostgresSourceConfig;
 use crate::source::PostgresSource;
@@ -20,6 +20,48 @@ impl PostgresBacklog {
             source: PostgresSource::new(config, format!("{pipeline} (lag)")),
             open: false,
         }
+    }
+}
+
+impl PostgresBacklog {
+    /// The position of the source's partition at the cursor `offset`,
+    /// checked by counting the rows after it (the server casts the cursor
+    /// to the columns' types as the source's reads do).
+    pub(crate) async fn resume_point(
+        &mut self,
+        partition: &str,
+        offset: &ferry_api::Value,
+    ) -> Result<Position, ConnectorError> {
+        let key = self.source.partition().key.clone();
+        if partition != key {
+            return Err(ConnectorError::Fatal(format!(
+                "this source has one partition, {key:?}"
+            )));
+        }
+        let Some(cursor) = self.source.cursor_from(offset) else {
+            return Err(ConnectorError::Fatal(format!(
+                "the cursor of this source is {}",
+                self.source.cursor_shape()
+            )));
+        };
+        self.source
+            .open(&Positions::new(), &SourceContext::detached())
+            .await?;
+        let position = Position {
+            partition: std::sync::Arc::new(self.source.partition().clone()),
+            offset: PostgresSource::offset_of(&cursor),
+        };
+        let mut at = Positions::new();
+        at.advance(&position);
+        let counted = self.source.rows_after(&at).await;
+        self.source.close().await;
+        counted.map_err(|e| match e {
+            ConnectorError::Fatal(why) => ConnectorError::Fatal(format!(
+                "{why} (is the cursor a value of its column's type?)"
+            )),
+            retriable => retriable,
+        })?;
+        Ok(position)
     }
 }
 

@@ -437,6 +437,19 @@ impl SourceConfig for PostgresSourceConfig {
         Ok(Some(Box::new(backlog)))
     }
 
+    /// A cursor: the cursor column's value as text (an array of the two
+    /// with `timestamp+incrementing`), one the column's type can hold.
+    async fn resume_point(
+        &self,
+        ctx: &BuildContext,
+        partition: &str,
+        offset: &ferry_api::Value,
+        _: Option<&ferry_api::Position>,
+    ) -> Result<ferry_api::Position, ConnectorError> {
+        let mut backlog = crate::backlog::PostgresBacklog::new(self.clone(), ctx.pipeline.clone());
+        backlog.resume_point(partition, offset).await
+    }
+
     async fn check(&self, ctx: &BuildContext) -> Result<(), ConnectorError> {
         let mut source = PostgresSource::new(self.clone(), ctx.pipeline.clone());
         let opened = source

@@ -23,6 +23,11 @@ const STATES: [&str; 6] = [
     "starting", "running", "retrying", "paused", "failed", "stopped",
 ];
 
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, description = "Every pipeline's series", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+    (status = 503, description = "ferry is stopping", body = super::doc::ErrorBody),
+))]
 pub(super) async fn metrics(AxumState(api): AxumState<Api>) -> Response {
     let Some(views) = ask(&api, FleetRequest::List).await else {
         return gone().into_response();

@@ -12,7 +12,10 @@
 //! listens on loopback addresses only.
 
 pub mod client;
+mod doc;
+mod listen;
 mod metrics;
+mod offsets;
 mod page;
 mod pipelines;
 mod steer;
@@ -21,15 +24,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{ConnectInfo, Request, State as AxumState};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::config::PipelineConfig;
 use crate::engine::Stats;
 use crate::offsets::OffsetStore;
 use crate::supervisor::{PipelineHandle, Snapshot};
@@ -43,6 +49,8 @@ pub(crate) enum FleetRequest {
     /// Start again a pipeline that has ended (failed or stopped); a live
     /// one is restarted through its supervisor.
     Restart(String, oneshot::Sender<Lookup>),
+    /// The definition a pipeline runs on (None: no such pipeline).
+    Definition(String, oneshot::Sender<Option<Arc<PipelineConfig>>>),
 }
 
 /// A pipeline by name: running, ended, or unknown.
@@ -67,6 +75,8 @@ pub(crate) struct PipelineView {
 /// What the API needs to serve.
 pub(crate) struct ApiConfig {
     pub store: OffsetStore,
+    /// The data folder (what a pipeline's connectors are built with).
+    pub data_dir: std::path::PathBuf,
     /// How long a reset waits for its pipeline to pause.
     pub drain_timeout: Duration,
     /// Every endpoint but `/health` wants it, when set.
@@ -77,11 +87,15 @@ pub(crate) struct ApiConfig {
 struct Api {
     fleet: mpsc::Sender<FleetRequest>,
     store: OffsetStore,
+    data_dir: Arc<std::path::Path>,
     drain_timeout: Duration,
     token: Option<Arc<str>>,
     /// One operation on a pipeline at a time (`steer.rs`). A std mutex:
     /// held only to find a pipeline's lock, never across an await.
     steering: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Refused requests are logged at most once a second of each kind. A
+    /// std mutex: never held across an await.
+    refusals: Arc<std::sync::Mutex<std::collections::HashMap<&'static str, listen::Throttle>>>,
 }
 
 /// Serves the API on `listener` until the fleet's end of the channel
@@ -95,43 +109,80 @@ pub(crate) async fn serve(
     let api = Api {
         fleet,
         store: config.store,
+        data_dir: config.data_dir.into(),
         drain_timeout: config.drain_timeout,
         token: config.token.map(Arc::from),
         steering: Arc::default(),
+        refusals: Arc::default(),
     };
-    let app = Router::new()
-        .route("/ready", get(pipelines::ready))
-        .route("/metrics", get(metrics::metrics))
-        .route("/pipelines", get(pipelines::list))
-        .route("/pipelines/{name}", get(pipelines::one))
-        .route("/pipelines/{name}/history", get(pipelines::history))
-        .route("/pipelines/{name}/pause", post(steer::pause))
-        .route("/pipelines/{name}/resume", post(steer::resume))
-        .route("/pipelines/{name}/restart", post(steer::restart))
-        .route(
-            "/pipelines/{name}/offsets",
-            get(pipelines::offsets).delete(steer::reset_offsets),
-        )
+    let (api_routes, mut document) = OpenApiRouter::with_openapi(doc::document())
+        .routes(routes!(pipelines::ready))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(pipelines::list))
+        .routes(routes!(pipelines::one))
+        .routes(routes!(pipelines::history))
+        .routes(routes!(steer::pause))
+        .routes(routes!(steer::resume))
+        .routes(routes!(steer::restart))
+        .routes(routes!(
+            pipelines::offsets,
+            offsets::reset_offsets,
+            offsets::set_offsets
+        ))
+        .split_for_parts();
+    doc::wants_the_token(&mut document, api.token.is_some());
+    let (open_routes, open_document) = OpenApiRouter::new()
+        .routes(routes!(health))
+        .split_for_parts();
+    document.merge(open_document);
+    let document = Arc::new(document);
+    let app = api_routes
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(no_such_method)
         .route_layer(middleware::from_fn_with_state(api.clone(), authorized))
         // After the layer: answered without a token (a load balancer's
-        // probe; the page, which holds no data and asks for the token).
-        .route("/health", get(|| async { "ok\n" }))
+        // probe; the page, which holds no data and asks for the token; the
+        // API's description).
+        .merge(open_routes)
+        .route(
+            "/openapi.json",
+            get(move || async move { Json(document.clone()) }),
+        )
         .route("/", get(page::index))
         .route("/page/app.js", get(page::script))
         .route("/page/style.css", get(page::style))
+        .layer(middleware::map_response(errors_in_json))
         .with_state(api);
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        closed.closed().await;
-    });
-    if let Err(e) = served.await {
-        tracing::error!("the admin API stopped: {e}");
+    listen::serve(listener, app, async move { closed.closed().await }).await;
+}
+
+/// An error axum answers by itself (a path it cannot decode, say) in
+/// plain text, as JSON like every other error.
+async fn errors_in_json(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.starts_with("text/plain"));
+    if !(response.status().is_client_error() || response.status().is_server_error()) || !plain {
+        return response;
     }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let error = String::from_utf8_lossy(&text).trim().to_string();
+    let mut json = answer(parts.status, json!({"error": error})).into_response();
+    *json.headers_mut() = {
+        let mut headers = parts.headers;
+        headers.remove(axum::http::header::CONTENT_LENGTH);
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        );
+        headers
+    };
+    json
 }
 
 /// Binds the API's address. Without a token, an address that is not
@@ -157,11 +208,21 @@ async fn authorized(
     next: Next,
 ) -> Response {
     let path: String = request.uri().path().chars().take(200).collect();
+    let method = request.method().clone();
+    let log_refusal = |kind: &'static str, what: &str| {
+        let allowed = api
+            .refusals
+            .lock()
+            .expect("not poisoned")
+            .entry(kind)
+            .or_default()
+            .allow();
+        if let Some(more) = allowed {
+            tracing::warn!("admin API: {method} {path} from {peer} refused: {what}{more}");
+        }
+    };
     if let Some(why) = cross_site(&request, api.token.is_some()) {
-        tracing::warn!(
-            "admin API: {} {path} from {peer} refused: {why}",
-            request.method()
-        );
+        log_refusal("cross-site", &why);
         return answer(StatusCode::FORBIDDEN, json!({"error": why})).into_response();
     }
     let Some(token) = &api.token else {
@@ -177,11 +238,12 @@ async fn authorized(
     if given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
         return next.run(request).await;
     }
-    let what = if given.is_some() { "a wrong" } else { "no" };
-    tracing::warn!(
-        "admin API: {} {path} from {peer} refused: {what} token",
-        request.method()
-    );
+    let what = if given.is_some() {
+        "a wrong token"
+    } else {
+        "no token"
+    };
+    log_refusal(what, what);
     let mut refused = answer(
         StatusCode::UNAUTHORIZED,
         json!({"error": "this ferry's admin API wants `Authorization: Bearer <token>`"}),
@@ -233,6 +295,14 @@ fn cross_site(request: &Request, token: bool) -> Option<String> {
 /// Compares in time that does not depend on where they differ.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// 200 while the process runs; never wants the token.
+#[utoipa::path(get, path = "/health", security(()), responses(
+    (status = 200, description = "ferry runs", content_type = "text/plain", body = String),
+))]
+async fn health() -> &'static str {
+    "ok\n"
 }
 
 async fn no_such_endpoint(request: Request) -> Reply {

@@ -7,9 +7,14 @@ use axum::extract::{Path, State as AxumState};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Api, FleetRequest, PipelineView, Reply, answer, ask, gone, unknown};
+use super::{Api, FleetRequest, PipelineView, Reply, answer, ask, doc, gone, unknown};
 use crate::supervisor::State;
 
+/// Every pipeline.
+#[utoipa::path(get, path = "/pipelines", responses(
+    (status = 200, description = "Every pipeline", body = [doc::Pipeline]),
+    (status = 503, description = "ferry is stopping", body = doc::ErrorBody),
+))]
 pub(super) async fn list(AxumState(api): AxumState<Api>) -> Reply {
     match ask(&api, FleetRequest::List).await {
         Some(views) => answer(
@@ -29,6 +34,12 @@ async fn find(api: &Api, name: &str) -> Result<PipelineView, Reply> {
         .ok_or_else(|| unknown(name))
 }
 
+/// A pipeline: counters, rates, partitions with their positions and lag.
+#[utoipa::path(get, path = "/pipelines/{name}", params(("name" = String, Path, description = "A pipeline's name")), responses(
+    (status = 200, description = "The pipeline", body = doc::PipelineDetail),
+    (status = 404, description = "No such pipeline", body = doc::ErrorBody),
+    (status = 503, description = "ferry is stopping", body = doc::ErrorBody),
+))]
 pub(super) async fn one(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Reply {
     match find(&api, &name).await {
         Ok(v) => answer(StatusCode::OK, detail_json(&v)),
@@ -38,6 +49,11 @@ pub(super) async fn one(AxumState(api): AxumState<Api>, Path(name): Path<String>
 
 /// Records and bytes per second, one value a second, oldest first: what
 /// the status page plots.
+#[utoipa::path(get, path = "/pipelines/{name}/history", params(("name" = String, Path, description = "A pipeline's name")), responses(
+    (status = 200, description = "Rates a second, oldest first", body = doc::History),
+    (status = 404, description = "No such pipeline", body = doc::ErrorBody),
+    (status = 503, description = "ferry is stopping", body = doc::ErrorBody),
+))]
 pub(super) async fn history(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Reply {
     let v = match find(&api, &name).await {
         Ok(v) => v,
@@ -61,6 +77,12 @@ pub(super) async fn history(AxumState(api): AxumState<Api>, Path(name): Path<Str
 
 /// The committed positions as the offset store keeps them (a copy, for a
 /// sink that keeps its own).
+#[utoipa::path(get, path = "/pipelines/{name}/offsets", params(("name" = String, Path, description = "A pipeline's name")), responses(
+    (status = 200, description = "The committed positions", body = doc::Offsets),
+    (status = 404, description = "No such pipeline", body = doc::ErrorBody),
+    (status = 500, description = "The offset store could not be read", body = doc::ErrorBody),
+    (status = 503, description = "ferry is stopping", body = doc::ErrorBody),
+))]
 pub(super) async fn offsets(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Reply {
     if let Err(reply) = find(&api, &name).await {
         return reply;
@@ -98,6 +120,10 @@ fn failed(name: &str, error: &str) -> Reply {
 }
 
 /// 200 when no pipeline is failed or starting; else 503 with the reasons.
+#[utoipa::path(get, path = "/ready", responses(
+    (status = 200, description = "No pipeline is failed or starting", body = doc::Readiness),
+    (status = 503, description = "The pipelines failed or starting, with why", body = doc::Readiness),
+))]
 pub(super) async fn ready(AxumState(api): AxumState<Api>) -> Reply {
     let Some(views) = ask(&api, FleetRequest::List).await else {
         return gone();

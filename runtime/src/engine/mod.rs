@@ -34,6 +34,7 @@
 //! to try again is the [`crate::supervisor`]'s.
 
 mod reader;
+mod resume;
 mod stats;
 mod writer;
 
@@ -41,13 +42,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ferry_api::runtime_end::FlushRequests;
-use ferry_api::{BuildContext, ConnectorError, Positions, Sink, Source, SourceContext};
+use ferry_api::{BuildContext, ConnectorError, Sink, Source, SourceContext};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::PipelineConfig;
 use crate::dead_letter::DeadLetters;
 use crate::offsets::{OffsetStore, OffsetStoreError};
 use reader::read_loop;
+use resume::{Resume, resume_positions};
 pub use stats::{Rate, Sample, Stats};
 use writer::{FromSource, Uncommitted, Writer};
 
@@ -167,41 +169,6 @@ fn build_context(p: &PipelineConfig, env: &PipelineEnv) -> BuildContext {
     }
 }
 
-/// Where an attempt starts, and who holds the truth of it.
-struct Resume {
-    positions: Positions,
-    /// The sink keeps the positions with its data (the store mirrors them).
-    kept_by_sink: bool,
-    /// The store still says "reset": its first save must be durable.
-    reset_pending: bool,
-}
-
-/// The committed positions: the sink's when it keeps them, else the
-/// store's; nothing after `ferry offsets reset`.
-fn resume_positions(
-    p: &PipelineConfig,
-    env: &PipelineEnv,
-    from_sink: Option<Positions>,
-) -> Result<Resume, PipelineError> {
-    let stored = env.store.load(&p.name)?;
-    let reset_pending = stored.as_ref().is_some_and(|s| s.reset);
-    let kept_by_sink = from_sink.is_some();
-    let positions = match (stored, from_sink) {
-        _ if reset_pending => {
-            tracing::info!(pipeline = %p.name, "offsets were reset: starting from the beginning of the source");
-            Positions::new()
-        }
-        (_, Some(from_sink)) => from_sink,
-        (Some(s), None) => s.positions,
-        (None, None) => Positions::new(),
-    };
-    Ok(Resume {
-        positions,
-        kept_by_sink,
-        reset_pending,
-    })
-}
-
 /// The attempt once its sink is built: the sink is closed by the caller.
 async fn with_sink(
     p: &PipelineConfig,
@@ -273,6 +240,7 @@ async fn move_records(
         },
         kept_by_sink: resume.kept_by_sink,
         reset_pending: resume.reset_pending,
+        choice: resume.choice,
         stats,
         commits: commits_tx,
         in_flight: None,

@@ -38,6 +38,8 @@ pub(super) struct Writer<'a> {
     pub(super) kept_by_sink: bool,
     /// The store still says "reset": its first save must be durable.
     pub(super) reset_pending: bool,
+    /// The operator's choice each commit to the sink marks (`resume.rs`).
+    pub(super) choice: Option<u64>,
     pub(super) stats: &'a Stats,
     /// The committed positions, watched by the source task.
     pub(super) commits: watch::Sender<Positions>,
@@ -336,9 +338,17 @@ impl Writer<'_> {
                 .await
                 .map_err(|e| PipelineError::connector("writing the dead-letter file", e))?;
         }
+        let marked;
+        let positions = match self.choice {
+            Some(choice) if self.kept_by_sink => {
+                marked = super::resume::marked(&self.open.positions, choice);
+                &marked
+            }
+            _ => &self.open.positions,
+        };
         let pending = self
             .sink
-            .start_commit(&self.open.positions)
+            .start_commit(positions)
             .await
             .map_err(|e| PipelineError::connector("committing to the sink", e))?;
         let open = std::mem::take(&mut self.open);
@@ -372,9 +382,9 @@ impl Writer<'_> {
             self.p.name.clone(),
             open.positions.clone(),
         );
-        let (kept_by_sink, durable) = (self.kept_by_sink, self.reset_pending);
+        let (kept_by_sink, durable, choice) = (self.kept_by_sink, self.reset_pending, self.choice);
         let saved = tokio::task::spawn_blocking(move || {
-            store.save(&name, &positions, kept_by_sink, durable)
+            store.save(&name, &positions, kept_by_sink, durable, choice)
         })
         .await
         .map_err(|e| PipelineError::Panicked {

@@ -36,7 +36,7 @@ use crate::{FileSourceConfig, Format};
 
 use tail::Tail;
 use tailed::Tailed;
-pub(crate) use tailed::partition_key;
+pub(crate) use tailed::{check_line_start, partition_key};
 
 /// How many leading bytes of a file identify it beside its inode (a new file
 /// that reuses a deleted file's inode has, in practice, another first line).

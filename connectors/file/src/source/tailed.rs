@@ -360,6 +360,57 @@ pub(crate) fn partition_key((dev, ino): (u64, u64)) -> String {
     format!("file:{dev}:{ino}")
 }
 
+/// Whether the file of partition `key`, at `path`, could be resumed at byte
+/// `at`: still that file, long enough, and `at` the start of a line (past
+/// the header row of a CSV file). Blocking.
+pub(crate) fn check_line_start(
+    path: &std::path::Path,
+    key: &str,
+    at: u64,
+    csv: bool,
+) -> Result<(), ConnectorError> {
+    let refuse = |why: String| Err(ConnectorError::Fatal(why));
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return refuse(format!("{}: {e}", path.display())),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| ConnectorError::Fatal(format!("{}: {e}", path.display())))?;
+    if partition_key((meta.dev(), meta.ino())) != key {
+        return refuse(format!(
+            "{} is no longer the file of this partition (rotated or replaced)",
+            path.display()
+        ));
+    }
+    if at > meta.len() {
+        return refuse(format!(
+            "{} has {} bytes: {at} is past its end",
+            path.display(),
+            meta.len()
+        ));
+    }
+    if at == 0 {
+        return if csv {
+            refuse(
+                "a CSV file is resumed past its header row (null: read it from its start)".into(),
+            )
+        } else {
+            Ok(())
+        };
+    }
+    let mut before = [0u8; 1];
+    file.read_exact_at(&mut before, at - 1)
+        .map_err(|e| ConnectorError::Fatal(format!("{}: {e}", path.display())))?;
+    if before[0] != b'\n' {
+        return refuse(format!(
+            "byte {at} of {} is not the start of a line",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Reads the header row of a CSV file from its start (for a resumed file).
 pub(super) fn read_csv_header(file: &File, max_line: usize) -> io::Result<CsvHeader> {
     let mut reader = BufReader::new(file.try_clone()?);

@@ -31,13 +31,7 @@ impl Converter {
         let partition = self
             .partitions
             .entry((m.topic().to_string(), m.partition()))
-            .or_insert_with(|| {
-                Arc::new(
-                    Partition::new(format!("{}/{}", m.topic(), m.partition())).with_info(
-                        serde_json::json!({"topic": m.topic(), "partition": m.partition()}),
-                    ),
-                )
-            })
+            .or_insert_with(|| Arc::new(partition_of(m.topic(), m.partition())))
             .clone();
         self.last = Some(((m.topic().to_string(), m.partition()), partition.clone()));
         partition
@@ -177,6 +171,12 @@ impl Read {
             Err((error, raw)) => SourceItem::Invalid(invalid(&raw, error, position)),
         }
     }
+}
+
+/// The partition of a position in `topic`'s partition `id`.
+pub(crate) fn partition_of(topic: &str, id: i32) -> Partition {
+    Partition::new(format!("{topic}/{id}"))
+        .with_info(serde_json::json!({"topic": topic, "partition": id}))
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@
 //! `convert.rs` (messages into records); this file is the `Source`.
 
 mod convert;
+pub(crate) use convert::partition_of;
 mod poll;
 mod rebalance;
 

@@ -177,6 +177,40 @@ impl ChangeStreamSource {
         Ok(now.map(|now| f64::from(now.time.saturating_sub(pending.time))))
     }
 
+    /// The position of the watched scope at `offset`, a resume token the
+    /// server takes: a change stream is opened from it to see.
+    pub(crate) async fn resume_point(
+        &mut self,
+        partition: &str,
+        offset: &Value,
+    ) -> Result<Position, ConnectorError> {
+        if partition != self.partition.key {
+            return Err(ConnectorError::Fatal(format!(
+                "this source has one partition, {:?}",
+                self.partition.key
+            )));
+        }
+        if offset.get("token").and_then(token_from_json).is_none() {
+            return Err(ConnectorError::Fatal(
+                "a change stream's offset is {\"token\": <the resume token, as GET .../offsets shows it>, \"time\": …}"
+                    .to_string(),
+            ));
+        }
+        let position = Position {
+            partition: self.partition.clone(),
+            offset: offset.clone(),
+        };
+        let mut at = Positions::new();
+        at.advance(&position);
+        self.seconds_behind(&at).await.map_err(|e| match e {
+            ConnectorError::Fatal(why) => {
+                ConnectorError::Fatal(format!("the server does not resume from this token: {why}"))
+            }
+            retriable => retriable,
+        })?;
+        Ok(position)
+    }
+
     /// The partition of the watched scope.
     pub(crate) fn partition(&self) -> &Partition {
         &self.partition

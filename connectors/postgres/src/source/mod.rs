@@ -96,8 +96,16 @@ impl PostgresSource {
         self.conn.as_mut().expect("used after open")
     }
 
+    /// What a cursor looks like in this mode, for a refusal.
+    pub(crate) fn cursor_shape(&self) -> String {
+        match self.config.cursor_columns().as_slice() {
+            [one] => format!("the text of {one:?} (a JSON string)"),
+            many => format!("an array of the texts of {many:?} (JSON strings)"),
+        }
+    }
+
     /// The committed cursor, in the shape this mode stores.
-    fn cursor_from(&self, offset: &Value) -> Option<Vec<String>> {
+    pub(crate) fn cursor_from(&self, offset: &Value) -> Option<Vec<String>> {
         let n = self.config.cursor_columns().len();
         match offset {
             Value::String(s) if n == 1 => Some(vec![s.clone()]),
@@ -109,7 +117,7 @@ impl PostgresSource {
         }
     }
 
-    fn offset_of(cursor: &[String]) -> Value {
+    pub(crate) fn offset_of(cursor: &[String]) -> Value {
         match cursor {
             [one] => Value::String(one.clone()),
             many => Value::Array(many.iter().cloned().map(Value::String).collect()),
