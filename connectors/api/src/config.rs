@@ -265,10 +265,9 @@ pub trait SourceConfig: Send + Sync + fmt::Debug {
     }
 }
 
-/// A [`SourceConfig::resume_point`] for `partition` when it must be one the
+/// A [`SourceConfig::resume_point`] for a partition that must be one the
 /// pipeline has committed: that partition at `offset`.
 pub fn committed_partition_at(
-    partition: &str,
     offset: &Value,
     committed: Option<&crate::Position>,
 ) -> Result<crate::Position, ConnectorError> {
@@ -277,9 +276,9 @@ pub fn committed_partition_at(
             partition: c.partition.clone(),
             offset: offset.clone(),
         }),
-        None => Err(ConnectorError::Fatal(format!(
-            "{partition:?} is not a partition this pipeline has committed (GET .../offsets lists them)"
-        ))),
+        None => Err(ConnectorError::Fatal(
+            "not a partition this pipeline has committed (GET .../offsets lists them)".to_string(),
+        )),
     }
 }
 

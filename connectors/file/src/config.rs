@@ -116,7 +116,7 @@ impl SourceConfig for FileSourceConfig {
         offset: &ferry_api::Value,
         committed: Option<&ferry_api::Position>,
     ) -> Result<ferry_api::Position, ConnectorError> {
-        let position = ferry_api::committed_partition_at(partition, offset, committed)?;
+        let position = ferry_api::committed_partition_at(offset, committed)?;
         let Some(at) = offset.as_u64() else {
             return Err(ConnectorError::Fatal(
                 "a file's offset is a byte offset, a whole number (null: read the file from its start)"

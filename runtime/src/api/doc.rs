@@ -193,6 +193,7 @@ struct ChosenOffset {
 /// answers may be sent back as it is, edited.
 #[derive(Serialize, ToSchema)]
 pub(super) struct OffsetsChoice {
+    #[schema(min_items = 1)]
     partitions: Vec<ChosenOffset>,
 }
 
@@ -225,8 +226,8 @@ pub(super) fn document() -> utoipa::openapi::OpenApi {
 }
 
 /// Every operation of `document` (those behind the token layer) may answer
-/// 401 (when ferry has a token) and 403 (a request a foreign page could
-/// have made), and names the token scheme.
+/// 403 (a request a foreign page could have made) and, when ferry has a
+/// token, wants it and may answer 401.
 pub(super) fn wants_the_token(document: &mut utoipa::openapi::OpenApi, token: bool) {
     use utoipa::openapi::security::SecurityRequirement;
     use utoipa::openapi::{RefOr, Response};
@@ -251,17 +252,17 @@ pub(super) fn wants_the_token(document: &mut utoipa::openapi::OpenApi, token: bo
         .flatten()
         {
             let responses = &mut op.responses.responses;
-            if token {
-                responses.insert("401".into(), error("No token, or a wrong one"));
-            }
             responses.insert(
                 "403".into(),
                 error("A request a page of another site could have made (Origin, Host)"),
             );
-            op.security = Some(vec![SecurityRequirement::new(
-                "token",
-                Vec::<String>::new(),
-            )]);
+            if token {
+                responses.insert("401".into(), error("No token, or a wrong one"));
+                op.security = Some(vec![SecurityRequirement::new(
+                    "token",
+                    Vec::<String>::new(),
+                )]);
+            }
         }
     }
 }

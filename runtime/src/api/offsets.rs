@@ -176,7 +176,13 @@ async fn check(
     let (mut checked, mut refusals, mut unchecked) = (Vec::new(), Vec::new(), Vec::new());
     for c in &choice.partitions {
         if c.offset.is_null() {
-            checked.push((c.partition.clone(), None));
+            match committed.get(&c.partition) {
+                Some(_) => checked.push((c.partition.clone(), None)),
+                None => refusals.push(format!(
+                    "{:?}: not a partition this pipeline has committed (GET .../offsets lists them)",
+                    c.partition
+                )),
+            }
             continue;
         }
         let asked =
@@ -185,10 +191,12 @@ async fn check(
                 .resume_point(&ctx, &c.partition, &c.offset, committed.get(&c.partition));
         match tokio::time::timeout(CHECK_TIMEOUT, asked).await {
             Ok(Ok(p)) => checked.push((c.partition.clone(), Some(p))),
-            Ok(Err(ConnectorError::Fatal(why))) => refusals.push(format!("{}: {why}", c.partition)),
-            Ok(Err(e)) => unchecked.push(format!("{}: {e}", c.partition)),
+            Ok(Err(ConnectorError::Fatal(why))) => {
+                refusals.push(format!("{:?}: {why}", c.partition))
+            }
+            Ok(Err(e)) => unchecked.push(format!("{:?}: {e}", c.partition)),
             Err(_) => unchecked.push(format!(
-                "{}: no answer within {}s",
+                "{:?}: no answer within {}s",
                 c.partition,
                 CHECK_TIMEOUT.as_secs()
             )),
