@@ -53,6 +53,21 @@ impl DeadLetters {
         )
     }
 
+    /// An entry for a record a transform step failed on: the record as
+    /// the source gave it, the step's index in `transforms:` and its type.
+    pub fn untransformed(&self, r: &Record, f: &crate::transform::Failure) -> Value {
+        let mut e = self.entry(
+            "transform",
+            &f.error,
+            &r.position,
+            "record",
+            r.value.clone().into_value(),
+        );
+        e["step"] = json!(f.step);
+        e["step_type"] = json!(f.kind);
+        e
+    }
+
     fn entry(
         &self,
         stage: &str,

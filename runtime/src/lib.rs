@@ -10,6 +10,10 @@
 //!   to the connector its `type` names.
 //! * [`registry`] is the explicit list of connectors compiled in, one Cargo
 //!   feature each.
+//! * [`transform`] compiles a pipeline's `transforms:` (rename, drop, keep,
+//!   set, cast, flatten, timestamp) into a chain the source task runs on
+//!   every record; a record a step fails on is a bad record of stage
+//!   `transform`.
 //! * [`engine`] runs one *attempt* of a pipeline as two tokio tasks joined
 //!   by a bounded channel. The sink task writes a batch, dead-letters what
 //!   cannot be delivered, has the sink commit, and only then moves the
@@ -63,6 +67,7 @@ mod run;
 pub mod schema;
 mod service_manager;
 pub mod supervisor;
+pub mod transform;
 
 pub use check::check_connections;
 pub use guarantee::delivery_guarantee;

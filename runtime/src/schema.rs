@@ -37,8 +37,20 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
         .collect();
     let mut delivery = generator.subschema_for::<DeliveryConfig>().to_value();
     let mut errors = generator.subschema_for::<ErrorsConfig>().to_value();
+    let mut transforms = json!({
+        "description": "Steps applied in order to each record between the source and the sink.",
+        "type": "array",
+        "items": generator
+            .subschema_for::<crate::transform::TransformConfig>()
+            .to_value(),
+    });
     let mut definitions = Value::Object(generator.take_definitions(false));
-    for value in [&mut delivery, &mut errors, &mut definitions] {
+    for value in [
+        &mut delivery,
+        &mut errors,
+        &mut transforms,
+        &mut definitions,
+    ] {
         for_editors(value);
         allow_env_references(value);
     }
@@ -57,6 +69,7 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
                 "patternErrorMessage": "letters, digits, '-', '_' and '.' (at most 100, not starting with '.')",
             },
             "source": section("Where records come from", sources),
+            "transforms": transforms,
             "sink": section("Where records go", sinks),
             "delivery": delivery,
             "errors": errors,

@@ -273,6 +273,7 @@ fn pipeline(script: &Arc<Script>, batch_size: usize, tolerance: Tolerance) -> Pi
             retry_backoff_max: Duration::from_millis(5),
             ..ErrorsConfig::default()
         },
+        transforms: Default::default(),
         definition: serde_json::Value::Null,
     }
 }

@@ -182,6 +182,7 @@ fn pipeline(
             flush_interval: Duration::from_millis(50),
         },
         errors: ErrorsConfig::default(),
+        transforms: Default::default(),
         definition: serde_json::Value::Null,
     };
     (p, written)

@@ -1,6 +1,7 @@
 //! Lines ⇄ records for the three formats.
 
 use ferry_api::{Payload, Value};
+use ferry_connector_kit::json_kind;
 use serde_json::Map;
 
 use crate::Format;
@@ -113,17 +114,6 @@ pub(crate) fn parse_line(format: Format, line: &[u8], header: &mut CsvHeader) ->
                 CsvHeader::Bad(_) => unreachable!("returned above"),
             }
         }
-    }
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

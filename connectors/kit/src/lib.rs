@@ -7,6 +7,7 @@
 //! * [`IdSpec`] — the `id:` setting of a sink that writes documents.
 //! * [`redact_url`] — a connection URL without its passwords.
 //! * [`fs`] — durable file writes: replace a file atomically, fsync a folder.
+//! * [`json_kind`] — what kind of JSON value a value is, for messages.
 
 pub mod fs;
 mod ids;
@@ -14,3 +15,16 @@ mod url;
 
 pub use ids::{IdName, IdSpec};
 pub use url::redact_url;
+
+/// What kind of JSON value `v` is (`a string`, `an object`), for messages.
+pub fn json_kind(v: &ferry_api::Value) -> &'static str {
+    use ferry_api::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

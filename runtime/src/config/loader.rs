@@ -163,6 +163,10 @@ impl Loader<'_> {
             ),
             None => Some(ErrorsConfig::default()),
         };
+        let transforms = match top.remove("transforms") {
+            Some(v) => self.transforms(&v),
+            None => Some(Default::default()),
+        };
         let ((source_type, source), (sink_type, sink)) = (source?, sink?);
         let mut delivery = delivery?;
         // A sink's own batching setting (Elasticsearch's
@@ -179,12 +183,44 @@ impl Loader<'_> {
             sink,
             delivery,
             errors: errors?,
+            transforms: transforms?,
             definition: Value::Null,
         };
         for (key, message) in local_files::own_problems(&pipeline) {
             self.error(&key, At::Value, message);
         }
         Some(pipeline)
+    }
+
+    /// `transforms:`: each step parsed and checked on its own, so that
+    /// every problem of every step is reported at its place.
+    fn transforms(&mut self, v: &Value) -> Option<std::sync::Arc<crate::transform::Chain>> {
+        let Value::Array(items) = v else {
+            self.error(
+                "transforms",
+                At::Value,
+                "must be a list of steps (- type: rename, …)",
+            );
+            return None;
+        };
+        let mut configs = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let step = self.section(
+                item,
+                &format!("transforms[{i}]"),
+                ferry_api::deserialize::<crate::transform::TransformConfig>,
+                |c| {
+                    crate::transform::problems_of(c)
+                        .into_iter()
+                        .map(|p| (p, At::Value))
+                        .collect()
+                },
+            );
+            configs.push(step);
+        }
+        let configs: Vec<_> = configs.into_iter().collect::<Option<_>>()?;
+        let chain = crate::transform::Chain::compile(&configs).expect("every step was checked");
+        Some(std::sync::Arc::new(chain))
     }
 
     /// Every top-level key is known, and the needed ones are there.

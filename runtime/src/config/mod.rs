@@ -150,6 +150,8 @@ pub struct PipelineConfig {
     pub sink: Box<dyn SinkConfig>,
     pub delivery: DeliveryConfig,
     pub errors: ErrorsConfig,
+    /// `transforms:`, compiled (empty without them).
+    pub transforms: std::sync::Arc<crate::transform::Chain>,
     /// The file's content as parsed, `${ENV}` substituted: a reload
     /// compares it to tell a changed pipeline from a file saved unchanged.
     /// Holds the secrets: never logged.
@@ -191,7 +193,7 @@ pub fn is_pipeline_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-const TOP_KEYS: &[&str] = &["name", "source", "sink", "delivery", "errors"];
+const TOP_KEYS: &[&str] = &["name", "source", "transforms", "sink", "delivery", "errors"];
 
 /// Expands `paths` and loads every file found; the errors of paths that
 /// are missing come together with those of the files that are there.

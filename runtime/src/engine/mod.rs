@@ -42,7 +42,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ferry_api::runtime_end::FlushRequests;
-use ferry_api::{BuildContext, ConnectorError, Sink, Source, SourceContext};
+use ferry_api::{BuildContext, ConnectorError, Record, Sink, Source, SourceContext};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::PipelineConfig;
@@ -52,6 +52,37 @@ use reader::read_loop;
 use resume::{Resume, resume_positions};
 pub use stats::{Rate, Sample, Stats};
 use writer::{FromSource, Uncommitted, Writer};
+
+/// What the source task hands the writer: what the source read, through
+/// the pipeline's transforms.
+pub(super) enum Item {
+    Record(Record),
+    /// Input the source could not parse.
+    Invalid(ferry_api::Invalid),
+    /// A record a transform failed on, as the source gave it.
+    Failed(Record, crate::transform::Failure),
+}
+
+impl Item {
+    fn position(&self) -> &ferry_api::Position {
+        match self {
+            Item::Record(r) | Item::Failed(r, _) => &r.position,
+            Item::Invalid(i) => &i.position,
+        }
+    }
+
+    /// `item` through `chain`.
+    fn through(item: ferry_api::SourceItem, chain: &crate::transform::Chain) -> Item {
+        match item {
+            ferry_api::SourceItem::Record(r) if chain.is_empty() => Item::Record(r),
+            ferry_api::SourceItem::Record(r) => match chain.apply(r) {
+                crate::transform::Outcome::Kept(r) => Item::Record(r),
+                crate::transform::Outcome::Failed(r, f) => Item::Failed(r, f),
+            },
+            ferry_api::SourceItem::Invalid(i) => Item::Invalid(i),
+        }
+    }
+}
 
 /// Most records a source returns per poll, and so per sink write.
 pub const CHUNK: usize = 1000;
@@ -228,6 +259,7 @@ async fn move_records(
         p.delivery.batch_size.min(CHUNK),
         env.once,
         carry.replays,
+        p.transforms.clone(),
     ));
     let mut writer = Writer {
         p,

@@ -1,26 +1,29 @@
-//! The source task: polls the source and hands chunks to the writer,
-//! tells the source what was committed, ends at a stop or when the writer
-//! is gone.
+//! The source task: polls the source, runs the pipeline's transforms on
+//! each chunk (so the sink's task spends nothing on them) and hands it to
+//! the writer, tells the source what was committed, ends at a stop or when
+//! the writer is gone.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use ferry_api::{Positions, Source, SourceItem};
+use ferry_api::{Positions, Source};
 use tokio::sync::{mpsc, watch};
 
-use super::{PipelineError, Stats};
+use super::{Item, PipelineError, Stats};
+use crate::transform::Chain;
 
 /// Returns, with the source, how many items it read.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn read_loop(
     mut source: Box<dyn Source>,
-    tx: mpsc::Sender<Vec<SourceItem>>,
+    tx: mpsc::Sender<Vec<Item>>,
     mut commits: watch::Receiver<Positions>,
     mut stop: watch::Receiver<bool>,
     stats: Arc<Stats>,
     max: usize,
     once: bool,
     mut replays: u64,
+    chain: Arc<Chain>,
 ) -> (Result<(), PipelineError>, Box<dyn Source>, u64) {
     let mut read = 0u64;
     let result = loop {
@@ -61,6 +64,10 @@ pub(super) async fn read_loop(
         stats.replayed.fetch_add(again, Ordering::Relaxed);
         stats.records_in.fetch_add(n - again, Ordering::Relaxed);
         stats.read_up_to(&items);
+        let items: Vec<Item> = items
+            .into_iter()
+            .map(|it| Item::through(it, &chain))
+            .collect();
         // Sent even when a stop came meanwhile: a stop drains what the
         // source returned (the writer writes and commits it), so a restart
         // asked for reads nothing twice. The send waits only for the writer.

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use ferry_api::runtime_end::{FlushRequest, FlushRequests};
-use ferry_api::{ConnectorError, Durable, Positions, Record, Rejected, Sink, SourceItem, Value};
+use ferry_api::{ConnectorError, Durable, Positions, Record, Rejected, Sink, Value};
+
+use super::Item;
 use tokio::sync::{mpsc, watch};
 
 use super::{PipelineError, Stats, WRITE_MAX};
@@ -54,19 +56,19 @@ pub(super) struct Writer<'a> {
 /// in this attempt: a flush has everything the source handed over once
 /// that count reaches [`FlushRequest::handed`].
 pub(super) struct FromSource {
-    pub(super) rx: mpsc::Receiver<Vec<SourceItem>>,
+    pub(super) rx: mpsc::Receiver<Vec<Item>>,
     pub(super) received: u64,
 }
 
 impl FromSource {
-    async fn recv(&mut self) -> Option<Vec<SourceItem>> {
+    async fn recv(&mut self) -> Option<Vec<Item>> {
         let items = self.rx.recv().await?;
         self.received += items.len() as u64;
         Some(items)
     }
 
     /// A chunk already waiting, if any.
-    fn try_recv(&mut self) -> Option<Vec<SourceItem>> {
+    fn try_recv(&mut self) -> Option<Vec<Item>> {
         let items = self.rx.try_recv().ok()?;
         self.received += items.len() as u64;
         Some(items)
@@ -81,7 +83,7 @@ pub(super) struct InFlight {
 
 /// What the writer waits for next.
 enum WriterEvent {
-    Items(Option<Vec<SourceItem>>),
+    Items(Option<Vec<Item>>),
     FlushDue,
     Durable(Result<Result<(), ConnectorError>, tokio::task::JoinError>),
     Flush(Option<FlushRequest>),
@@ -214,7 +216,7 @@ impl Writer<'_> {
     async fn arrived(
         &mut self,
         rx: &mut FromSource,
-        mut items: Vec<SourceItem>,
+        mut items: Vec<Item>,
     ) -> Result<(), PipelineError> {
         // A backlog is written in fewer, larger writes: every write costs
         // the sink round trips (a savepoint, a COPY), whatever its size.
@@ -236,11 +238,11 @@ impl Writer<'_> {
 
     /// Writes one chunk. With `tolerance: none` a bad item commits what came
     /// before it and stops the pipeline.
-    async fn write(&mut self, mut items: Vec<SourceItem>) -> Result<(), PipelineError> {
+    async fn write(&mut self, mut items: Vec<Item>) -> Result<(), PipelineError> {
         let bad_at = match self.p.errors.tolerance {
             Tolerance::None => items
                 .iter()
-                .position(|it| matches!(it, SourceItem::Invalid(_))),
+                .position(|it| matches!(it, Item::Invalid(_) | Item::Failed(..))),
             Tolerance::All => None,
         };
         let bad = bad_at.and_then(|i| items.drain(i..).next());
@@ -248,12 +250,13 @@ impl Writer<'_> {
         self.open.items += items.len();
         self.open
             .positions
-            .advance_all(items.iter().map(SourceItem::position));
+            .advance_all(items.iter().map(Item::position));
         let mut records: Vec<Record> = Vec::with_capacity(items.len());
         for item in items {
             match item {
-                SourceItem::Record(r) => records.push(r),
-                SourceItem::Invalid(i) => self.open.dead.push(self.dead_letters.invalid(&i)),
+                Item::Record(r) => records.push(r),
+                Item::Invalid(i) => self.open.dead.push(self.dead_letters.invalid(&i)),
+                Item::Failed(r, f) => self.open.dead.push(self.dead_letters.untransformed(&r, &f)),
             }
         }
         let mut rejected = self
@@ -292,12 +295,20 @@ impl Writer<'_> {
         }
         self.open.records_out += (records.len() - rejected.len()) as u64;
         self.open.bytes_out += accepted_bytes(&records, &rejected);
-        if let Some(SourceItem::Invalid(bad)) = bad {
+        if let Some(bad) = bad {
             self.commit().await?;
-            return Err(PipelineError::BadRecord {
-                stage: "source",
-                position: bad.position.describe(),
-                error: bad.error,
+            return Err(match bad {
+                Item::Failed(r, f) => PipelineError::BadRecord {
+                    stage: "transform",
+                    position: r.position.describe(),
+                    error: format!("transforms[{}] ({}): {}", f.step, f.kind, f.error),
+                },
+                Item::Invalid(bad) => PipelineError::BadRecord {
+                    stage: "source",
+                    position: bad.position.describe(),
+                    error: bad.error,
+                },
+                Item::Record(_) => unreachable!("only bad items are taken aside"),
             });
         }
         Ok(())

@@ -1,0 +1,199 @@
+//! Record transforms: the pipeline file's `transforms:` list, applied in
+//! order between the source and the sink.
+//!
+//! A list is validated without I/O when the file is loaded (every problem
+//! of every step at once, at its place in the file) and compiled into a
+//! [`Chain`] then; the source task runs the chain on each chunk it read
+//! (`engine/reader.rs`), so the sink's task spends nothing on it. A record
+//! a step fails on (a cast that does not fit, a field path through a value
+//! that is not an object) is a bad record of stage `transform`, which the
+//! writer dead-letters with the record as it came, the step's index and
+//! type, or stops on, as the pipeline's tolerance says.
+//!
+//! Files by job: `path.rs` (dotted field paths), `steps.rs` (the steps that
+//! need no language), `time.rs` (time formats).
+
+mod path;
+mod steps;
+mod time;
+
+use std::collections::BTreeMap;
+
+use ferry_api::{ConfigProblem, PathSegment, Record, Value};
+use serde::Deserialize;
+
+use steps::Step;
+
+/// One entry of `transforms:`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TransformConfig {
+    /// Renames fields (`{from: to}`, dotted paths); a field that is missing
+    /// is no error.
+    Rename {
+        /// `{old: new}`, dotted paths (`amt: money.amount`).
+        fields: BTreeMap<String, String>,
+    },
+    /// Removes fields (dotted paths).
+    Drop {
+        /// The fields to remove, dotted paths (`internal.debug`).
+        fields: Vec<String>,
+    },
+    /// Keeps only these fields (dotted paths).
+    Keep {
+        /// The fields to keep, dotted paths; every other one is removed.
+        fields: Vec<String>,
+    },
+    /// Sets fields to values (`{path: value}`), making the objects on the way.
+    Set {
+        /// `{path: value}`: any value, as written.
+        fields: BTreeMap<String, Value>,
+    },
+    /// Converts fields to a type; null stays null, a value that does not
+    /// convert fails the record.
+    Cast {
+        /// `{path: type}`: string, integer, float, boolean or timestamp.
+        fields: BTreeMap<String, CastTo>,
+    },
+    /// Nested objects into `a.b` keys.
+    Flatten {
+        /// What joins the keys (`a.b`).
+        #[serde(default = "default_separator")]
+        separator: String,
+    },
+    /// Reads a time from `field` written as `parse`, writes it back as
+    /// `format`: `rfc3339`, `unix_s`, `unix_ms`, or a strftime pattern.
+    Timestamp {
+        /// The field that holds the time (a dotted path).
+        field: String,
+        /// How it is written: rfc3339, unix_s, unix_ms, or a strftime
+        /// pattern (`%Y-%m-%d %H:%M:%S`; no zone: UTC).
+        parse: String,
+        /// How to write it back (same choices).
+        #[serde(default = "default_time_format")]
+        format: String,
+    },
+}
+
+fn default_separator() -> String {
+    ".".to_string()
+}
+
+fn default_time_format() -> String {
+    "rfc3339".to_string()
+}
+
+/// The types `cast` converts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
+#[serde(rename_all = "lowercase")]
+pub enum CastTo {
+    String,
+    Integer,
+    Float,
+    Boolean,
+    /// RFC 3339 text (UTC), from RFC 3339 text or Unix seconds.
+    Timestamp,
+}
+
+impl CastTo {
+    fn name(self) -> &'static str {
+        match self {
+            CastTo::String => "string",
+            CastTo::Integer => "integer",
+            CastTo::Float => "float",
+            CastTo::Boolean => "boolean",
+            CastTo::Timestamp => "timestamp",
+        }
+    }
+}
+
+impl TransformConfig {
+    /// The step's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransformConfig::Rename { .. } => "rename",
+            TransformConfig::Drop { .. } => "drop",
+            TransformConfig::Keep { .. } => "keep",
+            TransformConfig::Set { .. } => "set",
+            TransformConfig::Cast { .. } => "cast",
+            TransformConfig::Flatten { .. } => "flatten",
+            TransformConfig::Timestamp { .. } => "timestamp",
+        }
+    }
+}
+
+/// What is wrong with one step (paths relative to the step).
+pub fn problems_of(config: &TransformConfig) -> Vec<ConfigProblem> {
+    Step::compile(config).err().unwrap_or_default()
+}
+
+/// The steps of a pipeline, ready to run on records.
+#[derive(Debug, Default)]
+pub struct Chain {
+    steps: Vec<(&'static str, Step)>,
+}
+
+/// A record the chain could not transform.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The step's index in `transforms:` and its type.
+    pub step: usize,
+    pub kind: &'static str,
+    pub error: String,
+}
+
+/// What became of a record.
+pub enum Outcome {
+    Kept(Record),
+    /// The record as it came, and why.
+    Failed(Record, Failure),
+}
+
+impl Chain {
+    /// Compiles `transforms:`; the problems' paths start at the step's
+    /// index (`[2].fields.amt`).
+    pub fn compile(configs: &[TransformConfig]) -> Result<Chain, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut steps = Vec::new();
+        for (i, c) in configs.iter().enumerate() {
+            match Step::compile(c) {
+                Ok(step) => steps.push((c.kind(), step)),
+                Err(found) => problems.extend(found.into_iter().map(|mut p| {
+                    p.path.insert(0, PathSegment::Index(i));
+                    p
+                })),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Chain { steps })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Runs every step on `record`. A failure gives the record back as it
+    /// came, for its dead letter.
+    pub fn apply(&self, mut record: Record) -> Outcome {
+        let original = record.value.clone();
+        for (i, (kind, step)) in self.steps.iter().enumerate() {
+            if let Err(error) = step.apply(&mut record.value) {
+                record.value = original;
+                return Outcome::Failed(
+                    record,
+                    Failure {
+                        step: i,
+                        kind,
+                        error,
+                    },
+                );
+            }
+        }
+        Outcome::Kept(record)
+    }
+}

@@ -1,0 +1,369 @@
+//! The built-in steps that need no expression language: rename, drop,
+//! keep, set, cast, flatten, timestamp. Each is parsed once from its config
+//! (`Step::compile`, no I/O, every problem at once) and then applied to one
+//! record's value at a time.
+
+use ferry_api::{ConfigProblem, PathSegment, Value};
+use serde_json::Map;
+
+use super::path::FieldPath;
+use super::time::{TimeFormat, cast_timestamp};
+use super::{CastTo, TransformConfig};
+
+/// A step, ready to run.
+#[derive(Debug)]
+pub(super) enum Step {
+    Rename(Vec<(FieldPath, FieldPath)>),
+    Drop(Vec<FieldPath>),
+    Keep(Vec<FieldPath>),
+    Set(Vec<(FieldPath, Value)>),
+    Cast(Vec<(FieldPath, CastTo)>),
+    Flatten(String),
+    Timestamp {
+        field: FieldPath,
+        parse: TimeFormat,
+        format: TimeFormat,
+    },
+}
+
+/// Each of `keys` as a path, or a problem at `fields.<key>` (a map's key)
+/// or `fields[i]` (a list's item).
+fn paths<'a>(
+    keys: impl Iterator<Item = &'a String>,
+    problems: &mut Vec<ConfigProblem>,
+    map: bool,
+) -> Vec<FieldPath> {
+    keys.enumerate()
+        .filter_map(|(i, k)| match FieldPath::parse(k) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                let at = if map {
+                    PathSegment::Key(k.clone())
+                } else {
+                    PathSegment::Index(i)
+                };
+                problems.push(ConfigProblem {
+                    path: vec![PathSegment::Key("fields".into()), at],
+                    message: why,
+                });
+                None
+            }
+        })
+        .collect()
+}
+
+impl Step {
+    /// The step for `config`, or what is wrong with it (paths relative to
+    /// the step).
+    pub(super) fn compile(config: &TransformConfig) -> Result<Step, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let step = match config {
+            TransformConfig::Rename { fields } => {
+                let from = paths(fields.keys(), &mut problems, true);
+                // A bad new name is reported at its old name's key.
+                let to: Vec<FieldPath> = fields
+                    .iter()
+                    .filter_map(|(k, v)| match FieldPath::parse(v) {
+                        Ok(p) => Some(p),
+                        Err(why) => {
+                            problems.push(ConfigProblem {
+                                path: vec![
+                                    PathSegment::Key("fields".into()),
+                                    PathSegment::Key(k.clone()),
+                                ],
+                                message: why,
+                            });
+                            None
+                        }
+                    })
+                    .collect();
+                Step::Rename(from.into_iter().zip(to).collect())
+            }
+            TransformConfig::Drop { fields } => {
+                Step::Drop(paths(fields.iter(), &mut problems, false))
+            }
+            TransformConfig::Keep { fields } => {
+                Step::Keep(paths(fields.iter(), &mut problems, false))
+            }
+            TransformConfig::Set { fields } => {
+                let keys = paths(fields.keys(), &mut problems, true);
+                Step::Set(keys.into_iter().zip(fields.values().cloned()).collect())
+            }
+            TransformConfig::Cast { fields } => {
+                let keys = paths(fields.keys(), &mut problems, true);
+                Step::Cast(keys.into_iter().zip(fields.values().copied()).collect())
+            }
+            TransformConfig::Flatten { separator } => {
+                if separator.is_empty() {
+                    problems.push(ConfigProblem::at("separator", "may not be empty"));
+                }
+                Step::Flatten(separator.clone())
+            }
+            TransformConfig::Timestamp {
+                field,
+                parse,
+                format,
+            } => {
+                let field = FieldPath::parse(field)
+                    .map_err(|why| problems.push(ConfigProblem::at("field", why)));
+                let parse = TimeFormat::parse(parse)
+                    .map_err(|why| problems.push(ConfigProblem::at("parse", why)));
+                let format = TimeFormat::parse(format)
+                    .map_err(|why| problems.push(ConfigProblem::at("format", why)));
+                match (field, parse, format) {
+                    (Ok(field), Ok(parse), Ok(format)) => Step::Timestamp {
+                        field,
+                        parse,
+                        format,
+                    },
+                    _ => return Err(problems),
+                }
+            }
+        };
+        if problems.is_empty() {
+            Ok(step)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Applies the step to a record's value.
+    pub(super) fn apply(&self, value: &mut Value) -> Result<(), String> {
+        if !value.is_object() {
+            return Err(format!(
+                "the record is {}, not an object",
+                ferry_connector_kit::json_kind(value)
+            ));
+        }
+        match self {
+            Step::Rename(pairs) => {
+                // All taken first, then all set: `{a: b, b: a}` swaps.
+                let taken: Vec<(&FieldPath, Value)> = pairs
+                    .iter()
+                    .filter_map(|(from, to)| from.take(value).map(|v| (to, v)))
+                    .collect();
+                for (to, v) in taken {
+                    to.set(value, v)?;
+                }
+            }
+            Step::Drop(fields) => {
+                for f in fields {
+                    f.take(value);
+                }
+            }
+            Step::Keep(fields) => {
+                let mut kept = Value::Object(Map::new());
+                for f in fields {
+                    if let Some(v) = f.take(value) {
+                        f.set(&mut kept, v)?;
+                    }
+                }
+                *value = kept;
+            }
+            Step::Set(fields) => {
+                for (f, v) in fields {
+                    f.set(value, v.clone())?;
+                }
+            }
+            Step::Cast(fields) => {
+                for (f, to) in fields {
+                    if let Some(v) = f.take(value) {
+                        let cast = cast(v, *to).map_err(|why| format!("{f}: {why}"))?;
+                        f.set(value, cast)?;
+                    }
+                }
+            }
+            Step::Flatten(separator) => {
+                let Value::Object(map) = std::mem::take(value) else {
+                    unreachable!("checked above")
+                };
+                let mut flat = Map::new();
+                flatten_into(&mut flat, None, map, separator);
+                *value = Value::Object(flat);
+            }
+            Step::Timestamp {
+                field,
+                parse,
+                format,
+            } => {
+                if let Some(v) = field.take(value) {
+                    let at = parse.read(&v).map_err(|why| format!("{field}: {why}"))?;
+                    field.set(value, format.write(at))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `nested` into `flat` under `prefix`, objects as `a.b` keys (arrays and
+/// empty objects are values).
+fn flatten_into(
+    flat: &mut Map<String, Value>,
+    prefix: Option<&str>,
+    nested: Map<String, Value>,
+    sep: &str,
+) {
+    for (k, v) in nested {
+        let key = match prefix {
+            Some(p) => format!("{p}{sep}{k}"),
+            None => k,
+        };
+        match v {
+            Value::Object(inner) if !inner.is_empty() => flatten_into(flat, Some(&key), inner, sep),
+            other => {
+                flat.insert(key, other);
+            }
+        }
+    }
+}
+
+/// `v` as the type `to`; null stays null.
+fn cast(v: Value, to: CastTo) -> Result<Value, String> {
+    if v.is_null() {
+        return Ok(v);
+    }
+    let refuse = |v: &Value| Err(format!("{} cannot be cast to {}", shown(v), to.name()));
+    match to {
+        CastTo::String => Ok(match v {
+            Value::String(s) => Value::String(s),
+            other => Value::String(other.to_string()),
+        }),
+        CastTo::Integer => match &v {
+            Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => Ok(Value::from(i)),
+                (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                    Ok(Value::from(f as i64))
+                }
+                _ => refuse(&v),
+            },
+            Value::String(s) => match s.trim().parse::<i64>() {
+                Ok(i) => Ok(Value::from(i)),
+                Err(_) => refuse(&v),
+            },
+            Value::Bool(b) => Ok(Value::from(i64::from(*b))),
+            _ => refuse(&v),
+        },
+        CastTo::Float => match &v {
+            Value::Number(n) => n.as_f64().map(Value::from).map_or_else(|| refuse(&v), Ok),
+            Value::String(s) => match s.trim().parse::<f64>() {
+                Ok(f) if f.is_finite() => Ok(Value::from(f)),
+                _ => refuse(&v),
+            },
+            _ => refuse(&v),
+        },
+        CastTo::Boolean => match &v {
+            Value::Bool(_) => Ok(v),
+            Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "y" | "1" | "on" => Ok(Value::Bool(true)),
+                "false" | "no" | "n" | "0" | "off" => Ok(Value::Bool(false)),
+                _ => refuse(&v),
+            },
+            Value::Number(n) => match n.as_f64() {
+                Some(0.0) => Ok(Value::Bool(false)),
+                Some(1.0) => Ok(Value::Bool(true)),
+                _ => refuse(&v),
+            },
+            _ => refuse(&v),
+        },
+        CastTo::Timestamp => cast_timestamp(&v).map_err(|_| {
+            format!(
+                "{} cannot be cast to timestamp (RFC 3339 text, or Unix seconds)",
+                shown(&v)
+            )
+        }),
+    }
+}
+
+/// A value, short, for an error message.
+pub(super) fn shown(v: &Value) -> String {
+    let text = v.to_string();
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(60).collect::<String>())
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn step(yaml: &str) -> Step {
+        let c: TransformConfig = serde_yaml::from_str(yaml).unwrap();
+        Step::compile(&c).unwrap()
+    }
+
+    fn run(yaml: &str, mut v: Value) -> Result<Value, String> {
+        step(yaml).apply(&mut v).map(|()| v)
+    }
+
+    #[test]
+    fn rename_drop_keep_and_set_move_nested_fields() {
+        let v = json!({"cust": 1, "amt": 2, "internal": {"debug": true, "x": 1}});
+        assert_eq!(
+            run(
+                "type: rename\nfields: {cust: customer_id, amt: money.amount}",
+                v.clone()
+            )
+            .unwrap(),
+            json!({"customer_id": 1, "money": {"amount": 2}, "internal": {"debug": true, "x": 1}})
+        );
+        assert_eq!(
+            run("type: rename\nfields: {cust: amt, amt: cust}", v.clone()).unwrap()["cust"],
+            json!(2)
+        );
+        assert_eq!(
+            run("type: drop\nfields: [amt, internal.debug, nope]", v.clone()).unwrap(),
+            json!({"cust": 1, "internal": {"x": 1}})
+        );
+        assert_eq!(
+            run("type: keep\nfields: [cust, internal.x]", v.clone()).unwrap(),
+            json!({"cust": 1, "internal": {"x": 1}})
+        );
+        assert_eq!(
+            run("type: set\nfields: {source_system: orders-v1, a.b: 3}", v).unwrap()["a"],
+            json!({"b": 3})
+        );
+    }
+
+    #[test]
+    fn casts_convert_what_they_can_and_name_what_they_cannot() {
+        let cast = "type: cast\nfields: {amount: float, qty: integer, paid: boolean, n: string}";
+        let v = json!({"amount": "12.5", "qty": "3", "paid": "yes", "n": 7});
+        assert_eq!(
+            run(cast, v).unwrap(),
+            json!({"amount": 12.5, "qty": 3, "paid": true, "n": "7"})
+        );
+        let e = run(cast, json!({"qty": "three"})).unwrap_err();
+        assert_eq!(e, r#"qty: "three" cannot be cast to integer"#);
+        assert!(run(cast, json!({"qty": 2.5})).is_err());
+        assert_eq!(
+            run(cast, json!({"qty": null})).unwrap(),
+            json!({"qty": null})
+        );
+        assert!(run(cast, json!([1])).unwrap_err().contains("not an object"));
+    }
+
+    #[test]
+    fn flatten_joins_nested_keys() {
+        let v = json!({"a": {"b": {"c": 1}, "d": [1, {"e": 2}]}, "f": {}});
+        assert_eq!(
+            run("type: flatten", v.clone()).unwrap(),
+            json!({"a.b.c": 1, "a.d": [1, {"e": 2}], "f": {}})
+        );
+        assert_eq!(
+            run("type: flatten\nseparator: _", v).unwrap()["a_b_c"],
+            json!(1)
+        );
+    }
+
+    #[test]
+    fn bad_field_paths_are_named_all_at_once() {
+        let c: TransformConfig =
+            serde_yaml::from_str("type: rename\nfields: {'a..b': c, d: '.e'}").unwrap();
+        let problems = Step::compile(&c).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+}
