@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, to_bytes};
 use axum::extract::{Path, State as AxumState};
 use axum::http::StatusCode;
 use ferry_api::{ConnectorError, Positions, Value};
@@ -89,6 +89,8 @@ struct Chosen {
     responses(
     (status = 200, description = "Set: the pipeline resumes from them", body = doc::Done),
     (status = 400, description = "Not positions the source can resume from (each named); nothing changed", body = doc::ErrorBody),
+    (status = 408, description = "The body did not arrive within 10 s", body = doc::ErrorBody),
+    (status = 413, description = "The body is larger than 1 MiB", body = doc::ErrorBody),
     (status = 404, description = "No such pipeline", body = doc::ErrorBody),
     (status = 409, description = "Another operation is under way, or the pipeline cannot take it now", body = doc::ErrorBody),
     (status = 500, description = "The offset store could not be written", body = doc::ErrorBody),
@@ -98,18 +100,35 @@ struct Chosen {
 pub(super) async fn set_offsets(
     AxumState(api): AxumState<Api>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Reply {
+    let (target, config) = match find(&api, &name).await {
+        Ok(found) => found,
+        Err(reply) => return reply,
+    };
+    // A client that sends its body slowly holds one of the API's few
+    // connections: it has as long as a request head has.
+    let body = match tokio::time::timeout(BODY_TIMEOUT, to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": format!("the body could not be read (at most {MAX_BODY} bytes): {e}")}),
+            );
+        }
+        Err(_) => {
+            return answer(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": format!("the body did not arrive within {}s", BODY_TIMEOUT.as_secs())}),
+            );
+        }
+    };
     let choice = match parse(&body) {
         Ok(choice) => choice,
         Err(why) => return refused(&name, &[why]),
     };
     let _one = match one_at_a_time(&api, &name) {
         Ok(guard) => guard,
-        Err(reply) => return reply,
-    };
-    let (target, config) = match find(&api, &name).await {
-        Ok(found) => found,
         Err(reply) => return reply,
     };
     let committed = match load(&api, &name).await {
@@ -122,6 +141,7 @@ pub(super) async fn set_offsets(
         Err(reply) => return reply,
     };
     let (api2, pipeline) = (api.clone(), name.clone());
+    let named = choice.partitions.len();
     while_paused(&api, target, &name, "moved", async move {
         // What it committed while it paused, moved as asked.
         let mut positions = load(&api2, &pipeline).await?;
@@ -134,13 +154,13 @@ pub(super) async fn set_offsets(
             }
         }
         let store = api2.store.clone();
-        let count = positions.len();
+
         tokio::task::spawn_blocking(move || store.choose(&pipeline, positions))
             .await
             .map_err(crate::join_error_message)?
             .map_err(|e| e.to_string())?;
         Ok(format!(
-            "offsets set ({count} partitions): it resumes from them"
+            "offsets set for {named} partition(s): it resumes from them"
         ))
     })
     .await
@@ -213,6 +233,10 @@ async fn check(
     }
     Ok(checked)
 }
+
+/// The largest body a PUT takes, and how long it may take to arrive.
+const MAX_BODY: usize = 1 << 20;
+const BODY_TIMEOUT: std::time::Duration = super::listen::HEAD_TIMEOUT;
 
 /// The longest the source may take to check one position.
 const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);

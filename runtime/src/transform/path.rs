@@ -6,6 +6,10 @@ use std::fmt;
 use ferry_api::Value;
 use serde_json::Map;
 
+/// The most keys a path has: records nest no deeper than the sources
+/// read them (128), and a deeper record costs deep recursion to write.
+const MAX_DEPTH: usize = 100;
+
 /// A field path: one or more keys, outermost first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldPath(Vec<String>);
@@ -22,7 +26,23 @@ impl FieldPath {
                 "{text:?} is not a field path: keys are separated by single dots (a.b.c)"
             ));
         }
+        if keys.len() > MAX_DEPTH {
+            return Err(format!(
+                "a field path has at most {MAX_DEPTH} keys (this one {})",
+                keys.len()
+            ));
+        }
+        if text.contains("${") {
+            return Err(format!(
+                "{text:?}: `${{NAME}}` is replaced in values, not in field names"
+            ));
+        }
         Ok(FieldPath(keys))
+    }
+
+    /// Whether `self` is `other` or holds it (`a` holds `a.b`).
+    pub fn holds(&self, other: &FieldPath) -> bool {
+        other.0.starts_with(&self.0)
     }
 
     /// The value at this path, if every key on the way is there.

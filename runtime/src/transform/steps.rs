@@ -52,6 +52,21 @@ fn paths<'a>(
         .collect()
 }
 
+/// Two of `targets` that are one field, or one inside the other: what one
+/// writes the other would overwrite (or could never write into).
+fn overlapping(targets: &[FieldPath], verb: &str, problems: &mut Vec<ConfigProblem>) {
+    for (i, a) in targets.iter().enumerate() {
+        for b in &targets[i + 1..] {
+            if a.holds(b) || b.holds(a) {
+                problems.push(ConfigProblem::at(
+                    "fields",
+                    format!("{a} and {b} are both {verb}: one would overwrite the other"),
+                ));
+            }
+        }
+    }
+}
+
 impl Step {
     /// The step for `config`, or what is wrong with it (paths relative to
     /// the step).
@@ -77,16 +92,34 @@ impl Step {
                         }
                     })
                     .collect();
+                if problems.is_empty() {
+                    overlapping(&to, "renamed to", &mut problems);
+                }
                 Step::Rename(from.into_iter().zip(to).collect())
             }
             TransformConfig::Drop { fields } => {
                 Step::Drop(paths(fields.iter(), &mut problems, false))
             }
             TransformConfig::Keep { fields } => {
-                Step::Keep(paths(fields.iter(), &mut problems, false))
+                // A path inside another kept one is kept with it.
+                let all = paths(fields.iter(), &mut problems, false);
+                let outer: Vec<FieldPath> = all
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, p)| {
+                        !all.iter()
+                            .enumerate()
+                            .any(|(j, q)| j != *i && q.holds(p) && (q != *p || j < *i))
+                    })
+                    .map(|(_, p)| p.clone())
+                    .collect();
+                Step::Keep(outer)
             }
             TransformConfig::Set { fields } => {
                 let keys = paths(fields.keys(), &mut problems, true);
+                if problems.is_empty() {
+                    overlapping(&keys, "set", &mut problems);
+                }
                 Step::Set(keys.into_iter().zip(fields.values().cloned()).collect())
             }
             TransformConfig::Cast { fields } => {
@@ -178,7 +211,7 @@ impl Step {
                     unreachable!("checked above")
                 };
                 let mut flat = Map::new();
-                flatten_into(&mut flat, None, map, separator);
+                flatten_into(&mut flat, None, map, separator)?;
                 *value = Value::Object(flat);
             }
             Step::Timestamp {
@@ -188,7 +221,8 @@ impl Step {
             } => {
                 if let Some(v) = field.take(value) {
                     let at = parse.read(&v).map_err(|why| format!("{field}: {why}"))?;
-                    field.set(value, format.write(at))?;
+                    let written = format.write(at).map_err(|why| format!("{field}: {why}"))?;
+                    field.set(value, written)?;
                 }
             }
         }
@@ -203,19 +237,27 @@ fn flatten_into(
     prefix: Option<&str>,
     nested: Map<String, Value>,
     sep: &str,
-) {
+) -> Result<(), String> {
     for (k, v) in nested {
         let key = match prefix {
             Some(p) => format!("{p}{sep}{k}"),
             None => k,
         };
         match v {
-            Value::Object(inner) if !inner.is_empty() => flatten_into(flat, Some(&key), inner, sep),
+            Value::Object(inner) if !inner.is_empty() => {
+                flatten_into(flat, Some(&key), inner, sep)?
+            }
             other => {
+                if flat.contains_key(&key) {
+                    return Err(format!(
+                        "flattened, two fields would be {key:?} (one is lost): choose another separator"
+                    ));
+                }
                 flat.insert(key, other);
             }
         }
     }
+    Ok(())
 }
 
 /// `v` as the type `to`; null stays null.
@@ -357,6 +399,32 @@ mod tests {
             run("type: flatten\nseparator: _", v).unwrap()["a_b_c"],
             json!(1)
         );
+    }
+
+    #[test]
+    fn what_a_hostile_probe_found() {
+        // A path inside another kept one is kept with it, in any order.
+        let v = json!({"a": {"b": 1, "c": 2}, "d": 3});
+        assert_eq!(
+            run("type: keep\nfields: [a.b, a]", v.clone()).unwrap(),
+            json!({"a": {"b": 1, "c": 2}})
+        );
+        // Keys that flatten into one are a failed record, not a lost value.
+        let e = run("type: flatten", json!({"a": {"b": 1}, "a.b": 9})).unwrap_err();
+        assert!(e.contains("\"a.b\""), "{e}");
+        // Targets that overwrite each other, paths too deep, `${` in a key.
+        for bad in [
+            "type: rename\nfields: {x: y, z: y}",
+            "type: set\nfields: {a: 1, a.b: 2}",
+            "type: cast\nfields: {'${FP}': integer}",
+        ] {
+            let c: TransformConfig = serde_yaml::from_str(bad).unwrap();
+            assert!(Step::compile(&c).is_err(), "{bad}");
+        }
+        let deep = vec!["a"; 101].join(".");
+        let c: TransformConfig =
+            serde_yaml::from_str(&format!("type: drop\nfields: ['{deep}']")).unwrap();
+        assert!(Step::compile(&c).is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Times in records: how the `timestamp` step reads and writes them, and
 //! what `cast: timestamp` takes. Times without a zone are UTC.
 
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Datelike, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use ferry_api::Value;
 
 use super::steps::shown;
@@ -37,6 +39,13 @@ impl TimeFormat {
                         "{pattern:?} is not a strftime pattern chrono knows"
                     ));
                 }
+                // Some items only read (`%#z`): writing a time must work.
+                let sample = DateTime::<Utc>::UNIX_EPOCH.format_with_items(items);
+                if write!(String::new(), "{sample}").is_err() {
+                    return Err(format!(
+                        "{pattern:?} cannot write a time (an item of it only reads)"
+                    ));
+                }
                 TimeFormat::Pattern(pattern.to_string())
             }
             other => {
@@ -60,8 +69,13 @@ impl TimeFormat {
             (TimeFormat::UnixMs, v) => number(v).and_then(from_millis).ok_or_else(wrong),
             (TimeFormat::Pattern(p), Value::String(s)) => match DateTime::parse_from_str(s, p) {
                 Ok(t) => Ok(t.with_timezone(&Utc)),
-                // No zone in the pattern: UTC.
+                // No zone in the pattern: UTC; no time of day: midnight.
                 Err(_) => NaiveDateTime::parse_from_str(s, p)
+                    .or_else(|e| {
+                        chrono::NaiveDate::parse_from_str(s, p)
+                            .map(|d| d.and_time(chrono::NaiveTime::MIN))
+                            .map_err(|_| e)
+                    })
                     .map(|t| Utc.from_utc_datetime(&t))
                     .map_err(|e| format!("{}: {e}", wrong())),
             },
@@ -70,9 +84,18 @@ impl TimeFormat {
     }
 
     /// `t` written this way.
-    pub(super) fn write(&self, t: DateTime<Utc>) -> Value {
-        match self {
-            TimeFormat::Rfc3339 => Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+    pub(super) fn write(&self, t: DateTime<Utc>) -> Result<Value, String> {
+        Ok(match self {
+            TimeFormat::Rfc3339 => {
+                // RFC 3339 has four-digit years.
+                if !(0..=9999).contains(&t.year()) {
+                    return Err(format!(
+                        "year {} cannot be written in RFC 3339 (years 0 to 9999)",
+                        t.year()
+                    ));
+                }
+                Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+            }
             TimeFormat::UnixS => {
                 let ms = t.timestamp_millis();
                 if ms % 1000 == 0 {
@@ -82,8 +105,12 @@ impl TimeFormat {
                 }
             }
             TimeFormat::UnixMs => Value::from(t.timestamp_millis()),
-            TimeFormat::Pattern(p) => Value::String(t.format(p).to_string()),
-        }
+            TimeFormat::Pattern(p) => {
+                let mut text = String::new();
+                write!(text, "{}", t.format(p)).map_err(|_| format!("{p:?} cannot write {t}"))?;
+                Value::String(text)
+            }
+        })
     }
 
     fn name(&self) -> String {
@@ -118,7 +145,7 @@ pub(super) fn cast_timestamp(v: &Value) -> Result<Value, ()> {
         Value::Number(_) => TimeFormat::UnixS.read(v),
         _ => return Err(()),
     };
-    at.map(|t| TimeFormat::Rfc3339.write(t)).map_err(drop)
+    at.and_then(|t| TimeFormat::Rfc3339.write(t)).map_err(drop)
 }
 
 #[cfg(test)]
@@ -130,9 +157,24 @@ mod tests {
     fn times_are_read_and_written_in_every_format() {
         let pattern = TimeFormat::parse("%Y-%m-%d %H:%M:%S").unwrap();
         let t = pattern.read(&json!("2026-12-03 14:51:30")).unwrap();
-        assert_eq!(TimeFormat::Rfc3339.write(t), json!("2026-12-03T14:51:30Z"));
-        assert_eq!(TimeFormat::UnixS.write(t), json!(1_796_309_490));
-        assert_eq!(TimeFormat::UnixMs.write(t), json!(1_796_309_490_000i64));
+        assert_eq!(
+            TimeFormat::Rfc3339.write(t).unwrap(),
+            json!("2026-12-03T14:51:30Z")
+        );
+        assert_eq!(TimeFormat::UnixS.write(t).unwrap(), json!(1_796_309_490));
+        assert_eq!(
+            TimeFormat::UnixMs.write(t).unwrap(),
+            json!(1_796_309_490_000i64)
+        );
+        // Parse-only items, dates without a time, years RFC 3339 cannot hold.
+        assert!(TimeFormat::parse("%#z").is_err());
+        let day = TimeFormat::parse("%Y-%m-%d").unwrap();
+        let midnight = day.read(&json!("2020-01-01")).unwrap();
+        assert_eq!(
+            TimeFormat::Rfc3339.write(midnight).unwrap(),
+            json!("2020-01-01T00:00:00Z")
+        );
+        assert!(cast_timestamp(&json!(253_402_300_800i64)).is_err());
         assert_eq!(
             TimeFormat::UnixMs
                 .read(&json!(1_796_309_490_000i64))

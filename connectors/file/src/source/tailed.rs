@@ -408,7 +408,36 @@ pub(crate) fn check_line_start(
             path.display()
         ));
     }
+    // A newline inside a quoted CSV field is not a row's end: quotes
+    // before it come in pairs ("" inside a field is a pair too).
+    if csv
+        && quotes_before(&file, at)
+            .map_err(|e| ConnectorError::Fatal(format!("{}: {e}", path.display())))?
+            % 2
+            == 1
+    {
+        return refuse(format!(
+            "byte {at} of {} is inside a quoted field, not at the start of a row",
+            path.display()
+        ));
+    }
     Ok(())
+}
+
+/// How many `"` the first `end` bytes of `file` hold.
+fn quotes_before(file: &File, end: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut at, mut quotes) = (0u64, 0u64);
+    while at < end {
+        let want = buf.len().min((end - at) as usize);
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        quotes += buf[..n].iter().filter(|b| **b == b'"').count() as u64;
+        at += n as u64;
+    }
+    Ok(quotes)
 }
 
 /// Reads the header row of a CSV file from its start (for a resumed file).
