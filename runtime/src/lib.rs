@@ -10,8 +10,8 @@
 //!   to the connector its `type` names.
 //! * [`registry`] is the explicit list of connectors compiled in, one Cargo
 //!   feature each.
-//! * [`transform`] compiles a pipeline's `transforms:` (rename, drop, keep,
-//!   set, cast, flatten, timestamp) into a chain the source task runs on
+//! * [`transform`] compiles a pipeline's `transforms:` (filter and remap in
+//!   VRL; rename, drop, keep, set, cast, flatten, timestamp) into a chain the source task runs on
 //!   every record; a record a step fails on is a bad record of stage
 //!   `transform`.
 //! * [`engine`] runs one *attempt* of a pipeline as two tokio tasks joined

@@ -61,6 +61,8 @@ pub(super) enum Item {
     Invalid(ferry_api::Invalid),
     /// A record a transform failed on, as the source gave it.
     Failed(Record, crate::transform::Failure),
+    /// A record a filter dropped: its position moves all the same.
+    Dropped(ferry_api::Position),
 }
 
 impl Item {
@@ -68,6 +70,7 @@ impl Item {
         match self {
             Item::Record(r) | Item::Failed(r, _) => &r.position,
             Item::Invalid(i) => &i.position,
+            Item::Dropped(p) => p,
         }
     }
 
@@ -78,6 +81,7 @@ impl Item {
             ferry_api::SourceItem::Record(r) => match chain.apply(r) {
                 crate::transform::Outcome::Kept(r) => Item::Record(r),
                 crate::transform::Outcome::Failed(r, f) => Item::Failed(r, f),
+                crate::transform::Outcome::Dropped(p) => Item::Dropped(p),
             },
             ferry_api::SourceItem::Invalid(i) => Item::Invalid(i),
         }

@@ -257,6 +257,8 @@ impl Writer<'_> {
                 Item::Record(r) => records.push(r),
                 Item::Invalid(i) => self.open.dead.push(self.dead_letters.invalid(&i)),
                 Item::Failed(r, f) => self.open.dead.push(self.dead_letters.untransformed(&r, &f)),
+                // Its position moved above; nothing to write.
+                Item::Dropped(_) => {}
             }
         }
         let mut rejected = self
@@ -308,7 +310,9 @@ impl Writer<'_> {
                     position: bad.position.describe(),
                     error: bad.error,
                 },
-                Item::Record(_) => unreachable!("only bad items are taken aside"),
+                Item::Record(_) | Item::Dropped(_) => {
+                    unreachable!("only bad items are taken aside")
+                }
             });
         }
         Ok(())

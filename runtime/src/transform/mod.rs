@@ -10,9 +10,14 @@
 //! writer dead-letters with the record as it came, the step's index and
 //! type, or stops on, as the pipeline's tolerance says.
 //!
-//! Files by job: `path.rs` (dotted field paths), `steps.rs` (the steps that
-//! need no language), `time.rs` (time formats).
+//! A record a `filter` drops is handed on as its position alone: the
+//! writer commits past it and writes nothing.
+//!
+//! Files by job: `path.rs` (dotted field paths), `steps.rs` (every step),
+//! `lang.rs` (VRL, the language of filter and remap), `time.rs` (time
+//! formats).
 
+mod lang;
 mod path;
 mod steps;
 mod time;
@@ -61,6 +66,19 @@ pub enum TransformConfig {
         /// What joins the keys (`a.b`).
         #[serde(default = "default_separator")]
         separator: String,
+    },
+    /// Keeps the records for which the condition (VRL) is true; the others
+    /// are dropped, their positions committed all the same.
+    Filter {
+        /// A VRL expression that gives true or false (`.status != "test"`).
+        #[serde(rename = "if")]
+        condition: String,
+    },
+    /// Changes the record with a VRL program (`.total = to_float!(.qty) *
+    /// to_float!(.price)`).
+    Remap {
+        /// The program.
+        source: String,
     },
     /// Reads a time from `field` written as `parse`, writes it back as
     /// `format`: `rfc3339`, `unix_s`, `unix_ms`, or a strftime pattern.
@@ -120,6 +138,8 @@ impl TransformConfig {
             TransformConfig::Cast { .. } => "cast",
             TransformConfig::Flatten { .. } => "flatten",
             TransformConfig::Timestamp { .. } => "timestamp",
+            TransformConfig::Filter { .. } => "filter",
+            TransformConfig::Remap { .. } => "remap",
         }
     }
 }
@@ -147,6 +167,8 @@ pub struct Failure {
 /// What became of a record.
 pub enum Outcome {
     Kept(Record),
+    /// A filter dropped it: only its position goes on.
+    Dropped(ferry_api::Position),
     /// The record as it came, and why.
     Failed(Record, Failure),
 }
@@ -182,7 +204,11 @@ impl Chain {
     pub fn apply(&self, mut record: Record) -> Outcome {
         let original = record.value.clone();
         for (i, (kind, step)) in self.steps.iter().enumerate() {
-            if let Err(error) = step.apply(&mut record.value) {
+            let applied = step.apply(&mut record.value);
+            if let Ok(false) = applied {
+                return Outcome::Dropped(record.position);
+            }
+            if let Err(error) = applied {
                 record.value = original;
                 return Outcome::Failed(
                     record,

@@ -6,6 +6,7 @@
 use ferry_api::{ConfigProblem, PathSegment, Value};
 use serde_json::Map;
 
+use super::lang::Vrl;
 use super::path::FieldPath;
 use super::time::{TimeFormat, cast_timestamp};
 use super::{CastTo, TransformConfig};
@@ -13,6 +14,9 @@ use super::{CastTo, TransformConfig};
 /// A step, ready to run.
 #[derive(Debug)]
 pub(super) enum Step {
+    /// Keeps a record when its condition is true.
+    Filter(Vrl),
+    Remap(Vrl),
     Rename(Vec<(FieldPath, FieldPath)>),
     Drop(Vec<FieldPath>),
     Keep(Vec<FieldPath>),
@@ -65,6 +69,14 @@ fn overlapping(targets: &[FieldPath], verb: &str, problems: &mut Vec<ConfigProbl
             }
         }
     }
+}
+
+/// A program's compile errors, at the key that holds it.
+fn program_problems(key: &str, errors: Vec<String>) -> Vec<ConfigProblem> {
+    errors
+        .into_iter()
+        .map(|e| ConfigProblem::at(key, e))
+        .collect()
 }
 
 impl Step {
@@ -152,6 +164,14 @@ impl Step {
                     _ => return Err(problems),
                 }
             }
+            TransformConfig::Filter { condition } => match Vrl::compile(condition) {
+                Ok(program) => Step::Filter(program),
+                Err(errors) => return Err(program_problems("if", errors)),
+            },
+            TransformConfig::Remap { source } => match Vrl::compile(source) {
+                Ok(program) => Step::Remap(program),
+                Err(errors) => return Err(program_problems("source", errors)),
+            },
         };
         if problems.is_empty() {
             Ok(step)
@@ -160,8 +180,24 @@ impl Step {
         }
     }
 
-    /// Applies the step to a record's value.
-    pub(super) fn apply(&self, value: &mut Value) -> Result<(), String> {
+    /// Applies the step to a record's value: false when the record is
+    /// dropped (a filter's condition is false).
+    pub(super) fn apply(&self, value: &mut Value) -> Result<bool, String> {
+        match self {
+            Step::Filter(program) => {
+                return match program.run(value)? {
+                    vrl::value::Value::Boolean(keep) => Ok(keep),
+                    other => Err(format!(
+                        "the condition gave {other}, not true or false (end it with a comparison)"
+                    )),
+                };
+            }
+            Step::Remap(program) => {
+                program.run(value)?;
+                return Ok(true);
+            }
+            _ => {}
+        }
         if !value.is_object() {
             return Err(format!(
                 "the record is {}, not an object",
@@ -225,8 +261,9 @@ impl Step {
                     field.set(value, written)?;
                 }
             }
+            Step::Filter(_) | Step::Remap(_) => unreachable!("run above"),
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -338,7 +375,7 @@ mod tests {
     }
 
     fn run(yaml: &str, mut v: Value) -> Result<Value, String> {
-        step(yaml).apply(&mut v).map(|()| v)
+        step(yaml).apply(&mut v).map(|_| v)
     }
 
     #[test]
