@@ -278,6 +278,7 @@ fn filter_and_remap_run_vrl() {
         concat!(
             "  - type: remap\n    source: |\n      .a = 1\n      .total = .qty * .price\n",
             "  - type: filter\n    if: .qty +\n",
+            "  - type: filter\n    if: .status\n",
         ),
         "",
     );
@@ -289,4 +290,9 @@ fn filter_and_remap_run_vrl() {
         "{text}"
     );
     assert!(text.contains("transforms[1].if: line 1, column"), "{text}");
+    assert!(
+        text.contains("transforms[2].if: the condition gives")
+            && text.contains("not only true or false"),
+        "{text}"
+    );
 }

@@ -58,6 +58,20 @@ impl Vrl {
         }
     }
 
+    /// Compiles a filter's condition: a program that gives true or false,
+    /// and nothing else, whatever the record.
+    pub(super) fn condition(source: &str) -> Result<Vrl, Vec<String>> {
+        let vrl = Vrl::compile(source)?;
+        let result = vrl.program.final_type_info().result;
+        if !result.is_boolean() {
+            return Err(vec![format!(
+                "the condition gives {}, not only true or false (end it with a comparison, or to_bool!)",
+                result.kind()
+            )]);
+        }
+        Ok(vrl)
+    }
+
     /// Runs the program on `value` (which it may change) and gives what it
     /// ended with.
     pub(super) fn run(&self, value: &mut Value) -> Result<VrlValue, String> {
@@ -113,5 +127,8 @@ mod tests {
         let errors = Vrl::compile(".total = .qty * .price").unwrap_err();
         assert!(errors[0].contains("fallible"), "{errors:?}");
         assert!(Vrl::compile("get_env_var!(\"HOME\")").is_err());
+        assert!(Vrl::condition(".status != \"test\"").is_ok());
+        let errors = Vrl::condition(".status").unwrap_err();
+        assert!(errors[0].contains("not only true or false"), "{errors:?}");
     }
 }

@@ -164,7 +164,7 @@ impl Step {
                     _ => return Err(problems),
                 }
             }
-            TransformConfig::Filter { condition } => match Vrl::compile(condition) {
+            TransformConfig::Filter { condition } => match Vrl::condition(condition) {
                 Ok(program) => Step::Filter(program),
                 Err(errors) => return Err(program_problems("if", errors)),
             },
