@@ -339,7 +339,7 @@ impl Fleet {
             FleetRequest::Restart(name, reply) => reply.send(self.restart(&name)).map_err(drop),
             FleetRequest::Definition(name, reply) => {
                 let config = self.live_member(&name).map(|m| m.config.clone());
-                reply.send(config).map_err(drop)
+                reply.send((self.lookup(&name), config)).map_err(drop)
             }
         };
     }

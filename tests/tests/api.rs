@@ -472,6 +472,24 @@ fn the_lag_of_a_kafka_source_is_the_messages_past_the_committed_offsets() {
         "{}",
         lag()
     );
+    // Offsets moved by PUT are checked against the brokers' watermarks.
+    let path = "/pipelines/k/offsets";
+    let put = |body: String| http(&base, "PUT", path, Some(&body));
+    let (status, e) = put(format!(
+        r#"{{"partitions": [{{"partition": "{topic}/0", "offset": 999999}}, {{"partition": "other-topic/0", "offset": 1}}]}}"#
+    ));
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e.contains("outside them") && e.contains("not one this pipeline reads"),
+        "{e}"
+    );
+    // Back to the low watermark: inside them. (Not "where it is": Tansu
+    // numbers offsets by batch, and its committed offsets pass the high
+    // watermark it reports.)
+    let (status, ok) = put(format!(
+        r#"{{"partitions": [{{"partition": "{topic}/0", "offset": 0}}]}}"#
+    ));
+    assert_eq!(status, 200, "{ok}");
     f.stop();
     delete_topic(&brokers, &topic);
 }
@@ -531,6 +549,35 @@ fn the_lag_of_a_postgres_source_is_the_rows_past_the_cursor() {
         wait_until(Duration::from_secs(20), || lag()["amount"] == 0.0),
         "{}",
         lag()
+    );
+    // A cursor moved by PUT: the server casts it to the column's type.
+    let path = format!("/pipelines/{table}/offsets");
+    let (_, offsets) = get_json(&base, &path);
+    let key = offsets["partitions"][0]["partition"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let put = |offset: &str| {
+        http(
+            &base,
+            "PUT",
+            &path,
+            Some(&format!(
+                r#"{{"partitions": [{{"partition": "{key}", "offset": {offset}}}]}}"#
+            )),
+        )
+    };
+    let (status, e) = put(r#""abc""#);
+    assert_eq!(status, 400, "{e}");
+    assert!(e.contains("column's type"), "{e}");
+    let (status, ok) = put(r#""100""#);
+    assert_eq!(status, 200, "{ok}");
+    // Rows 101 to 130 are read again.
+    assert!(
+        wait_until(Duration::from_secs(30), || lines_in(&d.join("out.jsonl"))
+            == 160),
+        "{}",
+        lines_in(&d.join("out.jsonl"))
     );
     f.stop();
     psql_at(&pg_url(), &format!("DROP TABLE IF EXISTS {table}"));

@@ -49,8 +49,11 @@ pub(crate) enum FleetRequest {
     /// Start again a pipeline that has ended (failed or stopped); a live
     /// one is restarted through its supervisor.
     Restart(String, oneshot::Sender<Lookup>),
-    /// The definition a pipeline runs on (None: no such pipeline).
-    Definition(String, oneshot::Sender<Option<Arc<PipelineConfig>>>),
+    /// A pipeline with the definition it runs on (None: no such pipeline).
+    Definition(
+        String,
+        oneshot::Sender<(Lookup, Option<Arc<PipelineConfig>>)>,
+    ),
 }
 
 /// A pipeline by name: running, ended, or unknown.

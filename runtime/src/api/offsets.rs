@@ -255,17 +255,12 @@ enum Target {
     Ended,
 }
 
-/// The pipeline `name`, with its definition.
+/// The pipeline `name`, with its definition (one question to the fleet).
 async fn find(api: &Api, name: &str) -> Result<(Target, Arc<PipelineConfig>), Reply> {
-    let target = match ask(api, |tx| FleetRequest::Live(name.to_string(), tx)).await {
-        Some(Lookup::Live(handle)) => Target::Running(handle),
-        Some(Lookup::Ended) => Target::Ended,
-        Some(Lookup::Unknown) => return Err(unknown(name)),
-        None => return Err(gone()),
-    };
     match ask(api, |tx| FleetRequest::Definition(name.to_string(), tx)).await {
-        Some(Some(config)) => Ok((target, config)),
-        Some(None) => Err(unknown(name)),
+        Some((Lookup::Live(handle), Some(config))) => Ok((Target::Running(handle), config)),
+        Some((Lookup::Ended, Some(config))) => Ok((Target::Ended, config)),
+        Some(_) => Err(unknown(name)),
         None => Err(gone()),
     }
 }
