@@ -332,9 +332,13 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(outcomes)
     });
-    // A pipeline abandoned at the shutdown timeout may leave a blocking
-    // read behind: do not wait for it.
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    // Everything is committed and closed: the process ends without tearing
+    // the runtime down. A teardown drops the tasks left (a driver's pool
+    // worker among them) on one thread while another may still poll one
+    // that needs it — the MongoDB driver panics then (about 1 stop in 30
+    // under SIGTERM). A pipeline abandoned at the shutdown timeout may also
+    // leave a blocking read behind, which nothing should wait for.
+    std::mem::forget(runtime);
     let failed: Vec<_> = outcomes??
         .into_iter()
         .filter(|o| o.error.is_some())

@@ -32,6 +32,7 @@ struct Said {
     replayed: u64,
     records_out: u64,
     dead_lettered: u64,
+    filtered: u64,
     retries: u64,
     committed: String,
     state: String,
@@ -47,6 +48,7 @@ impl Progress {
                 replayed: s.replayed,
                 records_out: s.records_out,
                 dead_lettered: s.dead_lettered,
+                filtered: s.filtered,
                 retries: s.retries,
                 committed: s.committed.clone(),
                 state: state_words(&s.status.state),
@@ -62,8 +64,12 @@ impl Progress {
                 0 => String::new(),
                 n => format!(" (and {n} read again after restarts)"),
             };
+            let filtered = match s.filtered {
+                0 => String::new(),
+                n => format!(", filtered {n}"),
+            };
             tracing::info!(
-                "{}: in {}{replayed} out {} ({rate:.0} records/s), dead-lettered {}, retries {}, committed {}{}",
+                "{}: in {}{replayed} out {} ({rate:.0} records/s), dead-lettered {}{filtered}, retries {}, committed {}{}",
                 s.name,
                 s.records_in,
                 s.records_out,

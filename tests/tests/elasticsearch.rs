@@ -829,3 +829,46 @@ fn create_update_and_field_ids_into_templated_indexes() {
         }
     }
 }
+
+/// A `route` transform sends each record to the index its field names;
+/// one routed to a name Elasticsearch refuses (uppercase) is dead-lettered
+/// before anything is sent — on both servers.
+#[test]
+fn routed_records_go_to_their_indexes() {
+    for (server, url) in es_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir_all(d.join("in")).unwrap();
+        let base = index("route");
+        let input: String = (0..900u64)
+            .map(|seq| {
+                let to = ["eu", "us", "BAD"][(seq % 3) as usize];
+                format!("{{\"file\": \"r\", \"seq\": {seq}, \"to\": \"{to}\"}}\n")
+            })
+            .collect();
+        fs::write(d.join("in/r.jsonl"), input).unwrap();
+        es_config(
+            d,
+            "route",
+            &url,
+            &base,
+            &format!(
+                "transforms:\n  - type: route\n    field: to\n    map: {{eu: {base}-eu, us: {base}-us, BAD: {base}-BAD}}\nerrors:\n  tolerance: all\n  dead_letter: dlq.jsonl\n"
+            ),
+        );
+        let (status, log) =
+            run_to_end(d, &["run", "--once", "route.yaml"], Duration::from_secs(60));
+        assert!(status.success(), "{server}: {log}");
+        for (m, region) in [(0, "eu"), (1, "us")] {
+            let idx = format!("{base}-{region}");
+            http(&url, "POST", &format!("/{idx}/_refresh"), None);
+            let expected: Vec<u64> = (0..900).filter(|s| s % 3 == m).collect();
+            assert_eq!(es_seqs(&url, &idx), expected, "{server}: {idx}");
+            drop_index(&url, &idx);
+        }
+        let dlq = read_jsonl(&d.join("dlq.jsonl"));
+        assert_eq!(dlq.len(), 300, "{server}");
+        let error = dlq[0]["error"].as_str().unwrap();
+        assert!(error.contains("must be lowercase"), "{server}: {error}");
+    }
+}

@@ -1008,3 +1008,66 @@ fn a_topic_created_after_start_is_read_within_seconds() {
     stops_cleanly(&mut f);
     assert!(read, "the later topic was not read:\n{}", f.log_text());
 }
+
+/// A `route` transform sends each record to the topic its field names
+/// (through the route's map); a consumer of each topic finds exactly its
+/// records.
+#[test]
+fn routed_records_go_to_their_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let prefix = format!("ferry_route_{}", fastrand::u32(..));
+    for region in ["eu", "us"] {
+        create_topic(&kafka_brokers(), &format!("{prefix}_{region}"), 1);
+    }
+    fs::create_dir_all(d.join("producer/in")).unwrap();
+    let lines: String = (0..1000)
+        .map(|seq| {
+            let region = if seq % 4 == 0 { "us" } else { "eu" };
+            format!("{{\"file\": \"a\", \"seq\": {seq}, \"region\": \"{region}\"}}\n")
+        })
+        .collect();
+    fs::write(d.join("producer/in/a.jsonl"), lines).unwrap();
+    fs::write(
+        d.join("producer/produce.yaml"),
+        format!(
+            "name: produce\nsource:\n  type: file\n  path: in/*.jsonl\ntransforms:\n  - type: route\n    field: region\n    map: {{eu: {prefix}_eu, us: {prefix}_us}}\nsink:\n  type: kafka\n  brokers: ${{KAFKA_BROKERS}}\n  topic: {prefix}_eu\n"
+        ),
+    )
+    .unwrap();
+    let mut f = start(&d.join("producer"), &["run", "--once", "produce.yaml"]);
+    let status = f.wait_for_exit(Duration::from_secs(120)).expect("finishes");
+    assert!(status.success(), "{}", f.log_text());
+    for region in ["eu", "us"] {
+        fs::write(
+            d.join(format!("{region}.yaml")),
+            format!(
+                "name: {region}\nsource:\n  type: kafka\n  brokers: ${{KAFKA_BROKERS}}\n  topics: [{prefix}_{region}]\n{FAST_GROUP}sink:\n  type: file\n  path: {region}.jsonl\ndelivery:\n  flush_interval: 100ms\n"
+            ),
+        )
+        .unwrap();
+    }
+    let mut f = start(d, &["run", "eu.yaml", "us.yaml"]);
+    let (eu, us) = (d.join("eu.jsonl"), d.join("us.jsonl"));
+    let read = wait_until(Duration::from_secs(60), || {
+        count_lines(&eu) == 750 && count_lines(&us) == 250
+    });
+    stops_cleanly(&mut f);
+    assert!(read, "{}", f.log_text());
+    let seqs = |path: &Path| -> Vec<u64> {
+        let mut s: Vec<u64> = read_jsonl(path)
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect();
+        s.sort();
+        s
+    };
+    assert_eq!(
+        seqs(&us),
+        (0..1000).filter(|s| s % 4 == 0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(&eu),
+        (0..1000).filter(|s| s % 4 != 0).collect::<Vec<_>>()
+    );
+}

@@ -839,3 +839,76 @@ fn insert_with_field_ids_tells_a_replay_from_a_different_record() {
     );
     drop_database(&db);
 }
+
+/// A `route` transform sends records to collections by a field, a record
+/// without it goes to the route's default, one routed to a name MongoDB
+/// refuses is dead-lettered; `collection: {field: …}` does the same without
+/// a transform.
+#[test]
+fn routed_records_go_to_their_collections() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = database("route");
+    fs::create_dir_all(d.join("in")).unwrap();
+    let mut lines = String::new();
+    for seq in 0..3000 {
+        let region = ["eu", "us", "$bad"][seq % 3];
+        if seq % 10 == 0 {
+            lines.push_str(&format!("{{\"file\": \"a\", \"seq\": {seq}}}\n"));
+        } else {
+            lines.push_str(&format!(
+                "{{\"file\": \"a\", \"seq\": {seq}, \"region\": \"{region}\"}}\n"
+            ));
+        }
+    }
+    fs::write(d.join("in/a.jsonl"), lines).unwrap();
+    for (name, collection, transforms) in [
+        (
+            "routed",
+            "records",
+            "transforms:\n  - type: route\n    field: region\n    default: unknown\n",
+        ),
+        ("named", "{field: region}", ""),
+    ] {
+        fs::write(
+            d.join(format!("{name}.yaml")),
+            format!(
+                "name: {name}\nsource:\n  type: file\n  path: in/*.jsonl\n{transforms}sink:\n  type: mongodb\n  uri: ${{MONGODB_URI}}\n  database: {db}_{name}\n  collection: {collection}\nerrors:\n  tolerance: all\n  dead_letter: {name}-dlq.jsonl\n"
+            ),
+        )
+        .unwrap();
+        let mut f = start(d, &["run", "--once", &format!("{name}.yaml")]);
+        let status = f.wait_for_exit(Duration::from_secs(60)).expect("finishes");
+        assert!(status.success(), "{}", f.log_text());
+    }
+    let seqs =
+        |db: &str, coll: &str| -> Vec<i64> { keys(db, coll).into_iter().map(|(_, s)| s).collect() };
+    let expect =
+        |keep: &dyn Fn(i64) -> bool| -> Vec<i64> { (0..3000).filter(|&s| keep(s)).collect() };
+    let routed = format!("{db}_routed");
+    assert_eq!(seqs(&routed, "eu"), expect(&|s| s % 3 == 0 && s % 10 != 0));
+    assert_eq!(seqs(&routed, "us"), expect(&|s| s % 3 == 1 && s % 10 != 0));
+    assert_eq!(seqs(&routed, "unknown"), expect(&|s| s % 10 == 0));
+    assert_eq!(mongodb_count(&routed, "records"), 0);
+    let dlq = read_jsonl(&d.join("routed-dlq.jsonl"));
+    assert_eq!(dlq.len(), 1000 - 100, "records routed to $bad");
+    assert!(
+        dlq[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("collection `$bad`"),
+        "{}",
+        dlq[0]
+    );
+    let named = format!("{db}_named");
+    assert_eq!(seqs(&named, "eu"), expect(&|s| s % 3 == 0 && s % 10 != 0));
+    let dlq = read_jsonl(&d.join("named-dlq.jsonl"));
+    assert_eq!(dlq.len(), 1000 - 100 + 300, "$bad, and no region");
+    assert!(
+        dlq.iter()
+            .any(|l| l["error"].as_str().unwrap().contains("no field `region`")),
+        "{dlq:?}"
+    );
+    drop_database(&routed);
+    drop_database(&named);
+}

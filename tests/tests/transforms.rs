@@ -125,6 +125,7 @@ fn validate_names_every_bad_step_at_its_place() {
             "  - type: cast\n    fields: {n: number}\n",
             "  - type: timestamp\n    field: t\n    parse: iso\n",
             "  - type: drop\n    fields: [x]\n    extra: 1\n",
+            "  - type: route\n    field: region\n",
         ),
         "",
     );
@@ -139,6 +140,11 @@ fn validate_names_every_bad_step_at_its_place() {
         (10, "transforms[2]: unknown variant `number`"),
         (14, "transforms[3].parse"),
         (17, "transforms[4].extra"),
+        // The file sink writes one file: a route has nowhere to go.
+        (
+            18,
+            "transforms[5]: a route step, but sink `file` writes to one destination only",
+        ),
     ] {
         assert!(
             text.lines()
@@ -261,6 +267,11 @@ fn filter_and_remap_run_vrl() {
     assert_eq!(out[0]["tier"], "large");
     assert_eq!(out[0]["total"], 1200.0);
     assert_eq!(out[1]["total"], 5.0);
+    // The filtered record is counted on its own.
+    assert!(
+        log.contains("out 2 ") && log.contains("dead-lettered 1, filtered 1,"),
+        "{log}"
+    );
     let dead = read_jsonl(&d.join("data/dlq/vrl.jsonl"));
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(
@@ -295,4 +306,166 @@ fn filter_and_remap_run_vrl() {
             && text.contains("not only true or false"),
         "{text}"
     );
+}
+
+/// Runs SQL against the test server (PG_URL; no server is a failure).
+fn psql(sql: &str) -> String {
+    psql_at(&pg_url(), sql)
+}
+
+/// A chain that filters, computes a field and routes on it into
+/// PostgreSQL: two tables written in one transaction with the positions,
+/// and a route to a table that does not exist, whose records are refused
+/// into the dead-letter file. Killed with SIGKILL at random points and run
+/// to the end: each kept record is in its table exactly once, filtered ones
+/// nowhere.
+#[test]
+fn a_chain_routes_into_two_postgres_tables_exactly_once_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let t = format!("ferry_route_{}", fastrand::u32(..));
+    for suffix in ["a", "b"] {
+        psql(&format!(
+            "CREATE TABLE {t}_{suffix} (file text NOT NULL, seq bigint NOT NULL, pad text, region text)"
+        ));
+    }
+    const N: u64 = 60_000;
+    fs::create_dir_all(d.join("in")).unwrap();
+    write_test_input(&d.join("in/a.jsonl"), "a", N);
+    fs::write(
+        d.join("pg.yaml"),
+        format!(
+            "name: {t}\nsource:\n  type: file\n  path: in/*.jsonl\ntransforms:\n\
+             \x20 - type: filter\n    if: 'mod(int!(.seq), 7) != 3'\n\
+             \x20 - type: remap\n    source: '.region = to_string(mod(int!(.seq), 3))'\n\
+             \x20 - type: route\n    field: region\n    map: {{'0': {t}_a, '1': {t}_b}}\n    default: {t}_missing\n\
+             sink:\n  type: postgres\n  url: ${{PG_URL}}\n  table: {t}_a\n\
+             errors:\n  tolerance: all\n  dead_letter: dlq.jsonl\n\
+             delivery:\n  batch_size: 2000\n  flush_interval: 100ms\n"
+        ),
+    )
+    .unwrap();
+    let kept = |m: u64| (0..N).filter(|s| s % 7 != 3 && s % 3 == m).count() as u64;
+    let rows = || {
+        psql(&format!(
+            "SELECT (SELECT count(*) FROM {t}_a) + (SELECT count(*) FROM {t}_b)"
+        ))
+        .parse::<u64>()
+        .unwrap()
+    };
+    let env = [("PG_URL", pg_url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let total = kept(0) + kept(1);
+    for kill in 0..6 {
+        kill9_mid_run(d, "pg.yaml", &env, rows, total, (kill, 6));
+        eprintln!("kill {kill}: {} rows committed", rows());
+    }
+    let mut f = Ferry::start_with_env(d, &["run", "--once", "pg.yaml"], &env);
+    let status = f.wait_for_exit(Duration::from_secs(180)).expect("finishes");
+    assert!(status.success(), "{}", f.log_text());
+
+    for (m, suffix) in [(0, "a"), (1, "b")] {
+        let expected = kept(m);
+        assert_eq!(
+            psql(&format!(
+                "SELECT count(*), count(DISTINCT seq), count(*) FILTER (WHERE seq % 7 = 3 OR seq % 3 <> {m} OR region <> '{m}') FROM {t}_{suffix}"
+            )),
+            format!("{expected}|{expected}|0"),
+            "table {t}_{suffix}: rows, distinct seqs, rows that belong elsewhere"
+        );
+    }
+    // Refused: at least once each (dead letters are written before the
+    // commit that a kill may cut off).
+    let dlq = read_jsonl(&d.join("dlq.jsonl"));
+    let mut refused: Vec<u64> = dlq
+        .iter()
+        .map(|l| l["record"]["seq"].as_u64().unwrap())
+        .collect();
+    refused.sort();
+    refused.dedup();
+    assert_eq!(refused.len() as u64, kept(2), "refused records");
+    assert!(refused.iter().all(|s| s % 3 == 2 && s % 7 != 3));
+    let first = &dlq[0];
+    assert_eq!(first["stage"], "sink", "{first}");
+    let error = first["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("{t}_missing does not exist")),
+        "{error}"
+    );
+    psql(&format!(
+        "DROP TABLE {t}_a, {t}_b; DELETE FROM ferry_offsets WHERE pipeline = '{t}'"
+    ));
+}
+
+/// `table: {field: …}` with upserts and `create_table`: each table is
+/// created from its first records, keeps the last record of each key, and
+/// takes updates in a later run (its staging table made again on a new
+/// connection); a name that is no table name is refused.
+#[test]
+fn records_name_their_postgres_tables_for_upserts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let t = format!("ferry_named_{}", fastrand::u32(..));
+    fs::create_dir_all(d.join("in")).unwrap();
+    let line = |kind: &str, id: u32, v: &str| {
+        format!("{{\"kind\": \"{kind}\", \"id\": {id}, \"v\": \"{v}\"}}\n")
+    };
+    let (x, y) = (format!("{t}_x"), format!("{t}_y"));
+    let first: String = [
+        line(&x, 1, "a"),
+        line(&y, 1, "b"),
+        line(&x, 1, "c"),
+        line(&x, 2, "d"),
+        line("no such-table!", 3, "e"),
+    ]
+    .concat();
+    fs::write(d.join("in/1.jsonl"), first).unwrap();
+    fs::write(
+        d.join("pg.yaml"),
+        format!(
+            "name: {t}\nsource:\n  type: file\n  path: in/*.jsonl\n\
+             sink:\n  type: postgres\n  url: ${{PG_URL}}\n  table: {{field: kind}}\n  mode: upsert\n  key: [id]\n  create_table: true\n\
+             errors:\n  tolerance: all\n  dead_letter: dlq.jsonl\n"
+        ),
+    )
+    .unwrap();
+    let env = [("PG_URL", pg_url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = || {
+        let mut f = Ferry::start_with_env(d, &["run", "--once", "pg.yaml"], &env);
+        let status = f.wait_for_exit(Duration::from_secs(60)).expect("finishes");
+        assert!(status.success(), "{}", f.log_text());
+    };
+    run();
+    let table = |name: &str| {
+        psql(&format!(
+            "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM {name}"
+        ))
+    };
+    assert_eq!(table(&x), "1=c,2=d");
+    assert_eq!(table(&y), "1=b");
+    fs::write(
+        d.join("in/2.jsonl"),
+        [
+            line(&y, 1, "f"),
+            line(&x, 2, "g"),
+            line(&y, 2, "h"),
+            line(&y, 2, "i"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    run();
+    assert_eq!(table(&x), "1=c,2=g");
+    assert_eq!(table(&y), "1=f,2=i");
+    let dlq = read_jsonl(&d.join("dlq.jsonl"));
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let error = dlq[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("`no such-table!` is no table name"),
+        "{error}"
+    );
+    psql(&format!(
+        "DROP TABLE {x}, {y}; DELETE FROM ferry_offsets WHERE pipeline = '{t}'"
+    ));
 }

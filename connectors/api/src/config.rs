@@ -303,6 +303,14 @@ pub trait SinkConfig: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Whether the sink writes each record to the destination a `route`
+    /// transform gave it ([`crate::Record::destination`]): a table,
+    /// collection, topic or index by name. A pipeline that routes records
+    /// into a sink that does not is refused at load.
+    fn takes_destinations(&self) -> bool {
+        false
+    }
+
     /// The longest a record should wait before its batch is written, when
     /// the sink has a setting of its own for it; the pipeline's
     /// `delivery.flush_interval` is shortened to it.

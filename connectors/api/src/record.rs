@@ -374,6 +374,11 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
     pub headers: Vec<(String, Vec<u8>)>,
     pub position: Position,
+    /// Where a `route` transform sent the record: the table, collection,
+    /// topic or index it goes to, instead of the one the sink's settings
+    /// name. `None`: where the sink's settings say. Only sinks that take
+    /// destinations ([`crate::SinkConfig::takes_destinations`]) see one.
+    pub destination: Option<String>,
 }
 
 impl Record {
@@ -384,6 +389,7 @@ impl Record {
             timestamp_ms: None,
             headers: Vec::new(),
             position,
+            destination: None,
         }
     }
 }

@@ -310,6 +310,11 @@ impl SinkConfig for ElasticsearchSinkConfig {
         problems
     }
 
+    /// A routed record goes to the index its route names.
+    fn takes_destinations(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!("elasticsearch {} index {}", self.shown_urls(), self.index)
     }

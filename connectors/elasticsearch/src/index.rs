@@ -126,8 +126,15 @@ impl IndexTemplate {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
     }
 
-    /// The index of `record`, or why it has none.
+    /// The index of `record`, or why it has none. A routed record goes to
+    /// the index its route names, whatever the template.
     pub(crate) fn render(&self, record: &Record, now_ms: i64) -> Result<String, String> {
+        if let Some(routed) = &record.destination {
+            return match invalid_name(routed) {
+                Some(why) => Err(format!("index name `{routed}` (routed) {why}")),
+                None => Ok(routed.clone()),
+            };
+        }
         // A fixed name was checked when the template was parsed.
         if let [Part::Literal(name)] = self.parts.as_slice() {
             return Ok(name.clone());

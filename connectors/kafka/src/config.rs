@@ -367,6 +367,11 @@ impl SinkConfig for KafkaSinkConfig {
         problems
     }
 
+    /// A routed record goes to the topic its route names.
+    fn takes_destinations(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         let topic = match &self.topic {
             TopicSpec::Static(t) => t.clone(),

@@ -160,9 +160,10 @@ impl Sink for KafkaSink {
         let mut rejected = Vec::new();
         let mut pending: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(batch.len());
         for (i, r) in batch.iter().enumerate() {
-            let topic: &str = match &self.config.topic {
-                TopicSpec::Static(t) => t,
-                TopicSpec::Field { field } => match r.value.get(field) {
+            let topic: &str = match (&r.destination, &self.config.topic) {
+                (Some(routed), _) => routed,
+                (None, TopicSpec::Static(t)) => t,
+                (None, TopicSpec::Field { field }) => match r.value.get(field) {
                     Some(Value::String(t)) if !t.is_empty() => t,
                     _ => {
                         rejected.push(Rejected {

@@ -5,14 +5,18 @@
 //! none.
 //!
 //! * [`IdSpec`] — the `id:` setting of a sink that writes documents.
+//! * [`Destination`] — a sink's `table:` / `collection:`: one name, a
+//!   field, or where a `route` transform sent the record.
 //! * [`redact_url`] — a connection URL without its passwords.
 //! * [`fs`] — durable file writes: replace a file atomically, fsync a folder.
 //! * [`json_kind`] — what kind of JSON value a value is, for messages.
 
+mod destination;
 pub mod fs;
 mod ids;
 mod url;
 
+pub use destination::Destination;
 pub use ids::{IdName, IdSpec};
 pub use url::redact_url;
 

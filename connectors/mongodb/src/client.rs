@@ -60,15 +60,11 @@ pub(crate) fn classify(what: &str, e: mongodb::error::Error) -> ConnectorError {
 }
 
 /// Ends the client's background work (monitors, connection pools) before
-/// the client goes away. Dropped instead, its pool workers could be torn
-/// down under a connection request at the process's exit, which panics
-/// inside the driver (`connection_requester.rs`: about 1 run in 16 of a
-/// daemon stopped by SIGTERM). Bounded: a server that does not answer the
-/// end of the sessions does not hold up a stop.
+/// the client goes away. Waits for what the handles dropped before it left
+/// behind (a change stream's `killCursors`): shut down at once instead, the
+/// pool is gone under that request, which panics inside the driver
+/// (`connection_requester.rs`). Bounded: a server that does not answer does
+/// not hold up a stop.
 pub(crate) async fn shut_down(client: Client) {
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        client.shutdown().immediate(true),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
 }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use ferry_api::{
     BuildContext, ConfigProblem, ConnectorError, Delivery, Sink, SinkConfig, Source, SourceConfig,
 };
-use ferry_connector_kit::{IdName, IdSpec, redact_url};
+use ferry_connector_kit::{Destination, IdName, IdSpec, redact_url};
 use serde::Deserialize;
 
 /// How documents are written.
@@ -31,8 +31,10 @@ pub struct MongoSinkConfig {
     pub uri: String,
     /// The database written to.
     pub database: String,
-    /// The collection written to (created by the server when missing).
-    pub collection: String,
+    /// The collection written to (created by the server when missing):
+    /// a name, or `{field: name}` for a record field that names it; a
+    /// `route` transform's destination goes before either.
+    pub collection: Destination,
     /// Default: `insert` with ids from positions (a replay is the same
     /// document: nothing to update, and inserts cost the server a fraction
     /// of upserts), `upsert` with ids from a field (a later record with the
@@ -66,8 +68,14 @@ impl SinkConfig for MongoSinkConfig {
         if bad_database(&self.database) {
             problems.push(ConfigProblem::at("database", DATABASE_NAME));
         }
-        if bad_collection(&self.collection) {
-            problems.push(ConfigProblem::at("collection", COLLECTION_NAME));
+        match &self.collection {
+            Destination::Name(name) if bad_collection(name) => {
+                problems.push(ConfigProblem::at("collection", COLLECTION_NAME))
+            }
+            Destination::Field { field } if field.is_empty() => {
+                problems.push(ConfigProblem::at("collection", "field must not be empty"))
+            }
+            _ => {}
         }
         match &self.id {
             IdSpec::Field { field } if field.is_empty() => {
@@ -88,9 +96,14 @@ impl SinkConfig for MongoSinkConfig {
         format!(
             "mongodb {}.{} at {}",
             self.database,
-            self.collection,
+            self.collection.describe(),
             self.redacted_uri()
         )
+    }
+
+    /// A routed record goes to the collection its route names.
+    fn takes_destinations(&self) -> bool {
+        true
     }
 
     /// Ids derived from the record or its position make a replay overwrite
@@ -208,12 +221,12 @@ fn bad_database(name: &str) -> bool {
     name.is_empty() || name.contains(['/', '\\', '.', ' ', '"', '$'])
 }
 
-fn bad_collection(name: &str) -> bool {
+pub(crate) fn bad_collection(name: &str) -> bool {
     name.is_empty() || name.contains('$') || name.starts_with("system.")
 }
 
 const DATABASE_NAME: &str = "must be a non-empty name without / \\ . space \" $";
-const COLLECTION_NAME: &str = "must be a non-empty name without $, not in system.*";
+pub(crate) const COLLECTION_NAME: &str = "must be a non-empty name without $, not in system.*";
 
 #[async_trait]
 impl SourceConfig for MongoSourceConfig {

@@ -11,7 +11,7 @@ use mongodb::Database;
 use mongodb::bson::{Bson, Document, doc};
 
 use crate::client::{classify, connect, ping};
-use crate::config::{MongoSinkConfig, WriteMode};
+use crate::config::{COLLECTION_NAME, MongoSinkConfig, WriteMode, bad_collection};
 
 /// Documents per command: well under the server's 100,000, and small
 /// enough that a command stays far below the 48 MB message limit for
@@ -48,6 +48,15 @@ impl MongoSink {
         }
         told.push(self.pipeline.clone());
         true
+    }
+
+    /// The collection `r` goes to, checked as the server would.
+    fn collection_of(&self, r: &Record) -> Result<String, String> {
+        let name = self.config.collection.of(r)?;
+        if bad_collection(&name) {
+            return Err(format!("collection `{name}` {COLLECTION_NAME}"));
+        }
+        Ok(name.into_owned())
     }
 
     /// The document for a record, with its `_id` (none for `id: none`).
@@ -181,16 +190,15 @@ fn normalize_decimal(text: &str) -> Option<(String, i64)> {
 async fn command(
     db: Database,
     config: Arc<MongoSinkConfig>,
+    collection: String,
     docs: Vec<(usize, Option<Bson>, Document)>,
 ) -> Result<Vec<Rejected>, ConnectorError> {
     let indexes: Vec<usize> = docs.iter().map(|(i, _, _)| *i).collect();
-    let (command, sent) = write_command(&config, docs);
-    let reply = db.run_command(command).await.map_err(|e| {
-        classify(
-            &format!("writing to {}.{}", config.database, config.collection),
-            e,
-        )
-    })?;
+    let (command, sent) = write_command(&config, &collection, docs);
+    let reply = db
+        .run_command(command)
+        .await
+        .map_err(|e| classify(&format!("writing to {}.{collection}", config.database), e))?;
     if let Ok(wce) = reply.get_document("writeConcernError") {
         return Err(ConnectorError::Retriable(format!(
             "MongoDB could not make the write durable: {wce}"
@@ -198,7 +206,9 @@ async fn command(
     }
     let (mut rejected, taken) = refusals(&config, &reply, &indexes, !sent.is_empty())?;
     if !taken.is_empty() {
-        rejected.extend(differing(&db, &config, &sent, &taken, &indexes).await?);
+        let stored = db.collection::<Document>(&collection);
+        let what = format!("reading back {}.{collection}", config.database);
+        rejected.extend(differing(&stored, &what, &sent, &taken, &indexes).await?);
     }
     Ok(rejected)
 }
@@ -209,6 +219,7 @@ async fn command(
 /// tells them apart.
 fn write_command(
     config: &MongoSinkConfig,
+    collection: &str,
     docs: Vec<(usize, Option<Bson>, Document)>,
 ) -> (Document, Vec<Document>) {
     let journaled = doc! {"w": 1, "j": true};
@@ -228,7 +239,7 @@ fn write_command(
                 _ => Vec::new(),
             };
             let command = doc! {
-                "insert": &config.collection,
+                "insert": collection,
                 "documents": documents,
                 "ordered": false,
                 "writeConcern": journaled,
@@ -248,7 +259,7 @@ fn write_command(
                 })
                 .collect();
             let command = doc! {
-                "update": &config.collection,
+                "update": collection,
                 "updates": updates,
                 "ordered": false,
                 "writeConcern": journaled,
@@ -312,8 +323,8 @@ fn refusals(
 /// `write: insert` keeps the first record of each id. The same document is
 /// a replay: nothing to do.
 async fn differing(
-    db: &Database,
-    config: &MongoSinkConfig,
+    stored_in: &mongodb::Collection<Document>,
+    what: &str,
     sent: &[Document],
     taken: &[usize],
     indexes: &[usize],
@@ -323,17 +334,15 @@ async fn differing(
         .iter()
         .filter_map(|&i| sent[i].get("_id").cloned())
         .collect();
-    let what = format!("reading back {}.{}", config.database, config.collection);
-    let mut cursor = db
-        .collection::<Document>(&config.collection)
+    let mut cursor = stored_in
         .find(doc! {"_id": {"$in": ids}})
         .await
-        .map_err(|e| classify(&what, e))?;
+        .map_err(|e| classify(what, e))?;
     let mut stored = std::collections::HashMap::new();
-    while cursor.advance().await.map_err(|e| classify(&what, e))? {
+    while cursor.advance().await.map_err(|e| classify(what, e))? {
         let d = cursor
             .deserialize_current()
-            .map_err(|e| classify(&what, e))?;
+            .map_err(|e| classify(what, e))?;
         if let Some(id) = d.get("_id") {
             stored.insert(key(id), d);
         }
@@ -347,11 +356,10 @@ async fn differing(
             Some(there) => Some(there.clone()),
             // The server matched it under another form (5 and 5.0 are one
             // _id to it): asked by that _id itself.
-            None => db
-                .collection::<Document>(&config.collection)
+            None => stored_in
                 .find_one(doc! {"_id": id.clone()})
                 .await
-                .map_err(|e| classify(&what, e))?,
+                .map_err(|e| classify(what, e))?,
         };
         match there {
             Some(there) if there == sent[i] => {}
@@ -427,25 +435,34 @@ impl Sink for MongoSink {
         let mut running = tokio::task::JoinSet::new();
         let mut rejected = Vec::new();
         for (n, records) in batch.chunks(PER_COMMAND).enumerate() {
-            let mut docs = Vec::with_capacity(records.len());
+            // One command per collection of the chunk; a collection's
+            // documents keep their order.
+            let mut by_collection: Vec<(String, Vec<_>)> = Vec::new();
             for (i, r) in records.iter().enumerate() {
                 let index = n * PER_COMMAND + i;
-                match self.document(r) {
-                    Ok((id, d)) => docs.push((index, id, d)),
+                let made = self
+                    .collection_of(r)
+                    .and_then(|c| Ok((c, self.document(r)?)));
+                match made {
+                    Ok((collection, (id, d))) => {
+                        match by_collection.iter_mut().find(|(c, _)| *c == collection) {
+                            Some((_, docs)) => docs.push((index, id, d)),
+                            None => by_collection.push((collection, vec![(index, id, d)])),
+                        }
+                    }
                     Err(message) => rejected.push(Rejected {
                         index,
                         error: ConnectorError::Fatal(message),
                     }),
                 }
             }
-            if docs.is_empty() {
-                continue;
+            for (collection, docs) in by_collection {
+                while running.len() >= window {
+                    let done = running.join_next().await.expect("a command is running");
+                    rejected.extend(finished(done)?);
+                }
+                running.spawn(command(db.clone(), self.config.clone(), collection, docs));
             }
-            while running.len() >= window {
-                let done = running.join_next().await.expect("a command is running");
-                rejected.extend(finished(done)?);
-            }
-            running.spawn(command(db.clone(), self.config.clone(), docs));
         }
         while let Some(done) = running.join_next().await {
             rejected.extend(finished(done)?);

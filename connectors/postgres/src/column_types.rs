@@ -27,7 +27,7 @@ pub(crate) fn identifier_prefix(name: &str) -> &str {
 }
 
 /// The column type `create_table` gives a field, from the batch's values.
-pub(crate) fn column_type(batch: &[Record], field: &str) -> &'static str {
+pub(crate) fn column_type(batch: &[&Record], field: &str) -> &'static str {
     let (mut int, mut float, mut bool_, mut text, mut nested) = (false, false, false, false, false);
     let mut big = false;
     for r in batch {

@@ -3,7 +3,7 @@ use ferry_api::{
     BuildContext, ConfigProblem, ConnectorError, Delivery, PathSegment, Sink, SinkConfig, Source,
     SourceConfig,
 };
-use ferry_connector_kit::redact_url;
+use ferry_connector_kit::{Destination, redact_url};
 use serde::Deserialize;
 
 use crate::sink::PostgresSink;
@@ -29,8 +29,11 @@ pub struct PostgresSinkConfig {
     /// `postgres://user:password@host:port/database`; use `${PG_URL}` to keep
     /// the password out of the file.
     pub url: String,
-    /// `schema.table` or `table` (schema `public`). Must exist.
-    pub table: String,
+    /// `schema.table` or `table` (schema `public`), or `{field: name}` for
+    /// a record field that names it; a `route` transform's destination goes
+    /// before either. Must exist, unless `create_table`; a record sent to a
+    /// table that does not and cannot exist is refused (dead-lettered).
+    pub table: Destination,
     /// `insert` (default) or `upsert`.
     #[serde(default)]
     pub mode: Mode,
@@ -134,7 +137,7 @@ fn default_offsets_table() -> String {
 }
 
 /// What a table name that is not a plain `table` or `schema.table` gets told.
-const TABLE_NAME: &str = "must be `table` or `schema.table` (letters, digits, _)";
+pub(crate) const TABLE_NAME: &str = "must be `table` or `schema.table` (letters, digits, _)";
 
 /// `schema.table` → (schema, table), both validated as plain identifiers.
 pub(crate) fn split_table(name: &str) -> Option<(String, String)> {
@@ -164,6 +167,12 @@ impl SinkConfig for PostgresSinkDefinition {
         Delivery::Transactional
     }
 
+    /// A routed record goes to the table its route names, in the same
+    /// transaction as the others.
+    fn takes_destinations(&self) -> bool {
+        true
+    }
+
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
         Ok(Box::new(PostgresSink::new(
             self.settings.clone(),
@@ -187,8 +196,14 @@ impl PostgresSinkConfig {
     fn problems(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
         check_url(&self.url, &mut problems);
-        if split_table(&self.table).is_none() {
-            problems.push(ConfigProblem::at("table", TABLE_NAME));
+        match &self.table {
+            Destination::Name(name) if split_table(name).is_none() => {
+                problems.push(ConfigProblem::at("table", TABLE_NAME))
+            }
+            Destination::Field { field } if field.is_empty() => {
+                problems.push(ConfigProblem::at("table", "field must not be empty"))
+            }
+            _ => {}
         }
         if split_table(&self.offsets_table).is_none() {
             problems.push(ConfigProblem::at("offsets_table", TABLE_NAME));
@@ -246,7 +261,7 @@ impl PostgresSinkConfig {
         format!(
             "postgres {} table {} ({mode})",
             redact_url(&self.url),
-            self.table
+            self.table.describe()
         )
     }
 }

@@ -87,6 +87,8 @@ pub(super) struct Pipeline {
     records_out: u64,
     bytes_out: u64,
     dead_lettered: u64,
+    /// Records a `filter` transform dropped (their positions committed).
+    filtered: u64,
     retries: u64,
     restarts: u64,
     /// Over the last 10 seconds.

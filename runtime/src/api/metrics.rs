@@ -132,6 +132,15 @@ impl Pipelines {
         self.each(
             encoder,
             (
+                "ferry_records_filtered",
+                "Records a filter transform dropped (committed past, not written).",
+                counter,
+            ),
+            |v| load(&v.stats.filtered),
+        )?;
+        self.each(
+            encoder,
+            (
                 "ferry_retries",
                 "Restarts after retriable failures, and the connectors' own retries.",
                 counter,

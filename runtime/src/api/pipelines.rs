@@ -186,6 +186,7 @@ fn view_json(v: &PipelineView) -> Value {
         "records_out": s.records_out,
         "bytes_out": v.stats.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
         "dead_lettered": s.dead_lettered,
+        "filtered": s.filtered,
         "retries": s.retries,
         "restarts": s.status.restarts,
         "rate": rate_json(v.stats.rate(10)),

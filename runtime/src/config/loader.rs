@@ -163,10 +163,18 @@ impl Loader<'_> {
             ),
             None => Some(ErrorsConfig::default()),
         };
-        let transforms = match top.remove("transforms") {
+        let (transforms, route_at) = match top.remove("transforms") {
             Some(v) => self.transforms(&v),
-            None => Some(Default::default()),
+            None => (Some(Default::default()), None),
         };
+        if let (Some(i), Some((sink_type, sink))) = (route_at, &sink)
+            && !sink.takes_destinations()
+        {
+            let message = format!(
+                "a route step, but sink `{sink_type}` writes to one destination only (the postgres, mongodb, kafka and elasticsearch sinks take routed records)"
+            );
+            self.error(&format!("transforms[{i}]"), At::Value, message);
+        }
         let ((source_type, source), (sink_type, sink)) = (source?, sink?);
         let mut delivery = delivery?;
         // A sink's own batching setting (Elasticsearch's
@@ -193,16 +201,26 @@ impl Loader<'_> {
     }
 
     /// `transforms:`: each step parsed and checked on its own, so that
-    /// every problem of every step is reported at its place.
-    fn transforms(&mut self, v: &Value) -> Option<std::sync::Arc<crate::transform::Chain>> {
+    /// every problem of every step is reported at its place; and the index
+    /// of the first `route` step, for the sink to be checked against.
+    fn transforms(
+        &mut self,
+        v: &Value,
+    ) -> (
+        Option<std::sync::Arc<crate::transform::Chain>>,
+        Option<usize>,
+    ) {
         let Value::Array(items) = v else {
             self.error(
                 "transforms",
                 At::Value,
                 "must be a list of steps (- type: rename, …)",
             );
-            return None;
+            return (None, None);
         };
+        let route_at = items
+            .iter()
+            .position(|item| item.get("type").and_then(Value::as_str) == Some("route"));
         let mut configs = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let step = self.section(
@@ -218,9 +236,11 @@ impl Loader<'_> {
             );
             configs.push(step);
         }
-        let configs: Vec<_> = configs.into_iter().collect::<Option<_>>()?;
+        let Some(configs) = configs.into_iter().collect::<Option<Vec<_>>>() else {
+            return (None, route_at);
+        };
         let chain = crate::transform::Chain::compile(&configs).expect("every step was checked");
-        Some(std::sync::Arc::new(chain))
+        (Some(std::sync::Arc::new(chain)), route_at)
     }
 
     /// Every top-level key is known, and the needed ones are there.

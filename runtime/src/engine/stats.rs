@@ -29,6 +29,8 @@ pub struct Stats {
     /// sample for records that hold parsed values).
     pub bytes_out: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Records a `filter` transform dropped (committed past, not written).
+    pub filtered: AtomicU64,
     /// The runtime's restarts and the connectors' own retries
     /// ([`ferry_api::Retries`]).
     pub retries: Arc<AtomicU64>,
@@ -52,6 +54,7 @@ impl Default for Stats {
             records_out: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            filtered: AtomicU64::new(0),
             retries: Arc::default(),
             // 1 ms … 32 s: an fsync to a remote transaction.
             commit_seconds: Histogram::new(

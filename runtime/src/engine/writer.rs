@@ -26,6 +26,8 @@ pub(super) struct Uncommitted {
     /// Their size as JSON text.
     pub(super) bytes_out: u64,
     pub(super) dead: Vec<Value>,
+    /// Records a `filter` transform dropped.
+    pub(super) filtered: u64,
     /// When the first item since the last commit arrived.
     pub(super) since: Option<Instant>,
 }
@@ -258,7 +260,7 @@ impl Writer<'_> {
                 Item::Invalid(i) => self.open.dead.push(self.dead_letters.invalid(&i)),
                 Item::Failed(r, f) => self.open.dead.push(self.dead_letters.untransformed(&r, &f)),
                 // Its position moved above; nothing to write.
-                Item::Dropped(_) => {}
+                Item::Dropped(_) => self.open.filtered += 1,
             }
         }
         let mut rejected = self
@@ -423,6 +425,9 @@ impl Writer<'_> {
         self.stats
             .dead_lettered
             .fetch_add(open.dead.len() as u64, Ordering::Relaxed);
+        self.stats
+            .filtered
+            .fetch_add(open.filtered, Ordering::Relaxed);
         self.stats.batch_records.observe(open.items as f64);
         self.stats.committed_now(&open.positions);
         self.commits.send_replace(open.positions);

@@ -129,6 +129,8 @@ pub struct Snapshot {
     pub replayed: u64,
     pub records_out: u64,
     pub dead_lettered: u64,
+    /// Dropped by a `filter` transform.
+    pub filtered: u64,
     pub retries: u64,
     /// When a commit last became durable (none yet in this run).
     pub last_commit: Option<SystemTime>,
@@ -145,6 +147,7 @@ impl Snapshot {
             replayed: stats.replayed.load(Ordering::Relaxed),
             records_out: stats.records_out.load(Ordering::Relaxed),
             dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
+            filtered: stats.filtered.load(Ordering::Relaxed),
             retries: stats.retries.load(Ordering::Relaxed),
             last_commit: stats.last_commit(),
             committed: stats.committed(),

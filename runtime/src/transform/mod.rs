@@ -13,6 +13,10 @@
 //! A record a `filter` drops is handed on as its position alone: the
 //! writer commits past it and writes nothing.
 //!
+//! A `route` step names the record's destination
+//! ([`ferry_api::Record::destination`]); the sink writes it there. A chain
+//! that routes into a sink with one destination is refused at load.
+//!
 //! Files by job: `path.rs` (dotted field paths), `steps.rs` (every step),
 //! `lang.rs` (VRL, the language of filter and remap), `time.rs` (time
 //! formats).
@@ -92,6 +96,21 @@ pub enum TransformConfig {
         #[serde(default = "default_time_format")]
         format: String,
     },
+    /// Sends the record to a destination of the sink — a table, a
+    /// collection, a topic or an index — named by one of its fields.
+    Route {
+        /// The field whose value names the destination (a dotted path; a
+        /// string, or a number or boolean as its text).
+        field: String,
+        /// `{value: destination}`: names the value stands for; a value not
+        /// in it takes `default`. Empty: the value is the name.
+        #[serde(default)]
+        map: BTreeMap<String, String>,
+        /// Where a record goes whose field is missing, null, empty or not
+        /// in `map`; without it, such a record fails the step.
+        #[serde(default)]
+        default: Option<String>,
+    },
 }
 
 fn default_separator() -> String {
@@ -140,6 +159,7 @@ impl TransformConfig {
             TransformConfig::Timestamp { .. } => "timestamp",
             TransformConfig::Filter { .. } => "filter",
             TransformConfig::Remap { .. } => "remap",
+            TransformConfig::Route { .. } => "route",
         }
     }
 }
@@ -199,17 +219,26 @@ impl Chain {
         self.steps.is_empty()
     }
 
+    /// The index of the first `route` step, if the chain routes records.
+    pub fn route_step(&self) -> Option<usize> {
+        self.steps
+            .iter()
+            .position(|(_, step)| matches!(step, Step::Route { .. }))
+    }
+
     /// Runs every step on `record`. A failure gives the record back as it
     /// came, for its dead letter.
     pub fn apply(&self, mut record: Record) -> Outcome {
         let original = record.value.clone();
+        let destination = record.destination.clone();
         for (i, (kind, step)) in self.steps.iter().enumerate() {
-            let applied = step.apply(&mut record.value);
+            let applied = step.apply(&mut record);
             if let Ok(false) = applied {
                 return Outcome::Dropped(record.position);
             }
             if let Err(error) = applied {
                 record.value = original;
+                record.destination = destination;
                 return Outcome::Failed(
                     record,
                     Failure {

@@ -46,7 +46,6 @@ impl FieldPath {
     }
 
     /// The value at this path, if every key on the way is there.
-    #[cfg(test)]
     pub fn get<'a>(&self, value: &'a Value) -> Option<&'a Value> {
         self.0.iter().try_fold(value, |v, k| v.as_object()?.get(k))
     }

@@ -28,6 +28,11 @@ pub(super) enum Step {
         parse: TimeFormat,
         format: TimeFormat,
     },
+    Route {
+        field: FieldPath,
+        map: std::collections::BTreeMap<String, String>,
+        default: Option<String>,
+    },
 }
 
 /// Each of `keys` as a path, or a problem at `fields.<key>` (a map's key)
@@ -164,6 +169,36 @@ impl Step {
                     _ => return Err(problems),
                 }
             }
+            TransformConfig::Route {
+                field,
+                map,
+                default,
+            } => {
+                let field = FieldPath::parse(field)
+                    .map_err(|why| problems.push(ConfigProblem::at("field", why)));
+                for (value, name) in map {
+                    if name.is_empty() {
+                        problems.push(ConfigProblem {
+                            path: vec![
+                                PathSegment::Key("map".into()),
+                                PathSegment::Key(value.clone()),
+                            ],
+                            message: "an empty destination".into(),
+                        });
+                    }
+                }
+                if default.as_deref() == Some("") {
+                    problems.push(ConfigProblem::at("default", "an empty destination"));
+                }
+                match field {
+                    Ok(field) if problems.is_empty() => Step::Route {
+                        field,
+                        map: map.clone(),
+                        default: default.clone(),
+                    },
+                    _ => return Err(problems),
+                }
+            }
             TransformConfig::Filter { condition } => match Vrl::condition(condition) {
                 Ok(program) => Step::Filter(program),
                 Err(errors) => return Err(program_problems("if", errors)),
@@ -180,9 +215,22 @@ impl Step {
         }
     }
 
-    /// Applies the step to a record's value: false when the record is
-    /// dropped (a filter's condition is false).
-    pub(super) fn apply(&self, value: &mut Value) -> Result<bool, String> {
+    /// Applies the step to a record: false when the record is dropped (a
+    /// filter's condition is false).
+    pub(super) fn apply(&self, record: &mut ferry_api::Record) -> Result<bool, String> {
+        if let Step::Route {
+            field,
+            map,
+            default,
+        } = self
+        {
+            record.destination = Some(destination(field, map, default, &record.value)?);
+            return Ok(true);
+        }
+        self.apply_to_value(&mut record.value)
+    }
+
+    fn apply_to_value(&self, value: &mut Value) -> Result<bool, String> {
         match self {
             Step::Filter(program) => {
                 return match program.run(value)? {
@@ -255,15 +303,61 @@ impl Step {
                 parse,
                 format,
             } => {
+                // Null stays null, as in `cast`.
                 if let Some(v) = field.take(value) {
+                    if v.is_null() {
+                        field.set(value, v)?;
+                        return Ok(true);
+                    }
                     let at = parse.read(&v).map_err(|why| format!("{field}: {why}"))?;
                     let written = format.write(at).map_err(|why| format!("{field}: {why}"))?;
                     field.set(value, written)?;
                 }
             }
-            Step::Filter(_) | Step::Remap(_) => unreachable!("run above"),
+            Step::Filter(_) | Step::Remap(_) | Step::Route { .. } => unreachable!("run above"),
         }
         Ok(true)
+    }
+}
+
+/// The destination `route` gives a record: its field's value as text,
+/// through `map` when there is one, else `default`.
+fn destination(
+    field: &FieldPath,
+    map: &std::collections::BTreeMap<String, String>,
+    default: &Option<String>,
+    value: &Value,
+) -> Result<String, String> {
+    let named = match field.get(value) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => Some(v.to_string()),
+        Some(other) => {
+            return Err(format!(
+                "{field} is {}, not the name of a destination",
+                ferry_connector_kit::json_kind(other)
+            ));
+        }
+    };
+    let routed = match named {
+        Some(name) if map.is_empty() => Some(name),
+        Some(name) => map.get(&name).cloned(),
+        None => None,
+    };
+    match (routed, default) {
+        (Some(to), _) => Ok(to),
+        (None, Some(d)) => Ok(d.clone()),
+        (None, None) => Err(match field.get(value) {
+            None | Some(Value::Null) => format!("{field} is missing, and the route has no default"),
+            Some(v) if map.is_empty() => {
+                format!("{field} is {}, and the route has no default", shown(v))
+            }
+            Some(v) => format!(
+                "{field} is {}, which is not in the route's map, and the route has no default",
+                shown(v)
+            ),
+        }),
     }
 }
 
@@ -316,9 +410,11 @@ fn cast(v: Value, to: CastTo) -> Result<Value, String> {
                 }
                 _ => refuse(&v),
             },
-            Value::String(s) => match s.trim().parse::<i64>() {
-                Ok(i) => Ok(Value::from(i)),
-                Err(_) => refuse(&v),
+            // "3" and "3.0"; not "3.5".
+            Value::String(s) => match (s.trim().parse::<i64>(), s.trim().parse::<f64>()) {
+                (Ok(i), _) => Ok(Value::from(i)),
+                (_, Ok(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Value::from(f as i64)),
+                _ => refuse(&v),
             },
             Value::Bool(b) => Ok(Value::from(i64::from(*b))),
             _ => refuse(&v),
@@ -375,7 +471,53 @@ mod tests {
     }
 
     fn run(yaml: &str, mut v: Value) -> Result<Value, String> {
-        step(yaml).apply(&mut v).map(|_| v)
+        step(yaml).apply_to_value(&mut v).map(|_| v)
+    }
+
+    fn route(yaml: &str, v: Value) -> Result<Option<String>, String> {
+        let position = ferry_api::Position {
+            partition: std::sync::Arc::new(ferry_api::Partition::new("p")),
+            offset: json!(0),
+        };
+        let mut r = ferry_api::Record::new(v, position);
+        step(yaml).apply(&mut r)?;
+        Ok(r.destination)
+    }
+
+    #[test]
+    fn route_names_the_destination_from_a_field() {
+        let plain = "type: route\nfield: geo.region";
+        assert_eq!(
+            route(plain, json!({"geo": {"region": "eu"}})),
+            Ok(Some("eu".into()))
+        );
+        assert_eq!(
+            route(plain, json!({"geo": {"region": 7}})),
+            Ok(Some("7".into()))
+        );
+        let err = route(plain, json!({"x": 1})).unwrap_err();
+        assert!(err.contains("geo.region is missing"), "{err}");
+        let err = route(plain, json!({"geo": {"region": [1]}})).unwrap_err();
+        assert!(err.contains("is an array"), "{err}");
+        let mapped = "type: route\nfield: r\nmap: {eu: orders_eu}\ndefault: orders_other";
+        assert_eq!(
+            route(mapped, json!({"r": "eu"})),
+            Ok(Some("orders_eu".into()))
+        );
+        assert_eq!(
+            route(mapped, json!({"r": "us"})),
+            Ok(Some("orders_other".into()))
+        );
+        assert_eq!(
+            route(mapped, json!({"r": ""})),
+            Ok(Some("orders_other".into()))
+        );
+        let strict = "type: route\nfield: r\nmap: {eu: orders_eu}";
+        let err = route(strict, json!({"r": "us"})).unwrap_err();
+        assert!(err.contains("not in the route's map"), "{err}");
+        let bad: TransformConfig =
+            serde_yaml::from_str("type: route\nfield: 'a..b'\nmap: {x: ''}\ndefault: ''").unwrap();
+        assert_eq!(Step::compile(&bad).unwrap_err().len(), 3);
     }
 
     #[test]
@@ -418,6 +560,10 @@ mod tests {
         let e = run(cast, json!({"qty": "three"})).unwrap_err();
         assert_eq!(e, r#"qty: "three" cannot be cast to integer"#);
         assert!(run(cast, json!({"qty": 2.5})).is_err());
+        assert_eq!(run(cast, json!({"qty": "3.0"})).unwrap()["qty"], json!(3));
+        assert!(run(cast, json!({"qty": "3.5"})).is_err());
+        let ts = "type: timestamp\nfield: t\nparse: unix_s";
+        assert_eq!(run(ts, json!({"t": null})).unwrap(), json!({"t": null}));
         assert_eq!(
             run(cast, json!({"qty": null})).unwrap(),
             json!({"qty": null})

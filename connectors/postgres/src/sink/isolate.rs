@@ -15,7 +15,7 @@ impl PostgresSink {
     /// Writes `batch` isolating refused rows; returns them.
     pub(super) async fn write_isolating(
         &mut self,
-        batch: &[Record],
+        batch: &[&Record],
     ) -> Result<Vec<Rejected>, ConnectorError> {
         // Nothing may run on the connection while a COPY is open.
         self.finish_stream().await?;
@@ -50,10 +50,7 @@ impl PostgresSink {
                     }
                 }
                 Err(e) => {
-                    return Err(db_error(
-                        &format!("writing rows into {}", self.config.table),
-                        e,
-                    ));
+                    return Err(db_error(&format!("writing rows into {}", self.table), e));
                 }
             }
         }
@@ -63,7 +60,7 @@ impl PostgresSink {
 
     /// One chunk under a savepoint (isolating a refused row): COPYs `rows` into the
     /// target (insert) or through the staging table (upsert).
-    async fn copy_rows(&mut self, rows: &[Record]) -> Result<(), sqlx::Error> {
+    async fn copy_rows(&mut self, rows: &[&Record]) -> Result<(), sqlx::Error> {
         for (run, cols) in self.column_runs(rows) {
             self.copy_run(run, &cols).await?;
         }
@@ -72,7 +69,7 @@ impl PostgresSink {
 
     async fn copy_run(
         &mut self,
-        rows: &[Record],
+        rows: &[&Record],
         cols: &[(String, String, bool)],
     ) -> Result<(), sqlx::Error> {
         let mut buf = Vec::with_capacity(rows.len() * 128);

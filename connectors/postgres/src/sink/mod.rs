@@ -19,6 +19,15 @@
 //! then replayed once with a savepoint per chunk, splitting chunks until
 //! the refused rows stand alone, and those are reported as rejected.
 //!
+//! Records may name their tables (`table: {field: …}`, or a `route`
+//! transform): a batch is split by table, keeping each table's records in
+//! order, and each table's rows get a COPY of their own — all in the one
+//! transaction that also stores the positions. One table is written at a
+//! time (a connection runs one COPY); the others are parked with what was
+//! learnt of them (columns, staging table). A record whose table does not
+//! exist (and `create_table` is off) or whose name is no table name is
+//! refused, and goes where the pipeline's tolerance sends refused records.
+//!
 //! Files by job: `stream.rs` (the COPY stream and the upsert route),
 //! `isolate.rs` (the replay that isolates refused rows), `table.rs` (column
 //! mapping, `create_table`, the staging table), `offsets.rs` (the offsets
@@ -35,7 +44,7 @@ use ferry_api::{ConnectorError, PendingCommit, Positions, Record, Rejected, Sink
 // validated as plain names and are quoted; values are bound.
 use sqlx::{Connection, PgConnection};
 
-use crate::config::{PostgresSinkConfig, split_table};
+use crate::config::{PostgresSinkConfig, TABLE_NAME, split_table};
 use crate::sql::{db_error, quote};
 use offsets::position_text;
 use stream::{CopyStream, UpsertRoute, copy_failed, exec, finish};
@@ -47,10 +56,20 @@ mod table;
 
 /// Consecutive rows and the columns they give values for: (field, column,
 /// whether the column takes JSON).
-type ColumnRun<'r> = (&'r [Record], Vec<(String, String, bool)>);
+type ColumnRun<'r> = (&'r [&'r Record], Vec<(String, String, bool)>);
 
-/// Per-connection temporary table the rows are COPYed into.
+/// Per-connection temporary table the rows are COPYed into (for the first
+/// table; the others' get a number).
 const STAGE: &str = "ferry_stage";
+
+/// A table this sink wrote to in its life, while another is written.
+struct Parked {
+    target: String,
+    stage: String,
+    mapping: Vec<(String, String, bool)>,
+    pending_create: bool,
+    upsert_route: Arc<UpsertRoute>,
+}
 
 pub(crate) struct PostgresSink {
     config: PostgresSinkConfig,
@@ -71,8 +90,17 @@ pub(crate) struct PostgresSink {
     /// This transaction created the table: its commit must be durable
     /// before the other connection can see the table.
     created_table: bool,
+    /// The table being written, as named (`schema.table` or `table`);
+    /// empty before the first write when records name their tables.
+    table: String,
     /// `"schema"."table"`, quoted.
     target: String,
+    /// The table's staging table (upserts).
+    stage: String,
+    /// The other tables written in this life, by name.
+    parked: HashMap<String, Parked>,
+    /// Tables met so far: numbers the staging tables.
+    tables_met: usize,
     offsets: String,
     /// `(field, column, column holds json)`, resolved against the table.
     mapping: Vec<(String, String, bool)>,
@@ -109,10 +137,17 @@ impl PostgresSink {
         pipeline: String,
         isolate_next: Arc<AtomicUsize>,
     ) -> Self {
-        let (schema, table) = split_table(&config.table).expect("validated");
+        let (table, target) = match config.table.fixed() {
+            Some(name) => (name.to_string(), quoted_table(name).expect("validated")),
+            None => (String::new(), String::new()),
+        };
         let (oschema, otable) = split_table(&config.offsets_table).expect("validated");
         PostgresSink {
-            target: format!("{}.{}", quote(&schema), quote(&table)),
+            tables_met: usize::from(!table.is_empty()),
+            table,
+            target,
+            stage: STAGE.to_string(),
+            parked: HashMap::new(),
             offsets: format!("{}.{}", quote(&oschema), quote(&otable)),
             config,
             pipeline,
@@ -147,6 +182,11 @@ impl PostgresSink {
     /// validate --check-connections`.
     pub(crate) async fn check(&mut self) -> Result<(), ConnectorError> {
         self.connect().await?;
+        if self.table.is_empty() {
+            // Records name their tables: none to check before they come.
+            self.close_conn().await;
+            return Ok(());
+        }
         let found = self.resolve_columns().await;
         self.close_conn().await;
         match found? {
@@ -206,12 +246,115 @@ impl PostgresSink {
     async fn begin(&mut self) -> Result<(), ConnectorError> {
         if !self.in_transaction {
             self.ensure_conn().await?;
-            self.execute("starting a transaction", "BEGIN").await?;
+            // A routed table's staging table was made inside a transaction,
+            // which a rollback undoes: made again (if missing) with BEGIN.
+            let sql = match self.ensure_stage_sql() {
+                Some(ensure) => format!("BEGIN; {ensure}"),
+                None => "BEGIN".to_string(),
+            };
+            self.execute("starting a transaction", &sql).await?;
             self.in_transaction = true;
             self.savepoint = false;
             self.copy_savepoint = false;
         }
         Ok(())
+    }
+}
+
+/// `"schema"."table"` for a valid name.
+fn quoted_table(name: &str) -> Option<String> {
+    split_table(name).map(|(schema, table)| format!("{}.{}", quote(&schema), quote(&table)))
+}
+
+impl PostgresSink {
+    /// The batch's records by table, each table's in their order (the
+    /// tables in the order first met), and the records that name none.
+    fn by_table(&self, batch: &[Record]) -> (Vec<(String, Vec<usize>)>, Vec<Rejected>) {
+        if let Some(name) = self.config.table.fixed()
+            && batch.iter().all(|r| r.destination.is_none())
+        {
+            return (
+                vec![(name.to_string(), (0..batch.len()).collect())],
+                Vec::new(),
+            );
+        }
+        let mut tables: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut place: HashMap<String, usize> = HashMap::new();
+        let mut rejected = Vec::new();
+        for (index, r) in batch.iter().enumerate() {
+            match self.config.table.of(r) {
+                Ok(name) => match place.get(name.as_ref()) {
+                    Some(&at) => tables[at].1.push(index),
+                    None => {
+                        place.insert(name.to_string(), tables.len());
+                        tables.push((name.into_owned(), vec![index]));
+                    }
+                },
+                Err(why) => rejected.push(Rejected {
+                    index,
+                    error: ConnectorError::Fatal(why),
+                }),
+            }
+        }
+        (tables, rejected)
+    }
+
+    /// Makes `name` the table the next rows go to, finishing the COPY into
+    /// the one before. `Some(why)` when records cannot go there: refused.
+    async fn switch_to(&mut self, name: &str) -> Result<Option<String>, ConnectorError> {
+        if name == self.table {
+            return Ok(None);
+        }
+        let Some(target) = quoted_table(name) else {
+            return Ok(Some(format!("`{name}` is no table name: it {TABLE_NAME}")));
+        };
+        self.finish_stream().await?;
+        let next = self.parked.remove(name);
+        let known = next.is_some();
+        let next = next.unwrap_or_else(|| {
+            self.tables_met += 1;
+            Parked {
+                target,
+                stage: format!("{STAGE}_{}", self.tables_met),
+                mapping: Vec::new(),
+                pending_create: false,
+                upsert_route: Arc::default(),
+            }
+        });
+        let before = Parked {
+            target: std::mem::replace(&mut self.target, next.target),
+            stage: std::mem::replace(&mut self.stage, next.stage),
+            mapping: std::mem::replace(&mut self.mapping, next.mapping),
+            pending_create: std::mem::replace(&mut self.pending_create, next.pending_create),
+            upsert_route: std::mem::replace(&mut self.upsert_route, next.upsert_route),
+        };
+        let before_name = std::mem::replace(&mut self.table, name.to_string());
+        if !before_name.is_empty() {
+            self.parked.insert(before_name, before);
+        }
+        if !known {
+            let refusal = match self.resolve_columns().await {
+                Ok(true) => None,
+                Ok(false) if self.config.create_table => {
+                    self.pending_create = true;
+                    None
+                }
+                Ok(false) => Some(self.missing_table().to_string()),
+                Err(ConnectorError::Fatal(why)) => Some(why),
+                Err(e) => return Err(e),
+            };
+            if let Some(why) = refusal {
+                // Not kept: looked up again when a record names it next
+                // (someone may create it meanwhile).
+                self.table.clear();
+                self.tables_met -= 1;
+                return Ok(Some(why));
+            }
+        }
+        if let Some(sql) = self.ensure_stage_sql() {
+            self.execute("making the staging table", &sql).await?;
+        }
+        Ok(None)
     }
 }
 
@@ -223,7 +366,9 @@ impl Sink for PostgresSink {
         self.isolating = self.isolate_next.swap(0, Relaxed);
         self.connect().await?;
         self.create_offsets_table().await?;
-        if self.resolve_columns().await? {
+        if self.table.is_empty() {
+            // Records name their tables: each is looked up when first met.
+        } else if self.resolve_columns().await? {
             self.create_stage().await?;
         } else if self.config.create_table {
             self.pending_create = true;
@@ -257,18 +402,35 @@ impl Sink for PostgresSink {
             return Ok(Vec::new());
         }
         self.begin().await?;
-        if self.pending_create {
-            self.create_table(batch).await?;
-        }
         self.uncommitted += batch.len();
         // After a refused row, the replayed records go chunk by chunk.
-        if self.isolating > 0 {
-            self.isolating = self.isolating.saturating_sub(batch.len());
-        } else {
-            self.stream_rows(batch).await?;
-            return Ok(Vec::new());
+        let isolating = self.isolating > 0;
+        self.isolating = self.isolating.saturating_sub(batch.len());
+        let (tables, mut rejected) = self.by_table(batch);
+        for (table, indexes) in tables {
+            if let Some(why) = self.switch_to(&table).await? {
+                rejected.extend(indexes.iter().map(|&index| Rejected {
+                    index,
+                    error: ConnectorError::Fatal(why.clone()),
+                }));
+                continue;
+            }
+            let rows: Vec<&Record> = indexes.iter().map(|&i| &batch[i]).collect();
+            if self.pending_create {
+                self.create_table(&rows).await?;
+            }
+            if isolating {
+                let refused = self.write_isolating(&rows).await?;
+                rejected.extend(refused.into_iter().map(|r| Rejected {
+                    index: indexes[r.index],
+                    error: r.error,
+                }));
+            } else {
+                self.stream_rows(&rows).await?;
+            }
         }
-        self.write_isolating(batch).await
+        rejected.sort_by_key(|r| r.index);
+        Ok(rejected)
     }
 
     async fn commit(&mut self, positions: &Positions) -> Result<(), ConnectorError> {
@@ -291,7 +453,7 @@ impl Sink for PostgresSink {
         let spare = self.spare.clone();
         let isolate_next = self.isolate_next.clone();
         let uncommitted = self.uncommitted;
-        let table = self.config.table.clone();
+        let table = self.table.clone();
         self.in_transaction = false;
         self.uncommitted = 0;
         let commit = async move {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use ferry_api::{ConnectorError, Record, Value};
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use super::{ColumnRun, PostgresSink, STAGE};
+use super::{ColumnRun, PostgresSink};
 use crate::config::Mode;
 use crate::copy_text::encode;
 use crate::sql::{db_error, is_data_error, is_unique_violation, quote, refusal};
@@ -177,7 +177,7 @@ impl PostgresSink {
     /// on an upsert's update it keeps its value) whatever the rows around
     /// it hold; a field that is `null` is NULL. So how a batch is split
     /// (a refused row splits it) never changes what a row becomes.
-    pub(super) fn column_runs<'r>(&self, rows: &'r [Record]) -> Vec<ColumnRun<'r>> {
+    pub(super) fn column_runs<'r>(&self, rows: &'r [&'r Record]) -> Vec<ColumnRun<'r>> {
         // Compared row to row without building anything: this runs for
         // every record.
         let has = |r: &Record, f: &str| r.value.get(f).is_some();
@@ -186,11 +186,11 @@ impl PostgresSink {
         let mut runs = Vec::new();
         let mut start = 0;
         for i in 1..=rows.len() {
-            if i == rows.len() || !same_fields(&rows[start], &rows[i]) {
+            if i == rows.len() || !same_fields(rows[start], rows[i]) {
                 let cols: Vec<(String, String, bool)> = self
                     .mapping
                     .iter()
-                    .filter(|(f, c, _)| self.config.key.contains(c) || has(&rows[start], f))
+                    .filter(|(f, c, _)| self.config.key.contains(c) || has(rows[start], f))
                     .cloned()
                     .collect();
                 if !cols.is_empty() {
@@ -203,7 +203,11 @@ impl PostgresSink {
     }
 
     /// Rows in COPY's text format.
-    pub(super) fn encode_rows(rows: &[Record], cols: &[(String, String, bool)], buf: &mut Vec<u8>) {
+    pub(super) fn encode_rows(
+        rows: &[&Record],
+        cols: &[(String, String, bool)],
+        buf: &mut Vec<u8>,
+    ) {
         for r in rows {
             for (n, (field, _, json)) in cols.iter().enumerate() {
                 if n > 0 {
@@ -223,7 +227,7 @@ impl PostgresSink {
     /// `ferry_ord` numbers the rows in the order they came).
     pub(super) fn copy_statement(&self, col_list: &str, stage: bool) -> String {
         if stage {
-            format!("COPY {STAGE} ({col_list}) FROM STDIN (FORMAT text)")
+            format!("COPY {} ({col_list}) FROM STDIN (FORMAT text)", self.stage)
         } else {
             format!("COPY {} ({col_list}) FROM STDIN (FORMAT text)", self.target)
         }
@@ -233,7 +237,7 @@ impl PostgresSink {
     /// without waiting for the server. A row the server refuses aborts the
     /// COPY, and with it the transaction; that shows at
     /// [`Self::finish_stream`].
-    pub(super) async fn stream_rows(&mut self, rows: &[Record]) -> Result<(), ConnectorError> {
+    pub(super) async fn stream_rows(&mut self, rows: &[&Record]) -> Result<(), ConnectorError> {
         for (run, cols) in self.column_runs(rows) {
             self.stream_run(run, cols).await?;
         }
@@ -242,7 +246,7 @@ impl PostgresSink {
 
     async fn stream_run(
         &mut self,
-        rows: &[Record],
+        rows: &[&Record],
         cols: Vec<(String, String, bool)>,
     ) -> Result<(), ConnectorError> {
         if self.stream.as_ref().is_some_and(|s| s.cols != cols) {
@@ -330,7 +334,7 @@ impl PostgresSink {
         };
         let (conn, result) = finish(self.finish_plan(stream)).await?;
         self.conn = Some(conn);
-        result.map_err(|e| copy_failed(&self.isolate_next, self.uncommitted, &self.config.table, e))
+        result.map_err(|e| copy_failed(&self.isolate_next, self.uncommitted, &self.table, e))
     }
 
     /// Upserts: moves the staged rows into the target with one `INSERT …
@@ -366,10 +370,10 @@ impl PostgresSink {
         // DISTINCT ON keeps the last record of each key: one statement may
         // not update a row twice.
         let insert = format!(
-            "INSERT INTO {} ({col_list}) SELECT DISTINCT ON ({keys}) {col_list} FROM {STAGE} \
+            "INSERT INTO {} ({col_list}) SELECT DISTINCT ON ({keys}) {col_list} FROM {} \
              ORDER BY {keys}, ferry_ord DESC ON CONFLICT ({keys}) {action}",
-            self.target
+            self.target, self.stage
         );
-        format!("{insert}; TRUNCATE {STAGE}")
+        format!("{insert}; TRUNCATE {}", self.stage)
     }
 }

@@ -13,7 +13,7 @@ impl PostgresSink {
     /// Reads the table's columns and maps fields onto them. Returns false
     /// when the table does not exist.
     pub(crate) async fn resolve_columns(&mut self) -> Result<bool, ConnectorError> {
-        let (schema, table) = split_table(&self.config.table).expect("validated");
+        let (schema, table) = split_table(&self.table).expect("a table name");
         let rows = sqlx::query(
             "SELECT column_name::text, data_type IN ('json', 'jsonb') FROM information_schema.columns \
              WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
@@ -46,7 +46,7 @@ impl PostgresSink {
                     return Err(ConnectorError::Fatal(format!(
                         "columns: {} not in table {}",
                         missing.join(", "),
-                        self.config.table
+                        self.table
                     )));
                 }
                 map.iter()
@@ -58,7 +58,7 @@ impl PostgresSink {
             if json(k).is_none() {
                 return Err(ConnectorError::Fatal(format!(
                     "key column `{k}` is not a column of {}",
-                    self.config.table
+                    self.table
                 )));
             }
         }
@@ -69,27 +69,50 @@ impl PostgresSink {
         ConnectorError::Fatal(format!(
             "table {} does not exist (or has no columns visible to this user); \
              create it, or set create_table: true",
-            self.config.table
+            self.table
         ))
     }
 
     /// For `mode: upsert`: the per-connection staging table rows are COPYed
     /// into before the `INSERT … ON CONFLICT`.
     pub(super) async fn create_stage(&mut self) -> Result<(), ConnectorError> {
-        if self.config.mode != Mode::Upsert {
+        if self.config.mode != Mode::Upsert || self.table.is_empty() {
             return Ok(());
         }
         let stage = format!(
-            "DROP TABLE IF EXISTS {STAGE}; CREATE TEMP TABLE {STAGE} AS SELECT * FROM {} WITH NO DATA; \
-             ALTER TABLE {STAGE} ADD COLUMN ferry_ord bigint GENERATED ALWAYS AS IDENTITY",
-            self.target
+            "DROP TABLE IF EXISTS {s}; CREATE TEMP TABLE {s} AS SELECT * FROM {} WITH NO DATA; \
+             ALTER TABLE {s} ADD COLUMN ferry_ord bigint GENERATED ALWAYS AS IDENTITY",
+            self.target,
+            s = self.stage
         );
         self.execute("creating the staging table", &stage).await
     }
 
+    /// Upserts into a table a record named (not the configured one): its
+    /// staging table is made inside a transaction, which a rollback
+    /// undoes, so each transaction and each switch to it makes it again
+    /// if it is missing (without the notices of `IF NOT EXISTS`).
+    pub(super) fn ensure_stage_sql(&self) -> Option<String> {
+        if self.config.mode != Mode::Upsert
+            || self.table.is_empty()
+            || self.pending_create
+            || self.stage == STAGE
+        {
+            return None;
+        }
+        Some(format!(
+            "DO $$ BEGIN IF to_regclass('pg_temp.{s}') IS NULL THEN \
+             CREATE TEMP TABLE {s} AS SELECT * FROM {} WITH NO DATA; \
+             ALTER TABLE {s} ADD COLUMN ferry_ord bigint GENERATED ALWAYS AS IDENTITY; \
+             END IF; END $$",
+            self.target,
+            s = self.stage
+        ))
+    }
+
     /// `create_table: true`: creates the table from the fields of the first
     /// batch, inside the batch's transaction (a crash undoes both).
-    pub(super) async fn create_table(&mut self, batch: &[Record]) -> Result<(), ConnectorError> {
+    pub(super) async fn create_table(&mut self, batch: &[&Record]) -> Result<(), ConnectorError> {
         let fields: Vec<(String, String)> = match &self.config.columns {
             Columns::Map(map) => map.clone(),
             Columns::Auto => {
@@ -109,7 +132,7 @@ impl PostgresSink {
                     .filter(|n| {
                         let ok = !n.is_empty() && seen.insert(identifier_prefix(n).to_string());
                         if !ok {
-                            tracing::warn!(table = %self.config.table, field = %n, "create_table: this field cannot be a column of its own (empty, or the same as another within PostgreSQL's 63-byte names); it is not stored");
+                            tracing::warn!(table = %self.table, field = %n, "create_table: this field cannot be a column of its own (empty, or the same as another within PostgreSQL's 63-byte names); it is not stored");
                         }
                         ok
                     })
@@ -137,7 +160,7 @@ impl PostgresSink {
             self.target,
             defs.join(", ")
         );
-        self.execute(&format!("creating table {}", self.config.table), &sql)
+        self.execute(&format!("creating table {}", self.table), &sql)
             .await?;
         if !self.resolve_columns().await? {
             return Err(self.missing_table());
@@ -145,7 +168,7 @@ impl PostgresSink {
         self.create_stage().await?;
         self.pending_create = false;
         self.created_table = true;
-        tracing::info!(table = %self.config.table, "created the table from the first records");
+        tracing::info!(table = %self.table, "created the table from the first records");
         Ok(())
     }
 }
