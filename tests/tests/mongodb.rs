@@ -896,7 +896,7 @@ fn routed_records_go_to_their_collections() {
         dlq[0]["error"]
             .as_str()
             .unwrap()
-            .contains("collection `$bad`"),
+            .contains("collection \"$bad\""),
         "{}",
         dlq[0]
     );

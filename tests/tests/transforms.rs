@@ -469,3 +469,89 @@ fn records_name_their_postgres_tables_for_upserts() {
         "DROP TABLE {x}, {y}; DELETE FROM ferry_offsets WHERE pipeline = '{t}'"
     ));
 }
+
+/// Upserts routed between the configured table and another, in batches so
+/// small that tables switch within every transaction while the commit
+/// before is in flight on the other connection (it hung: each transaction
+/// waited on the other's row locks), keys repeated across batches and
+/// tables; and routes to what is no place for records (a catalog, the
+/// offsets table, a view) refused. Each table ends with the last record of
+/// each of its keys.
+#[test]
+fn routed_upserts_switch_tables_without_waiting_on_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let t = format!("ferry_switch_{}", fastrand::u32(..));
+    for suffix in ["a", "b"] {
+        psql(&format!(
+            "CREATE TABLE {t}_{suffix} (id int PRIMARY KEY, v int, dest text)"
+        ));
+    }
+    psql(&format!("CREATE VIEW {t}_view AS SELECT * FROM {t}_a"));
+    fs::create_dir_all(d.join("in")).unwrap();
+    const N: u32 = 6000;
+    let dest = |i: u32| match i {
+        100 => "pg_catalog.pg_namespace".to_string(),
+        200 => "ferry_offsets".to_string(),
+        300 => format!("{t}_view"),
+        i if i % 3 == 0 => format!("public.{t}_a"),
+        _ => format!("{t}_b"),
+    };
+    let lines: String = (0..N)
+        .map(|i| {
+            format!(
+                "{{\"id\": {}, \"v\": {i}, \"dest\": \"{}\"}}\n",
+                i % 37,
+                dest(i)
+            )
+        })
+        .collect();
+    fs::write(d.join("in/a.jsonl"), lines).unwrap();
+    fs::write(
+        d.join("pg.yaml"),
+        format!(
+            "name: {t}\nsource:\n  type: file\n  path: in/*.jsonl\ntransforms:\n  - type: route\n    field: dest\n\
+             sink:\n  type: postgres\n  url: ${{PG_URL}}\n  table: {t}_a\n  mode: upsert\n  key: [id]\n\
+             errors:\n  tolerance: all\n  dead_letter: dlq.jsonl\ndelivery:\n  batch_size: 50\n"
+        ),
+    )
+    .unwrap();
+    let env = [("PG_URL", pg_url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut f = Ferry::start_with_env(d, &["run", "--once", "pg.yaml"], &env);
+    let status = f.wait_for_exit(Duration::from_secs(120)).expect("finishes");
+    assert!(status.success(), "{}", f.log_text());
+    for (m, suffix) in [(0, "a"), (1, "b")] {
+        let mut last = std::collections::BTreeMap::new();
+        for i in (0..N).filter(|&i| ![100, 200, 300].contains(&i)) {
+            if (m == 0) == (i % 3 == 0) {
+                last.insert(i % 37, i);
+            }
+        }
+        let expected: Vec<String> = last.iter().map(|(id, v)| format!("{id}={v}")).collect();
+        assert_eq!(
+            psql(&format!(
+                "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM {t}_{suffix}"
+            )),
+            expected.join(","),
+            "table {t}_{suffix}"
+        );
+    }
+    let dlq = read_jsonl(&d.join("dlq.jsonl"));
+    let refused: Vec<(u64, &str)> = dlq
+        .iter()
+        .map(|l| {
+            (
+                l["record"]["v"].as_u64().unwrap(),
+                l["error"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(refused[0].1.contains("system schema"), "{refused:?}");
+    assert!(refused[1].1.contains("the offsets table"), "{refused:?}");
+    assert!(refused[2].1.contains("is a view"), "{refused:?}");
+    psql(&format!(
+        "DROP VIEW {t}_view; DROP TABLE {t}_a, {t}_b; DELETE FROM ferry_offsets WHERE pipeline = '{t}'"
+    ));
+}

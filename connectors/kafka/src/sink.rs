@@ -107,19 +107,21 @@ impl KafkaSink {
 /// error-tolerance path. Anything else is the connection's or the
 /// cluster's trouble: retried.
 fn refused(e: &KafkaError) -> bool {
-    matches!(
-        e,
-        KafkaError::MessageProduction(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessage
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::InvalidTimestamp
-                | RDKafkaErrorCode::UnknownTopicOrPartition
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::InvalidTopic
+    // A topic (or key) with a NUL byte cannot even be handed to librdkafka.
+    matches!(e, KafkaError::Nul(_))
+        || matches!(
+            e,
+            KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidMessage
+                    | RDKafkaErrorCode::InvalidMessageSize
+                    | RDKafkaErrorCode::InvalidRecord
+                    | RDKafkaErrorCode::InvalidTimestamp
+                    | RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::InvalidTopic
+            )
         )
-    )
 }
 
 fn stopping_error() -> ConnectorError {

@@ -42,7 +42,10 @@ impl Destination {
             Destination::Field { field } => {
                 let found = field.split('.').try_fold(&*record.value, |v, k| v.get(k));
                 match found {
-                    Some(Value::String(s)) if !s.is_empty() => Ok(Cow::Borrowed(s)),
+                    Some(Value::String(s)) if s.is_empty() => {
+                        Err(format!("field `{field}` (the destination) is empty"))
+                    }
+                    Some(Value::String(s)) => Ok(Cow::Borrowed(s)),
                     Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Cow::Owned(v.to_string())),
                     Some(v) => Err(format!(
                         "field `{field}` (the destination) is {}, not a name",

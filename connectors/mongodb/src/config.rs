@@ -222,11 +222,18 @@ fn bad_database(name: &str) -> bool {
 }
 
 pub(crate) fn bad_collection(name: &str) -> bool {
-    name.is_empty() || name.contains('$') || name.starts_with("system.")
+    name.is_empty()
+        || name.contains(['$', '\0'])
+        || name.starts_with(['.', ' '])
+        || name.ends_with('.')
+        || name.contains("..")
+        || name.starts_with("system.")
+        || name.len() > 255
 }
 
 const DATABASE_NAME: &str = "must be a non-empty name without / \\ . space \" $";
-pub(crate) const COLLECTION_NAME: &str = "must be a non-empty name without $, not in system.*";
+pub(crate) const COLLECTION_NAME: &str =
+    "must be a non-empty name without $, NUL or empty dot-separated parts, not in system.*";
 
 #[async_trait]
 impl SourceConfig for MongoSourceConfig {

@@ -54,7 +54,12 @@ impl MongoSink {
     fn collection_of(&self, r: &Record) -> Result<String, String> {
         let name = self.config.collection.of(r)?;
         if bad_collection(&name) {
-            return Err(format!("collection `{name}` {COLLECTION_NAME}"));
+            return Err(format!("collection {name:?} {COLLECTION_NAME}"));
+        }
+        if self.config.database.len() + 1 + name.len() > 255 {
+            return Err(format!(
+                "collection {name:?}: with its database, a name of more than MongoDB's 255 bytes"
+            ));
         }
         Ok(name.into_owned())
     }

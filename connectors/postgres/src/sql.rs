@@ -17,6 +17,13 @@ pub(crate) fn db_error(context: &str, e: sqlx::Error) -> ConnectorError {
                 || c.starts_with("57P")
                 || c == "40001"
                 || c == "40P01"
+                // lock_timeout (the sink's safety net against a wait on
+                // its own other transaction).
+                || c == "55P03"
+                // A table dropped under a running pipeline: the next life
+                // looks it up again (and says it is missing, or refuses
+                // the records routed to it).
+                || c == "42P01"
         }),
         _ => false,
     };

@@ -62,6 +62,12 @@ type ColumnRun<'r> = (&'r [&'r Record], Vec<(String, String, bool)>);
 /// table; the others' get a number).
 const STAGE: &str = "ferry_stage";
 
+const LOCK_TIMEOUT: &str = "SET lock_timeout = '60s'";
+
+/// Schemas no record may route rows into: the catalogs, and other
+/// sessions' temporary tables.
+const SYSTEM_SCHEMAS: [&str; 3] = ["pg_catalog", "information_schema", "pg_toast"];
+
 /// A table this sink wrote to in its life, while another is written.
 struct Parked {
     target: String,
@@ -101,6 +107,9 @@ pub(crate) struct PostgresSink {
     parked: HashMap<String, Parked>,
     /// Tables met so far: numbers the staging tables.
     tables_met: usize,
+    /// Held by the commit in flight: a switch of table waits for it (see
+    /// [`PostgresSink::switch_to`]).
+    commit_gate: Arc<tokio::sync::Semaphore>,
     offsets: String,
     /// `(field, column, column holds json)`, resolved against the table.
     mapping: Vec<(String, String, bool)>,
@@ -148,6 +157,7 @@ impl PostgresSink {
             target,
             stage: STAGE.to_string(),
             parked: HashMap::new(),
+            commit_gate: Arc::new(tokio::sync::Semaphore::new(1)),
             offsets: format!("{}.{}", quote(&oschema), quote(&otable)),
             config,
             pipeline,
@@ -174,7 +184,16 @@ impl PostgresSink {
     }
 
     pub(crate) async fn connect(&mut self) -> Result<(), ConnectorError> {
-        self.conn = Some(crate::net::connect(&self.config.url, &self.pipeline).await?);
+        let mut conn = crate::net::connect(&self.config.url, &self.pipeline).await?;
+        // Two transactions of this sink are open at once (one commits while
+        // the next is written); should one ever wait on a row lock of the
+        // other, neither ends, and the server cannot see it. A lock wait
+        // this long fails the attempt instead, which replays from the
+        // committed positions.
+        exec(&mut conn, LOCK_TIMEOUT)
+            .await
+            .map_err(|e| db_error("setting lock_timeout", e))?;
+        self.conn = Some(conn);
         Ok(())
     }
 
@@ -282,12 +301,12 @@ impl PostgresSink {
         let mut place: HashMap<String, usize> = HashMap::new();
         let mut rejected = Vec::new();
         for (index, r) in batch.iter().enumerate() {
-            match self.config.table.of(r) {
-                Ok(name) => match place.get(name.as_ref()) {
+            match self.config.table.of(r).map(|n| self.same_name(n)) {
+                Ok(name) => match place.get(&name) {
                     Some(&at) => tables[at].1.push(index),
                     None => {
-                        place.insert(name.to_string(), tables.len());
-                        tables.push((name.into_owned(), vec![index]));
+                        place.insert(name.clone(), tables.len());
+                        tables.push((name, vec![index]));
                     }
                 },
                 Err(why) => rejected.push(Rejected {
@@ -299,15 +318,54 @@ impl PostgresSink {
         (tables, rejected)
     }
 
+    /// Records cannot go to the table being switched to: it is not kept,
+    /// and is looked up again when a record names it next (someone may
+    /// create it meanwhile).
+    fn forget_table(&mut self) {
+        self.table.clear();
+    }
+
+    /// One table under one name, so that its records are one stream, in
+    /// order: the configured table as configured (`public.orders` is
+    /// `orders`), any other as `schema.table`.
+    fn same_name(&self, name: std::borrow::Cow<'_, str>) -> String {
+        let fixed = self.config.table.fixed();
+        match split_table(&name) {
+            Some(parts) if fixed.and_then(split_table) == Some(parts.clone()) => {
+                fixed.expect("compared").to_string()
+            }
+            Some((schema, table)) => format!("{schema}.{table}"),
+            None => name.into_owned(),
+        }
+    }
+
     /// Makes `name` the table the next rows go to, finishing the COPY into
     /// the one before. `Some(why)` when records cannot go there: refused.
+    ///
+    /// Finishing a stream writes into its table (an upsert moves its staged
+    /// rows), which the commit in flight on the other connection may be
+    /// about to write too: that commit is waited for first, or each of
+    /// the two transactions would wait on the other's row locks.
     async fn switch_to(&mut self, name: &str) -> Result<Option<String>, ConnectorError> {
         if name == self.table {
             return Ok(None);
         }
-        let Some(target) = quoted_table(name) else {
+        let Some((schema, table)) = split_table(name) else {
             return Ok(Some(format!("`{name}` is no table name: it {TABLE_NAME}")));
         };
+        if SYSTEM_SCHEMAS.contains(&schema.as_str()) || schema.starts_with("pg_temp") {
+            return Ok(Some(format!(
+                "`{name}` is in a system schema: records are not written there"
+            )));
+        }
+        if split_table(&self.config.offsets_table) == Some((schema.clone(), table.clone())) {
+            return Ok(Some(format!(
+                "`{name}` is the offsets table: records are not written there"
+            )));
+        }
+        let target = format!("{}.{}", quote(&schema), quote(&table));
+        // Free once had: no commit starts while this write runs.
+        drop(self.commit_gate.acquire().await);
         self.finish_stream().await?;
         let next = self.parked.remove(name);
         let known = next.is_some();
@@ -344,10 +402,7 @@ impl PostgresSink {
                 Err(e) => return Err(e),
             };
             if let Some(why) = refusal {
-                // Not kept: looked up again when a record names it next
-                // (someone may create it meanwhile).
-                self.table.clear();
-                self.tables_met -= 1;
+                self.forget_table();
                 return Ok(Some(why));
             }
         }
@@ -416,6 +471,17 @@ impl Sink for PostgresSink {
                 continue;
             }
             let rows: Vec<&Record> = indexes.iter().map(|&i| &batch[i]).collect();
+            if self.pending_create
+                && self.config.table.fixed() != Some(self.table.as_str())
+                && let Some(why) = self.cannot_create(&rows).await?
+            {
+                rejected.extend(indexes.iter().map(|&index| Rejected {
+                    index,
+                    error: ConnectorError::Fatal(why.clone()),
+                }));
+                self.forget_table();
+                continue;
+            }
             if self.pending_create {
                 self.create_table(&rows).await?;
             }
@@ -452,11 +518,13 @@ impl Sink for PostgresSink {
         let conn = self.conn.take();
         let spare = self.spare.clone();
         let isolate_next = self.isolate_next.clone();
+        let gate = self.commit_gate.clone().try_acquire_owned().ok();
         let uncommitted = self.uncommitted;
         let table = self.table.clone();
         self.in_transaction = false;
         self.uncommitted = 0;
         let commit = async move {
+            let _gate = gate;
             let mut conn = match plan {
                 Some(plan) => {
                     let (conn, result) = finish(plan).await?;

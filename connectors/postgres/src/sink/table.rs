@@ -4,7 +4,7 @@
 use ferry_api::{ConnectorError, Record, Value};
 use sqlx::Row;
 
-use super::{PostgresSink, STAGE};
+use super::PostgresSink;
 use crate::column_types::{column_type, identifier_prefix};
 use crate::config::{Columns, Mode, split_table};
 use crate::sql::{db_error, quote};
@@ -14,6 +14,33 @@ impl PostgresSink {
     /// when the table does not exist.
     pub(crate) async fn resolve_columns(&mut self) -> Result<bool, ConnectorError> {
         let (schema, table) = split_table(&self.table).expect("a table name");
+        let kind: Option<String> = sqlx::query_scalar(
+            "SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+        )
+        .bind(&schema)
+        .bind(&table)
+        .fetch_optional(self.conn())
+        .await
+        .map_err(|e| db_error("looking up the table", e))?;
+        match kind.as_deref() {
+            None => return Ok(false),
+            Some("r" | "p") => {}
+            Some(other) => {
+                let what = match other {
+                    "v" => "a view",
+                    "m" => "a materialized view",
+                    "S" => "a sequence",
+                    "f" => "a foreign table",
+                    "i" | "I" => "an index",
+                    _ => "not a plain table",
+                };
+                return Err(ConnectorError::Fatal(format!(
+                    "{} is {what}: rows go into tables",
+                    self.table
+                )));
+            }
+        }
         let rows = sqlx::query(
             "SELECT column_name::text, data_type IN ('json', 'jsonb') FROM information_schema.columns \
              WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
@@ -88,16 +115,13 @@ impl PostgresSink {
         self.execute("creating the staging table", &stage).await
     }
 
-    /// Upserts into a table a record named (not the configured one): its
-    /// staging table is made inside a transaction, which a rollback
-    /// undoes, so each transaction and each switch to it makes it again
-    /// if it is missing (without the notices of `IF NOT EXISTS`).
+    /// Upserts: a connection made while another table was being written
+    /// lacks this table's staging table, and one made inside a transaction
+    /// is undone by its rollback; so each transaction and each switch of
+    /// table makes it if it is missing (without the notices of `IF NOT
+    /// EXISTS`).
     pub(super) fn ensure_stage_sql(&self) -> Option<String> {
-        if self.config.mode != Mode::Upsert
-            || self.table.is_empty()
-            || self.pending_create
-            || self.stage == STAGE
-        {
+        if self.config.mode != Mode::Upsert || self.table.is_empty() || self.pending_create {
             return None;
         }
         Some(format!(
@@ -110,9 +134,34 @@ impl PostgresSink {
         ))
     }
 
-    /// `create_table: true`: creates the table from the fields of the first
-    /// batch, inside the batch's transaction (a crash undoes both).
-    pub(super) async fn create_table(&mut self, batch: &[&Record]) -> Result<(), ConnectorError> {
+    /// Why the table cannot be created from `batch`, if it cannot: asked
+    /// before a table named by records is created, as a failed `CREATE`
+    /// would end the whole transaction (its schema is missing, its key is
+    /// not among the fields, no field can be a column).
+    pub(super) async fn cannot_create(
+        &mut self,
+        batch: &[&Record],
+    ) -> Result<Option<String>, ConnectorError> {
+        if let Err(why) = self.create_fields(batch) {
+            return Ok(Some(format!("{}: {why}", self.table)));
+        }
+        let (schema, _) = split_table(&self.table).expect("a table name");
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(&schema)
+                .fetch_one(self.conn())
+                .await
+                .map_err(|e| db_error("looking up the table's schema", e))?;
+        Ok((!exists).then(|| {
+            format!(
+                "{}: schema {schema} does not exist (create_table makes tables, not schemas)",
+                self.table
+            )
+        }))
+    }
+
+    /// The `(field, column)` pairs `create_table` makes columns of.
+    fn create_fields(&self, batch: &[&Record]) -> Result<Vec<(String, String)>, String> {
         let fields: Vec<(String, String)> = match &self.config.columns {
             Columns::Map(map) => map.clone(),
             Columns::Auto => {
@@ -142,11 +191,21 @@ impl PostgresSink {
         };
         for k in &self.config.key {
             if !fields.iter().any(|(_, c)| c == k) {
-                return Err(ConnectorError::Fatal(format!(
+                return Err(format!(
                     "create_table: key column `{k}` is not among the fields of the first records"
-                )));
+                ));
             }
         }
+        if fields.is_empty() {
+            return Err("create_table: the first records have no field to make a column of".into());
+        }
+        Ok(fields)
+    }
+
+    /// `create_table: true`: creates the table from the fields of the first
+    /// batch, inside the batch's transaction (a crash undoes both).
+    pub(super) async fn create_table(&mut self, batch: &[&Record]) -> Result<(), ConnectorError> {
+        let fields = self.create_fields(batch).map_err(ConnectorError::Fatal)?;
         let mut defs: Vec<String> = fields
             .iter()
             .map(|(f, c)| format!("{} {}", quote(c), column_type(batch, f)))
