@@ -2,12 +2,19 @@
 //! each chunk (so the sink's task spends nothing on them) and hands it to
 //! the writer, tells the source what was committed, ends at a stop or when
 //! the writer is gone.
+//!
+//! Transforms run on the blocking pool, several chunks at once (one per
+//! core): a chain can cost more than reading and writing together, and one
+//! core would then set the pace. A forwarding task hands the chunks on in
+//! the order they were read, so every partition's records stay in order;
+//! the chunks in the works are bounded like the queue to the writer.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use ferry_api::{Positions, Source};
+use ferry_api::{Positions, Source, SourceItem};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use super::{Item, PipelineError, Stats};
 use crate::transform::Chain;
@@ -26,6 +33,7 @@ pub(super) async fn read_loop(
     chain: Arc<Chain>,
 ) -> (Result<(), PipelineError>, Box<dyn Source>, u64) {
     let mut read = 0u64;
+    let mut transforming = (!chain.is_empty()).then(|| Transforming::start(tx.clone()));
     let result = loop {
         // The writer gone (it failed, or the source ended) is as good as a
         // stop. Checked every turn, not only when a send fails: a source at
@@ -64,16 +72,78 @@ pub(super) async fn read_loop(
         stats.replayed.fetch_add(again, Ordering::Relaxed);
         stats.records_in.fetch_add(n - again, Ordering::Relaxed);
         stats.read_up_to(&items);
-        let items: Vec<Item> = items
-            .into_iter()
-            .map(|it| Item::through(it, &chain))
-            .collect();
         // Sent even when a stop came meanwhile: a stop drains what the
         // source returned (the writer writes and commits it), so a restart
         // asked for reads nothing twice. The send waits only for the writer.
-        if tx.send(items).await.is_err() {
+        let sent = match &mut transforming {
+            Some(t) => t.send(items, &chain).await,
+            None => {
+                let items = items.into_iter().map(|it| Item::through(it, &chain));
+                tx.send(items.collect()).await.is_ok()
+            }
+        };
+        if !sent {
             break Ok(());
         }
     };
+    let result = match transforming {
+        // What is being transformed is handed on before the task ends.
+        Some(t) => match (result, t.finish().await) {
+            (Ok(()), Err(e)) => Err(e),
+            (result, _) => result,
+        },
+        None => result,
+    };
     (result, source, read)
+}
+
+/// Chunks in the works on the blocking pool, in the order they were read.
+struct Transforming {
+    chunks: mpsc::Sender<JoinHandle<Vec<Item>>>,
+    forwarder: JoinHandle<Result<(), PipelineError>>,
+}
+
+impl Transforming {
+    fn start(tx: mpsc::Sender<Vec<Item>>) -> Self {
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+        let (chunks, mut todo) = mpsc::channel::<JoinHandle<Vec<Item>>>(parallel);
+        let forwarder = tokio::spawn(async move {
+            while let Some(chunk) = todo.recv().await {
+                let items = chunk.await.map_err(|e| PipelineError::Panicked {
+                    task: "transform",
+                    message: crate::panics::join_error_message(e),
+                })?;
+                if tx.send(items).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        Transforming { chunks, forwarder }
+    }
+
+    /// Starts transforming a chunk; false when nothing takes chunks any
+    /// more (the writer is gone).
+    async fn send(&mut self, items: Vec<SourceItem>, chain: &Arc<Chain>) -> bool {
+        let chain = chain.clone();
+        let chunk = tokio::task::spawn_blocking(move || {
+            items
+                .into_iter()
+                .map(|it| Item::through(it, &chain))
+                .collect()
+        });
+        self.chunks.send(chunk).await.is_ok()
+    }
+
+    /// Waits until every chunk started is handed on.
+    async fn finish(self) -> Result<(), PipelineError> {
+        drop(self.chunks);
+        match self.forwarder.await {
+            Ok(result) => result,
+            Err(e) => Err(PipelineError::Panicked {
+                task: "transform",
+                message: crate::panics::join_error_message(e),
+            }),
+        }
+    }
 }

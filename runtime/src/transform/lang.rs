@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 use ferry_api::Value;
+pub(super) use vrl::compiler::TargetValue as VrlTarget;
 use vrl::compiler::{Context, Program, TargetValue, TimeZone, state::RuntimeState};
 use vrl::value::{Secrets, Value as VrlValue};
 
@@ -74,21 +75,69 @@ impl Vrl {
 
     /// Runs the program on `value` (which it may change) and gives what it
     /// ended with.
+    #[cfg(test)]
     pub(super) fn run(&self, value: &mut Value) -> Result<VrlValue, String> {
-        let mut target = TargetValue {
-            value: VrlValue::from(std::mem::take(value)),
-            metadata: VrlValue::Object(BTreeMap::new()),
-            secrets: Secrets::default(),
-        };
+        let mut target = target(std::mem::take(value));
+        let resolved = self.run_in(&mut target);
+        *value = to_json(target.value)?;
+        resolved
+    }
+
+    /// Runs the program on a record held as VRL's value (which it may
+    /// change): consecutive programs share one conversion.
+    pub(super) fn run_in(&self, target: &mut TargetValue) -> Result<VrlValue, String> {
         let mut state = RuntimeState::default();
         let timezone = TimeZone::default();
-        let resolved = self
-            .program
-            .resolve(&mut Context::new(&mut target, &mut state, &timezone));
-        *value = serde_json::to_value(&target.value)
-            .map_err(|e| format!("the program left a value that is not JSON: {e}"))?;
-        resolved.map_err(|e| e.to_string())
+        self.program
+            .resolve(&mut Context::new(target, &mut state, &timezone))
+            .map_err(|e| e.to_string())
     }
+}
+
+/// A record's value as VRL programs run on it.
+pub(super) fn target(value: Value) -> TargetValue {
+    TargetValue {
+        value: VrlValue::from(value),
+        metadata: VrlValue::Object(BTreeMap::new()),
+        secrets: Secrets::default(),
+    }
+}
+
+/// VRL's value as JSON, built directly (serializing it through serde costs
+/// several times more): bytes that are not UTF-8 are no JSON text.
+pub(super) fn to_json(v: VrlValue) -> Result<Value, String> {
+    Ok(match v {
+        VrlValue::Null => Value::Null,
+        VrlValue::Boolean(b) => Value::Bool(b),
+        VrlValue::Integer(i) => Value::from(i),
+        VrlValue::Float(f) => Value::from(f.into_inner()),
+        VrlValue::Bytes(b) => match String::from_utf8(Vec::from(b)) {
+            Ok(s) => Value::String(s),
+            Err(_) => {
+                return Err(
+                    "the program left bytes that are not UTF-8 text, which JSON cannot hold".into(),
+                );
+            }
+        },
+        VrlValue::String(s) => Value::String(s.to_string()),
+        VrlValue::Regex(r) => Value::String(r.as_str().to_string()),
+        VrlValue::Timestamp(t) => {
+            Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        }
+        VrlValue::Object(map) => {
+            let mut out = serde_json::Map::with_capacity(map.len());
+            for (k, v) in map {
+                out.insert(k.into(), to_json(v)?);
+            }
+            Value::Object(out)
+        }
+        VrlValue::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(to_json)
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    })
 }
 
 /// The 1-based line and column (in characters) of byte `at` of `text`.

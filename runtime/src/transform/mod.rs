@@ -3,7 +3,8 @@
 //!
 //! A list is validated without I/O when the file is loaded (every problem
 //! of every step at once, at its place in the file) and compiled into a
-//! [`Chain`] then; the source task runs the chain on each chunk it read
+//! [`Chain`] then; the source task has the chain run on each chunk it read,
+//! several chunks at once on the blocking pool, handed on in order
 //! (`engine/reader.rs`), so the sink's task spends nothing on it. A record
 //! a step fails on (a cast that does not fit, a field path through a value
 //! that is not an object) is a bad record of stage `transform`, which the
@@ -231,24 +232,61 @@ impl Chain {
     pub fn apply(&self, mut record: Record) -> Outcome {
         let original = record.value.clone();
         let destination = record.destination.clone();
-        for (i, (kind, step)) in self.steps.iter().enumerate() {
-            let applied = step.apply(&mut record);
-            if let Ok(false) = applied {
-                return Outcome::Dropped(record.position);
-            }
-            if let Err(error) = applied {
-                record.value = original;
-                record.destination = destination;
-                return Outcome::Failed(
-                    record,
-                    Failure {
-                        step: i,
-                        kind,
-                        error,
-                    },
-                );
+        // While programs run one after another, the record stays VRL's
+        // value: converted once on the way in and once on the way out.
+        let mut in_vrl: Option<lang::VrlTarget> = None;
+        // The program that last ran: a value it left that is no JSON is
+        // its failure.
+        let mut program = 0;
+        let mut failed = None;
+        for (i, (_, step)) in self.steps.iter().enumerate() {
+            let applied = if step.is_program() {
+                program = i;
+                let target =
+                    in_vrl.get_or_insert_with(|| lang::target(std::mem::take(&mut *record.value)));
+                step.run_vrl(target).expect("a program")
+            } else {
+                match in_vrl.take().map(|t| lang::to_json(t.value)) {
+                    Some(Err(error)) => {
+                        failed = Some((program, error));
+                        break;
+                    }
+                    Some(Ok(value)) => *record.value = value,
+                    None => {}
+                }
+                step.apply(&mut record)
+            };
+            match applied {
+                Ok(true) => {}
+                Ok(false) => return Outcome::Dropped(record.position),
+                Err(error) => {
+                    failed = Some((i, error));
+                    break;
+                }
             }
         }
-        Outcome::Kept(record)
+        if failed.is_none()
+            && let Some(target) = in_vrl.take()
+        {
+            match lang::to_json(target.value) {
+                Ok(value) => *record.value = value,
+                Err(error) => failed = Some((program, error)),
+            }
+        }
+        match failed {
+            None => Outcome::Kept(record),
+            Some((step, error)) => {
+                record.value = original;
+                record.destination = destination;
+                Outcome::Failed(
+                    record,
+                    Failure {
+                        step,
+                        kind: self.steps[step].0,
+                        error,
+                    },
+                )
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@
 use ferry_api::{ConfigProblem, PathSegment, Value};
 use serde_json::Map;
 
-use super::lang::Vrl;
+use super::lang::{self, Vrl};
 use super::path::FieldPath;
 use super::time::{TimeFormat, cast_timestamp};
 use super::{CastTo, TransformConfig};
@@ -230,19 +230,34 @@ impl Step {
         self.apply_to_value(&mut record.value)
     }
 
-    fn apply_to_value(&self, value: &mut Value) -> Result<bool, String> {
+    /// A filter or a remap: a VRL program.
+    pub(super) fn is_program(&self) -> bool {
+        matches!(self, Step::Filter(_) | Step::Remap(_))
+    }
+
+    /// Runs a filter or a remap on a record held as VRL's value (false: the
+    /// filter drops it); `None` for the other steps.
+    pub(super) fn run_vrl(&self, target: &mut lang::VrlTarget) -> Option<Result<bool, String>> {
+        Some(match self {
+            Step::Filter(program) => match program.run_in(target) {
+                Ok(vrl::value::Value::Boolean(keep)) => Ok(keep),
+                Ok(other) => Err(format!(
+                    "the condition gave {other}, not true or false (end it with a comparison)"
+                )),
+                Err(e) => Err(e),
+            },
+            Step::Remap(program) => program.run_in(target).map(|_| true),
+            _ => return None,
+        })
+    }
+
+    pub(super) fn apply_to_value(&self, value: &mut Value) -> Result<bool, String> {
         match self {
-            Step::Filter(program) => {
-                return match program.run(value)? {
-                    vrl::value::Value::Boolean(keep) => Ok(keep),
-                    other => Err(format!(
-                        "the condition gave {other}, not true or false (end it with a comparison)"
-                    )),
-                };
-            }
-            Step::Remap(program) => {
-                program.run(value)?;
-                return Ok(true);
+            Step::Filter(_) | Step::Remap(_) => {
+                let mut target = lang::target(std::mem::take(value));
+                let ran = self.run_vrl(&mut target).expect("a program");
+                *value = lang::to_json(target.value)?;
+                return ran;
             }
             _ => {}
         }
