@@ -555,3 +555,57 @@ fn routed_upserts_switch_tables_without_waiting_on_themselves() {
         "DROP VIEW {t}_view; DROP TABLE {t}_a, {t}_b; DELETE FROM ferry_offsets WHERE pipeline = '{t}'"
     ));
 }
+
+/// The destinations a route names are checked against the sink's own rules
+/// when the file is loaded, each at its place.
+#[test]
+fn validate_checks_routed_names_against_the_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (name, sink, bad, default) in [
+        (
+            "pg",
+            "  type: postgres\n  url: postgres://x@127.0.0.1/db\n  table: orders\n",
+            "bad name!",
+            "pg_catalog.pg_class",
+        ),
+        (
+            "mongo",
+            "  type: mongodb\n  uri: mongodb://127.0.0.1\n  database: db\n  collection: items\n",
+            "system.users",
+            "a$b",
+        ),
+        (
+            "es",
+            "  type: elasticsearch\n  urls: [http://127.0.0.1:9200]\n  index: logs\n",
+            "Upper",
+            "_hidden",
+        ),
+        (
+            "kafka",
+            "  type: kafka\n  brokers: 127.0.0.1:9092\n  topic: t\n",
+            "a topic",
+            "é",
+        ),
+    ] {
+        fs::write(
+            d.join(format!("{name}.yaml")),
+            format!(
+                "name: {name}\nsource:\n  type: file\n  path: in.jsonl\ntransforms:\n  - type: route\n    field: r\n    map: {{ok: fine, no: '{bad}'}}\n    default: '{default}'\nsink:\n{sink}"
+            ),
+        )
+        .unwrap();
+        let out = ferry_output(d, &["validate", &format!("{name}.yaml")]);
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{name}: {text}");
+        assert!(
+            text.contains(&format!("{name}.yaml:8:")) && text.contains("transforms[0].map.no"),
+            "{name}: {text}"
+        );
+        assert!(
+            text.contains(&format!("{name}.yaml:9:")) && text.contains("transforms[0].default"),
+            "{name}: {text}"
+        );
+        assert!(!text.contains("map.ok"), "{name}: {text}");
+    }
+}

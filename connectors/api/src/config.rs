@@ -311,6 +311,13 @@ pub trait SinkConfig: Send + Sync + fmt::Debug {
         false
     }
 
+    /// Why the sink could never write to a destination of this name (a
+    /// `route` step's `map` or `default`), checked when the file is loaded;
+    /// `None` when it could.
+    fn destination_problem(&self, _name: &str) -> Option<String> {
+        None
+    }
+
     /// The longest a record should wait before its batch is written, when
     /// the sink has a setting of its own for it; the pipeline's
     /// `delivery.flush_interval` is shortened to it.

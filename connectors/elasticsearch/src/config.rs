@@ -315,6 +315,10 @@ impl SinkConfig for ElasticsearchSinkConfig {
         true
     }
 
+    fn destination_problem(&self, name: &str) -> Option<String> {
+        crate::index::invalid_name(name).map(|why| format!("index name `{name}` {why}"))
+    }
+
     fn describe(&self) -> String {
         format!("elasticsearch {} index {}", self.shown_urls(), self.index)
     }

@@ -372,6 +372,16 @@ impl SinkConfig for KafkaSinkConfig {
         true
     }
 
+    /// Kafka's own rule for topic names.
+    fn destination_problem(&self, name: &str) -> Option<String> {
+        let legal = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        (!legal || name.len() > 249 || name == "." || name == "..").then(|| {
+            format!("topic `{name}`: Kafka topic names are 1 to 249 of a-z A-Z 0-9 . _ - (and not . or ..)")
+        })
+    }
+
     fn describe(&self) -> String {
         let topic = match &self.topic {
             TopicSpec::Static(t) => t.clone(),

@@ -106,6 +106,10 @@ impl SinkConfig for MongoSinkConfig {
         true
     }
 
+    fn destination_problem(&self, name: &str) -> Option<String> {
+        bad_collection(name).then(|| format!("collection {name:?} {COLLECTION_NAME}"))
+    }
+
     /// Ids derived from the record or its position make a replay overwrite
     /// what it wrote before; server-chosen ids make it write again.
     fn delivery(&self) -> Delivery {

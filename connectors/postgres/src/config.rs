@@ -173,6 +173,10 @@ impl SinkConfig for PostgresSinkDefinition {
         true
     }
 
+    fn destination_problem(&self, name: &str) -> Option<String> {
+        crate::sink::destination_problem(name, &self.settings.offsets_table)
+    }
+
     async fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
         Ok(Box::new(PostgresSink::new(
             self.settings.clone(),

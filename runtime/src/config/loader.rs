@@ -163,17 +163,13 @@ impl Loader<'_> {
             ),
             None => Some(ErrorsConfig::default()),
         };
-        let (transforms, route_at) = match top.remove("transforms") {
-            Some(v) => self.transforms(&v),
-            None => (Some(Default::default()), None),
+        let transforms = top.remove("transforms");
+        let chain = match &transforms {
+            Some(v) => self.transforms(v),
+            None => Some(Default::default()),
         };
-        if let (Some(i), Some((sink_type, sink))) = (route_at, &sink)
-            && !sink.takes_destinations()
-        {
-            let message = format!(
-                "a route step, but sink `{sink_type}` writes to one destination only (the postgres, mongodb, kafka and elasticsearch sinks take routed records)"
-            );
-            self.error(&format!("transforms[{i}]"), At::Value, message);
+        if let (Some(steps), Some((sink_type, sink))) = (&transforms, &sink) {
+            self.routes_fit_the_sink(steps, sink_type, sink.as_ref());
         }
         let ((source_type, source), (sink_type, sink)) = (source?, sink?);
         let mut delivery = delivery?;
@@ -191,7 +187,7 @@ impl Loader<'_> {
             sink,
             delivery,
             errors: errors?,
-            transforms: transforms?,
+            transforms: chain?,
             definition: Value::Null,
         };
         for (key, message) in local_files::own_problems(&pipeline) {
@@ -200,27 +196,59 @@ impl Loader<'_> {
         Some(pipeline)
     }
 
-    /// `transforms:`: each step parsed and checked on its own, so that
-    /// every problem of every step is reported at its place; and the index
-    /// of the first `route` step, for the sink to be checked against.
-    fn transforms(
+    /// The sink takes routed records, and every destination a `route` step
+    /// names (in its `map` and its `default`) is one it could write to.
+    fn routes_fit_the_sink(
         &mut self,
-        v: &Value,
-    ) -> (
-        Option<std::sync::Arc<crate::transform::Chain>>,
-        Option<usize>,
+        steps: &Value,
+        sink_type: &str,
+        sink: &dyn ferry_api::SinkConfig,
     ) {
+        let Value::Array(items) = steps else { return };
+        for (i, item) in items.iter().enumerate() {
+            if item.get("type").and_then(Value::as_str) != Some("route") {
+                continue;
+            }
+            if !sink.takes_destinations() {
+                let message = format!(
+                    "a route step, but sink `{sink_type}` writes to one destination only (the postgres, mongodb, kafka and elasticsearch sinks take routed records)"
+                );
+                self.error(&format!("transforms[{i}]"), At::Value, message);
+                return;
+            }
+            let mut names: Vec<(String, &str)> = Vec::new();
+            if let Some(Value::Object(map)) = item.get("map") {
+                for (k, v) in map {
+                    if let Some(name) = v.as_str() {
+                        names.push((format!("transforms[{i}].map.{k}"), name));
+                    }
+                }
+            }
+            if let Some(Value::String(name)) = item.get("default") {
+                names.push((format!("transforms[{i}].default"), name));
+            }
+            for (key, name) in names {
+                if let Some(message) = (!name.is_empty())
+                    .then(|| sink.destination_problem(name))
+                    .flatten()
+                {
+                    self.error(&key, At::Value, message);
+                }
+            }
+        }
+    }
+
+    /// `transforms:`: each step parsed and checked on its own, so that
+    /// every problem of every step is reported at its place.
+    fn transforms(&mut self, v: &Value) -> Option<std::sync::Arc<crate::transform::Chain>> {
         let Value::Array(items) = v else {
             self.error(
                 "transforms",
                 At::Value,
                 "must be a list of steps (- type: rename, …)",
             );
-            return (None, None);
+            return None;
         };
-        let route_at = items
-            .iter()
-            .position(|item| item.get("type").and_then(Value::as_str) == Some("route"));
         let mut configs = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let step = self.section(
@@ -236,11 +264,9 @@ impl Loader<'_> {
             );
             configs.push(step);
         }
-        let Some(configs) = configs.into_iter().collect::<Option<Vec<_>>>() else {
-            return (None, route_at);
-        };
+        let configs: Vec<_> = configs.into_iter().collect::<Option<_>>()?;
         let chain = crate::transform::Chain::compile(&configs).expect("every step was checked");
-        (Some(std::sync::Arc::new(chain)), route_at)
+        Some(std::sync::Arc::new(chain))
     }
 
     /// Every top-level key is known, and the needed ones are there.

@@ -280,6 +280,25 @@ impl PostgresSink {
     }
 }
 
+/// Why no record may go to table `name`, if none may: what is no table
+/// name, a system schema, the offsets table.
+pub(crate) fn destination_problem(name: &str, offsets_table: &str) -> Option<String> {
+    let Some((schema, table)) = split_table(name) else {
+        return Some(format!("`{name}` is no table name: it {TABLE_NAME}"));
+    };
+    if SYSTEM_SCHEMAS.contains(&schema.as_str()) || schema.starts_with("pg_temp") {
+        return Some(format!(
+            "`{name}` is in a system schema: records are not written there"
+        ));
+    }
+    if split_table(offsets_table) == Some((schema, table)) {
+        return Some(format!(
+            "`{name}` is the offsets table: records are not written there"
+        ));
+    }
+    None
+}
+
 /// `"schema"."table"` for a valid name.
 fn quoted_table(name: &str) -> Option<String> {
     split_table(name).map(|(schema, table)| format!("{}.{}", quote(&schema), quote(&table)))
@@ -350,19 +369,10 @@ impl PostgresSink {
         if name == self.table {
             return Ok(None);
         }
-        let Some((schema, table)) = split_table(name) else {
-            return Ok(Some(format!("`{name}` is no table name: it {TABLE_NAME}")));
-        };
-        if SYSTEM_SCHEMAS.contains(&schema.as_str()) || schema.starts_with("pg_temp") {
-            return Ok(Some(format!(
-                "`{name}` is in a system schema: records are not written there"
-            )));
+        if let Some(why) = destination_problem(name, &self.config.offsets_table) {
+            return Ok(Some(why));
         }
-        if split_table(&self.config.offsets_table) == Some((schema.clone(), table.clone())) {
-            return Ok(Some(format!(
-                "`{name}` is the offsets table: records are not written there"
-            )));
-        }
+        let (schema, table) = split_table(name).expect("checked");
         let target = format!("{}.{}", quote(&schema), quote(&table));
         // Free once had: no commit starts while this write runs.
         drop(self.commit_gate.acquire().await);
