@@ -96,9 +96,12 @@ impl DeadLetters {
             }
             let f = OpenOptions::new()
                 .create(true)
+                .read(true)
                 .append(true)
                 .open(&self.path)
                 .map_err(|e| ConnectorError::io(format!("opening {}", self.path.display()), e))?;
+            cut_torn_tail(&f)
+                .map_err(|e| ConnectorError::io(format!("reading {}", self.path.display()), e))?;
             self.file = Some(Arc::new(f));
         }
         let file = self.file.clone().expect("opened above");
@@ -114,5 +117,58 @@ impl DeadLetters {
         .await
         .map_err(|e| ConnectorError::Fatal(format!("dead-letter writer panicked: {e}")))?
         .map_err(|e| ConnectorError::io(format!("writing {}", path.display()), e))
+    }
+}
+
+/// A line cut short by a crash mid-append (its batch was not committed, so
+/// its entries come again with the replay) is removed, so that the next
+/// entries do not continue it into a line that is no JSON.
+fn cut_torn_tail(f: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                f.set_len(keep)?;
+            }
+            return Ok(());
+        }
+        end = start;
+    }
+    if len > 0 {
+        f.set_len(0)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_torn_by_a_crash_is_cut_before_the_next_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dlq.jsonl");
+        for (before, after) in [
+            ("{\"a\":1}\n{\"b\":", "{\"a\":1}\n"),
+            ("{\"a\":1}\n", "{\"a\":1}\n"),
+            ("{\"torn", ""),
+            ("", ""),
+        ] {
+            std::fs::write(&path, before).unwrap();
+            let f = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&path)
+                .unwrap();
+            cut_torn_tail(&f).unwrap();
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), after);
+        }
     }
 }

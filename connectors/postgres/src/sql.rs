@@ -20,10 +20,6 @@ pub(crate) fn db_error(context: &str, e: sqlx::Error) -> ConnectorError {
                 // lock_timeout (the sink's safety net against a wait on
                 // its own other transaction).
                 || c == "55P03"
-                // A table dropped under a running pipeline: the next life
-                // looks it up again (and says it is missing, or refuses
-                // the records routed to it).
-                || c == "42P01"
         }),
         _ => false,
     };

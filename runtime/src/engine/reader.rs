@@ -33,12 +33,25 @@ pub(super) async fn read_loop(
     chain: Arc<Chain>,
 ) -> (Result<(), PipelineError>, Box<dyn Source>, u64) {
     let mut read = 0u64;
-    let mut transforming = (!chain.is_empty()).then(|| Transforming::start(tx.clone()));
+    // Transforming, the forwarder holds the only sender: if it dies (a
+    // transform panicked), the writer sees the end, and this loop sees
+    // the chunks' channel closed.
+    let (direct, mut transforming) = if chain.is_empty() {
+        (Some(tx), None)
+    } else {
+        (None, Some(Transforming::start(tx)))
+    };
+    let gone =
+        |direct: &Option<mpsc::Sender<Vec<Item>>>, t: &Option<Transforming>| match (direct, t) {
+            (Some(tx), _) => tx.is_closed(),
+            (None, Some(t)) => t.chunks.is_closed(),
+            (None, None) => true,
+        };
     let result = loop {
         // The writer gone (it failed, or the source ended) is as good as a
         // stop. Checked every turn, not only when a send fails: a source at
         // its end never sends again, and the restart waits for this task.
-        if *stop.borrow() || tx.is_closed() {
+        if *stop.borrow() || gone(&direct, &transforming) {
             break Ok(());
         }
         if commits.has_changed().unwrap_or(false) {
@@ -51,9 +64,16 @@ pub(super) async fn read_loop(
         // not answer): shutdown does not wait for it. Dropping a poll loses
         // nothing: what it read is not committed, so the next start reads
         // it again.
+        let forwarder_gone = async {
+            match &transforming {
+                Some(t) => t.chunks.closed().await,
+                None => std::future::pending().await,
+            }
+        };
         let polled = tokio::select! {
             polled = source.poll(max) => polled,
             _ = stop.wait_for(|s| *s) => break Ok(()),
+            _ = forwarder_gone => break Ok(()),
         };
         let items = match polled {
             Ok(items) => items,
@@ -75,12 +95,13 @@ pub(super) async fn read_loop(
         // Sent even when a stop came meanwhile: a stop drains what the
         // source returned (the writer writes and commits it), so a restart
         // asked for reads nothing twice. The send waits only for the writer.
-        let sent = match &mut transforming {
-            Some(t) => t.send(items, &chain).await,
-            None => {
+        let sent = match (&direct, &mut transforming) {
+            (_, Some(t)) => t.send(items, &chain).await,
+            (Some(tx), None) => {
                 let items = items.into_iter().map(|it| Item::through(it, &chain));
                 tx.send(items.collect()).await.is_ok()
             }
+            (None, None) => false,
         };
         if !sent {
             break Ok(());
@@ -108,7 +129,12 @@ impl Transforming {
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
         let (chunks, mut todo) = mpsc::channel::<JoinHandle<Vec<Item>>>(parallel);
         let forwarder = tokio::spawn(async move {
-            while let Some(chunk) = todo.recv().await {
+            // Ends when the writer is gone too, so that this loop sees it
+            // (the chunks' channel closes) even while nothing is sent.
+            while let Some(chunk) = tokio::select! {
+                chunk = todo.recv() => chunk,
+                _ = tx.closed() => None,
+            } {
                 let items = chunk.await.map_err(|e| PipelineError::Panicked {
                     task: "transform",
                     message: crate::panics::join_error_message(e),
@@ -125,14 +151,18 @@ impl Transforming {
     /// Starts transforming a chunk; false when nothing takes chunks any
     /// more (the writer is gone).
     async fn send(&mut self, items: Vec<SourceItem>, chain: &Arc<Chain>) -> bool {
+        // Room first: no more chunks in the works than the channel holds.
+        let Ok(room) = self.chunks.reserve().await else {
+            return false;
+        };
         let chain = chain.clone();
-        let chunk = tokio::task::spawn_blocking(move || {
+        room.send(tokio::task::spawn_blocking(move || {
             items
                 .into_iter()
                 .map(|it| Item::through(it, &chain))
                 .collect()
-        });
-        self.chunks.send(chunk).await.is_ok()
+        }));
+        true
     }
 
     /// Waits until every chunk started is handed on.

@@ -104,7 +104,8 @@ pub(super) fn target(value: Value) -> TargetValue {
 }
 
 /// VRL's value as JSON, built directly (serializing it through serde costs
-/// several times more): bytes that are not UTF-8 are no JSON text.
+/// several times more); bytes that are not UTF-8 become text with U+FFFD
+/// in their place, as VRL's own serialization writes them.
 pub(super) fn to_json(v: VrlValue) -> Result<Value, String> {
     Ok(match v {
         VrlValue::Null => Value::Null,
@@ -113,11 +114,7 @@ pub(super) fn to_json(v: VrlValue) -> Result<Value, String> {
         VrlValue::Float(f) => Value::from(f.into_inner()),
         VrlValue::Bytes(b) => match String::from_utf8(Vec::from(b)) {
             Ok(s) => Value::String(s),
-            Err(_) => {
-                return Err(
-                    "the program left bytes that are not UTF-8 text, which JSON cannot hold".into(),
-                );
-            }
+            Err(e) => Value::String(String::from_utf8_lossy(e.as_bytes()).into_owned()),
         },
         VrlValue::String(s) => Value::String(s.to_string()),
         VrlValue::Regex(r) => Value::String(r.as_str().to_string()),

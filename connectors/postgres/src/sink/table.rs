@@ -23,9 +23,14 @@ impl PostgresSink {
         .fetch_optional(self.conn())
         .await
         .map_err(|e| db_error("looking up the table", e))?;
+        // COPY FROM takes plain, partitioned and foreign tables, and views
+        // with INSTEAD OF triggers: a view only when it is the configured
+        // table (whoever set it up knows it takes rows).
+        let configured = self.config.table.fixed() == Some(self.table.as_str());
         match kind.as_deref() {
             None => return Ok(false),
-            Some("r" | "p") => {}
+            Some("r" | "p" | "f") => {}
+            Some("v") if configured => {}
             Some(other) => {
                 let what = match other {
                     "v" => "a view",
@@ -121,7 +126,14 @@ impl PostgresSink {
     /// table makes it if it is missing (without the notices of `IF NOT
     /// EXISTS`).
     pub(super) fn ensure_stage_sql(&self) -> Option<String> {
-        if self.config.mode != Mode::Upsert || self.table.is_empty() || self.pending_create {
+        // One table all along: its staging table was made with the
+        // connection, outside any transaction.
+        let one_table = self.parked.is_empty() && self.config.table.fixed() == Some(&self.table);
+        if self.config.mode != Mode::Upsert
+            || self.table.is_empty()
+            || self.pending_create
+            || one_table
+        {
             return None;
         }
         Some(format!(
@@ -145,19 +157,35 @@ impl PostgresSink {
         if let Err(why) = self.create_fields(batch) {
             return Ok(Some(format!("{}: {why}", self.table)));
         }
-        let (schema, _) = split_table(&self.table).expect("a table name");
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-                .bind(&schema)
-                .fetch_one(self.conn())
-                .await
-                .map_err(|e| db_error("looking up the table's schema", e))?;
-        Ok((!exists).then(|| {
-            format!(
+        let (schema, table) = split_table(&self.table).expect("a table name");
+        let (exists, may_create, name_taken): (bool, bool, bool) = sqlx::query_as(
+            "SELECT n.oid IS NOT NULL, n.oid IS NOT NULL AND has_schema_privilege(n.oid, 'CREATE'), \
+             EXISTS (SELECT 1 FROM pg_type t WHERE t.typnamespace = n.oid AND t.typname = $2) \
+             FROM (SELECT $1::text AS name) s LEFT JOIN pg_namespace n ON n.nspname = s.name",
+        )
+        .bind(&schema)
+        .bind(&table)
+        .fetch_one(self.conn())
+        .await
+        .map_err(|e| db_error("looking up the table's schema", e))?;
+        Ok(if !exists {
+            Some(format!(
                 "{}: schema {schema} does not exist (create_table makes tables, not schemas)",
                 self.table
-            )
-        }))
+            ))
+        } else if !may_create {
+            Some(format!(
+                "{}: this user may not create tables in schema {schema}",
+                self.table
+            ))
+        } else if name_taken {
+            Some(format!(
+                "{}: a type of that name exists in schema {schema}",
+                self.table
+            ))
+        } else {
+            None
+        })
     }
 
     /// The `(field, column)` pairs `create_table` makes columns of.
