@@ -97,9 +97,31 @@ impl Vrl {
 /// A record's value as VRL programs run on it.
 pub(super) fn target(value: Value) -> TargetValue {
     TargetValue {
-        value: VrlValue::from(value),
+        value: from_json(value),
         metadata: VrlValue::Object(BTreeMap::new()),
         secrets: Secrets::default(),
+    }
+}
+
+/// JSON as VRL's value, as `vrl`'s own `From` makes it (integers that fit
+/// an i64 as integers, other numbers as floats, beyond both as text), with
+/// each number's text read once rather than up to four times.
+fn from_json(v: Value) -> VrlValue {
+    match v {
+        Value::Null => VrlValue::Null,
+        Value::Bool(b) => VrlValue::Boolean(b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => VrlValue::Integer(i),
+            None if n.is_f64() => VrlValue::from_f64_or_zero(n.as_f64().unwrap_or_default()),
+            None => VrlValue::from(n.to_string()),
+        },
+        Value::String(s) => VrlValue::from(s),
+        Value::Array(items) => VrlValue::Array(items.into_iter().map(from_json).collect()),
+        Value::Object(map) => VrlValue::Object(
+            map.into_iter()
+                .map(|(k, v)| (k.into(), from_json(v)))
+                .collect(),
+        ),
     }
 }
 

@@ -50,6 +50,14 @@ impl FieldPath {
         self.0.iter().try_fold(value, |v, k| v.as_object()?.get(k))
     }
 
+    /// The value at this path, to change in place (no key moved, hashed
+    /// again or copied).
+    pub fn get_mut<'a>(&self, value: &'a mut Value) -> Option<&'a mut Value> {
+        self.0
+            .iter()
+            .try_fold(value, |v, k| v.as_object_mut()?.get_mut(k))
+    }
+
     /// Takes the value out, leaving the objects on the way.
     pub fn take(&self, value: &mut Value) -> Option<Value> {
         let (last, parents) = self.0.split_last().expect("never empty");

@@ -299,9 +299,8 @@ impl Step {
             }
             Step::Cast(fields) => {
                 for (f, to) in fields {
-                    if let Some(v) = f.take(value) {
-                        let cast = cast(v, *to).map_err(|why| format!("{f}: {why}"))?;
-                        f.set(value, cast)?;
+                    if let Some(v) = f.get_mut(value) {
+                        *v = cast(std::mem::take(v), *to).map_err(|why| format!("{f}: {why}"))?;
                     }
                 }
             }
@@ -319,14 +318,11 @@ impl Step {
                 format,
             } => {
                 // Null stays null, as in `cast`.
-                if let Some(v) = field.take(value) {
-                    if v.is_null() {
-                        field.set(value, v)?;
-                        return Ok(true);
-                    }
-                    let at = parse.read(&v).map_err(|why| format!("{field}: {why}"))?;
-                    let written = format.write(at).map_err(|why| format!("{field}: {why}"))?;
-                    field.set(value, written)?;
+                if let Some(v) = field.get_mut(value)
+                    && !v.is_null()
+                {
+                    let at = parse.read(v).map_err(|why| format!("{field}: {why}"))?;
+                    *v = format.write(at).map_err(|why| format!("{field}: {why}"))?;
                 }
             }
             Step::Filter(_) | Step::Remap(_) | Step::Route { .. } => unreachable!("run above"),
