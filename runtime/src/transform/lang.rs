@@ -133,7 +133,12 @@ pub(super) fn to_json(v: VrlValue) -> Result<Value, String> {
         VrlValue::Null => Value::Null,
         VrlValue::Boolean(b) => Value::Bool(b),
         VrlValue::Integer(i) => Value::from(i),
-        VrlValue::Float(f) => Value::from(f.into_inner()),
+        VrlValue::Float(f) if f.is_finite() => Value::from(f.into_inner()),
+        VrlValue::Float(f) => {
+            return Err(format!(
+                "the program left {f}, a number JSON cannot hold (it would be written as null)"
+            ));
+        }
         VrlValue::Bytes(b) => match String::from_utf8(Vec::from(b)) {
             Ok(s) => Value::String(s),
             Err(e) => Value::String(String::from_utf8_lossy(e.as_bytes()).into_owned()),

@@ -228,10 +228,41 @@ impl Chain {
     }
 
     /// Runs every step on `record`. A failure gives the record back as it
-    /// came, for its dead letter.
-    pub fn apply(&self, mut record: Record) -> Outcome {
-        let original = record.value.clone();
-        let destination = record.destination.clone();
+    /// came, for its dead letter — a panic inside a step too (VRL's
+    /// functions call into libraries that may: chrono's formatting of
+    /// `%#z`), which fails this record, not the pipeline.
+    pub fn apply(&self, record: Record) -> Outcome {
+        let kept = record.clone();
+        let at = std::cell::Cell::new(0);
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(record, &at)));
+        let (step, error) = match ran {
+            Ok(Ok(outcome)) => return outcome,
+            Ok(Err(failed)) => failed,
+            Err(panic) => (
+                at.get(),
+                format!(
+                    "the step panicked: {} (a bug in ferry or in a library it uses: please report it)",
+                    crate::panics::panic_message(&*panic)
+                ),
+            ),
+        };
+        Outcome::Failed(
+            kept,
+            Failure {
+                step,
+                kind: self.steps[step].0,
+                error,
+            },
+        )
+    }
+
+    /// The steps on `record`: what became of it, or the index of the step
+    /// that failed and why. `at` follows the step running, for a panic.
+    fn run(
+        &self,
+        mut record: Record,
+        at: &std::cell::Cell<usize>,
+    ) -> Result<Outcome, (usize, String)> {
         // While programs run one after another, the record stays VRL's
         // value: converted once on the way in and once on the way out.
         let mut in_vrl: Option<lang::VrlTarget> = None;
@@ -240,6 +271,7 @@ impl Chain {
         let mut program = 0;
         let mut failed = None;
         for (i, (_, step)) in self.steps.iter().enumerate() {
+            at.set(i);
             let applied = if step.is_program() {
                 program = i;
                 let target =
@@ -258,7 +290,7 @@ impl Chain {
             };
             match applied {
                 Ok(true) => {}
-                Ok(false) => return Outcome::Dropped(record.position),
+                Ok(false) => return Ok(Outcome::Dropped(record.position)),
                 Err(error) => {
                     failed = Some((i, error));
                     break;
@@ -274,19 +306,8 @@ impl Chain {
             }
         }
         match failed {
-            None => Outcome::Kept(record),
-            Some((step, error)) => {
-                record.value = original;
-                record.destination = destination;
-                Outcome::Failed(
-                    record,
-                    Failure {
-                        step,
-                        kind: self.steps[step].0,
-                        error,
-                    },
-                )
-            }
+            None => Ok(Outcome::Kept(record)),
+            Some(failed) => Err(failed),
         }
     }
 }

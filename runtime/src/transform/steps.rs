@@ -495,6 +495,37 @@ mod tests {
         Ok(r.destination)
     }
 
+    /// What a probe found: a panic inside a VRL function (chrono's `%#z`)
+    /// fails the record, and an infinite number is no JSON.
+    #[test]
+    fn a_panicking_function_and_an_infinite_number_fail_the_record() {
+        let chain = |source: &str| {
+            let c: TransformConfig =
+                serde_yaml::from_str(&format!("type: remap\nsource: '{source}'")).unwrap();
+            super::super::Chain::compile(&[c]).unwrap()
+        };
+        let record = || {
+            let position = ferry_api::Position {
+                partition: std::sync::Arc::new(ferry_api::Partition::new("p")),
+                offset: json!(0),
+            };
+            ferry_api::Record::new(json!({"f": "%#z", "n": 1e308}), position)
+        };
+        for (source, says) in [
+            (".a = format_timestamp!(now(), to_string!(.f))", "panicked"),
+            (".inf = to_float!(.n) * 10.0", "JSON cannot hold"),
+        ] {
+            match chain(source).apply(record()) {
+                super::super::Outcome::Failed(r, f) => {
+                    assert!(f.error.contains(says), "{source}: {}", f.error);
+                    assert_eq!((f.step, f.kind), (0, "remap"));
+                    assert_eq!(*r.value, json!({"f": "%#z", "n": 1e308}));
+                }
+                _ => panic!("{source}: not failed"),
+            }
+        }
+    }
+
     #[test]
     fn route_names_the_destination_from_a_field() {
         let plain = "type: route\nfield: geo.region";
