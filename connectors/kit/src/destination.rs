@@ -22,6 +22,21 @@ pub enum Destination {
     },
 }
 
+/// A field's value as the name of a destination (a table, a collection,
+/// a topic): text as it is, a number or a boolean as its text; `None` for
+/// null and empty text, which name nothing; what the value is when it
+/// cannot be a name (an object, an array). The `route` transform and the
+/// sinks' `{field: …}` read names alike.
+pub fn name_in(v: &Value) -> Result<Option<Cow<'_, str>>, &'static str> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => Ok(Some(Cow::Borrowed(s))),
+        Value::Number(_) | Value::Bool(_) => Ok(Some(Cow::Owned(v.to_string()))),
+        other => Err(crate::json_kind(other)),
+    }
+}
+
 impl Destination {
     /// The one name, when records do not choose theirs.
     pub fn fixed(&self) -> Option<&str> {
@@ -41,17 +56,18 @@ impl Destination {
             Destination::Name(n) => Ok(Cow::Borrowed(n)),
             Destination::Field { field } => {
                 let found = field.split('.').try_fold(&*record.value, |v, k| v.get(k));
-                match found {
-                    Some(Value::String(s)) if s.is_empty() => {
-                        Err(format!("field `{field}` (the destination) is empty"))
-                    }
-                    Some(Value::String(s)) => Ok(Cow::Borrowed(s)),
-                    Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Cow::Owned(v.to_string())),
-                    Some(v) => Err(format!(
-                        "field `{field}` (the destination) is {}, not a name",
-                        crate::json_kind(v)
+                let Some(found) = found else {
+                    return Err(format!("no field `{field}` (the destination)"));
+                };
+                match name_in(found) {
+                    Ok(Some(name)) => Ok(name),
+                    Ok(None) => Err(format!(
+                        "field `{field}` (the destination) is {}",
+                        if found.is_null() { "null" } else { "empty" }
                     )),
-                    None => Err(format!("no field `{field}` (the destination)")),
+                    Err(kind) => Err(format!(
+                        "field `{field}` (the destination) is {kind}, not a name"
+                    )),
                 }
             }
         }

@@ -16,7 +16,7 @@ pub mod fs;
 mod ids;
 mod url;
 
-pub use destination::Destination;
+pub use destination::{Destination, name_in};
 pub use ids::{IdName, IdSpec};
 pub use url::redact_url;
 

@@ -2,6 +2,7 @@
 //! commands with journaled write concern, so a write that returned is
 //! durable and `commit` has nothing left to do.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -51,7 +52,7 @@ impl MongoSink {
     }
 
     /// The collection `r` goes to, checked as the server would.
-    fn collection_of(&self, r: &Record) -> Result<String, String> {
+    fn collection_of<'r>(&'r self, r: &'r Record) -> Result<Cow<'r, str>, String> {
         let name = self.config.collection.of(r)?;
         if bad_collection(&name) {
             return Err(format!("collection {name:?} {COLLECTION_NAME}"));
@@ -61,7 +62,7 @@ impl MongoSink {
                 "collection {name:?}: with its database, a name of more than MongoDB's 255 bytes"
             ));
         }
-        Ok(name.into_owned())
+        Ok(name)
     }
 
     /// The document for a record, with its `_id` (none for `id: none`).
@@ -450,9 +451,11 @@ impl Sink for MongoSink {
                     .and_then(|c| Ok((c, self.document(r)?)));
                 match made {
                     Ok((collection, (id, d))) => {
-                        match by_collection.iter_mut().find(|(c, _)| *c == collection) {
+                        match by_collection.iter_mut().find(|(c, _)| *c == *collection) {
                             Some((_, docs)) => docs.push((index, id, d)),
-                            None => by_collection.push((collection, vec![(index, id, d)])),
+                            None => {
+                                by_collection.push((collection.into_owned(), vec![(index, id, d)]))
+                            }
                         }
                     }
                     Err(message) => rejected.push(Rejected {

@@ -36,22 +36,16 @@ pub(super) async fn read_loop(
     // Transforming, the forwarder holds the only sender: if it dies (a
     // transform panicked), the writer sees the end, and this loop sees
     // the chunks' channel closed.
-    let (direct, mut transforming) = if chain.is_empty() {
-        (Some(tx), None)
+    let mut handoff = if chain.is_empty() {
+        Handoff::Direct(tx)
     } else {
-        (None, Some(Transforming::start(tx)))
+        Handoff::Transforming(Transforming::start(tx))
     };
-    let gone =
-        |direct: &Option<mpsc::Sender<Vec<Item>>>, t: &Option<Transforming>| match (direct, t) {
-            (Some(tx), _) => tx.is_closed(),
-            (None, Some(t)) => t.chunks.is_closed(),
-            (None, None) => true,
-        };
     let result = loop {
         // The writer gone (it failed, or the source ended) is as good as a
         // stop. Checked every turn, not only when a send fails: a source at
         // its end never sends again, and the restart waits for this task.
-        if *stop.borrow() || gone(&direct, &transforming) {
+        if *stop.borrow() || handoff.is_closed() {
             break Ok(());
         }
         if commits.has_changed().unwrap_or(false) {
@@ -65,9 +59,9 @@ pub(super) async fn read_loop(
         // nothing: what it read is not committed, so the next start reads
         // it again.
         let forwarder_gone = async {
-            match &transforming {
-                Some(t) => t.chunks.closed().await,
-                None => std::future::pending().await,
+            match &handoff {
+                Handoff::Transforming(t) => t.chunks.closed().await,
+                Handoff::Direct(_) => std::future::pending().await,
             }
         };
         let polled = tokio::select! {
@@ -95,27 +89,42 @@ pub(super) async fn read_loop(
         // Sent even when a stop came meanwhile: a stop drains what the
         // source returned (the writer writes and commits it), so a restart
         // asked for reads nothing twice. The send waits only for the writer.
-        let sent = match (&direct, &mut transforming) {
-            (_, Some(t)) => t.send(items, &chain).await,
-            (Some(tx), None) => {
+        let sent = match &mut handoff {
+            Handoff::Transforming(t) => t.send(items, &chain).await,
+            Handoff::Direct(tx) => {
                 let items = items.into_iter().map(|it| Item::through(it, &chain));
                 tx.send(items.collect()).await.is_ok()
             }
-            (None, None) => false,
         };
         if !sent {
             break Ok(());
         }
     };
-    let result = match transforming {
+    let result = match handoff {
         // What is being transformed is handed on before the task ends.
-        Some(t) => match (result, t.finish().await) {
+        Handoff::Transforming(t) => match (result, t.finish().await) {
             (Ok(()), Err(e)) => Err(e),
             (result, _) => result,
         },
-        None => result,
+        Handoff::Direct(_) => result,
     };
     (result, source, read)
+}
+
+/// How read chunks reach the writer: straight, or through the transforms.
+enum Handoff {
+    Direct(mpsc::Sender<Vec<Item>>),
+    Transforming(Transforming),
+}
+
+impl Handoff {
+    /// Nothing takes chunks any more (the writer, or the forwarder, is gone).
+    fn is_closed(&self) -> bool {
+        match self {
+            Handoff::Direct(tx) => tx.is_closed(),
+            Handoff::Transforming(t) => t.chunks.is_closed(),
+        }
+    }
 }
 
 /// Chunks in the works on the blocking pool, in the order they were read.

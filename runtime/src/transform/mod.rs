@@ -276,7 +276,7 @@ impl Chain {
                 program = i;
                 let target =
                     in_vrl.get_or_insert_with(|| lang::target(std::mem::take(&mut *record.value)));
-                step.run_vrl(target).expect("a program")
+                step.run_vrl(target)
             } else {
                 match in_vrl.take().map(|t| lang::to_json(t.value)) {
                     Some(Err(error)) => {

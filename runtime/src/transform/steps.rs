@@ -235,32 +235,24 @@ impl Step {
         matches!(self, Step::Filter(_) | Step::Remap(_))
     }
 
-    /// Runs a filter or a remap on a record held as VRL's value (false: the
-    /// filter drops it); `None` for the other steps.
-    pub(super) fn run_vrl(&self, target: &mut lang::VrlTarget) -> Option<Result<bool, String>> {
-        Some(match self {
-            Step::Filter(program) => match program.run_in(target) {
-                Ok(vrl::value::Value::Boolean(keep)) => Ok(keep),
-                Ok(other) => Err(format!(
+    /// Runs a filter or a remap ([`Step::is_program`]) on a record held as
+    /// VRL's value (false: the filter drops it).
+    pub(super) fn run_vrl(&self, target: &mut lang::VrlTarget) -> Result<bool, String> {
+        match self {
+            Step::Filter(program) => match program.run_in(target)? {
+                vrl::value::Value::Boolean(keep) => Ok(keep),
+                other => Err(format!(
                     "the condition gave {other}, not true or false (end it with a comparison)"
                 )),
-                Err(e) => Err(e),
             },
             Step::Remap(program) => program.run_in(target).map(|_| true),
-            _ => return None,
-        })
+            _ => unreachable!("only programs run in VRL"),
+        }
     }
 
-    pub(super) fn apply_to_value(&self, value: &mut Value) -> Result<bool, String> {
-        match self {
-            Step::Filter(_) | Step::Remap(_) => {
-                let mut target = lang::target(std::mem::take(value));
-                let ran = self.run_vrl(&mut target).expect("a program");
-                *value = lang::to_json(target.value)?;
-                return ran;
-            }
-            _ => {}
-        }
+    /// A built-in step on a record's value (programs and routes are run by
+    /// [`super::Chain::apply`] and [`Step::apply`]).
+    fn apply_to_value(&self, value: &mut Value) -> Result<bool, String> {
         if !value.is_object() {
             return Err(format!(
                 "the record is {}, not an object",
@@ -325,7 +317,9 @@ impl Step {
                     *v = format.write(at).map_err(|why| format!("{field}: {why}"))?;
                 }
             }
-            Step::Filter(_) | Step::Remap(_) | Step::Route { .. } => unreachable!("run above"),
+            Step::Filter(_) | Step::Remap(_) | Step::Route { .. } => {
+                unreachable!("run by the chain and Step::apply")
+            }
         }
         Ok(true)
     }
@@ -339,21 +333,14 @@ fn destination(
     default: &Option<String>,
     value: &Value,
 ) -> Result<String, String> {
-    let named = match field.get(value) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(v @ (Value::Number(_) | Value::Bool(_))) => Some(v.to_string()),
-        Some(other) => {
-            return Err(format!(
-                "{field} is {}, not the name of a destination",
-                ferry_connector_kit::json_kind(other)
-            ));
-        }
+    let named = match field.get(value).map(ferry_connector_kit::name_in) {
+        None => None,
+        Some(Ok(name)) => name,
+        Some(Err(kind)) => return Err(format!("{field} is {kind}, not the name of a destination")),
     };
     let routed = match named {
-        Some(name) if map.is_empty() => Some(name),
-        Some(name) => map.get(&name).cloned(),
+        Some(name) if map.is_empty() => Some(name.into_owned()),
+        Some(name) => map.get(name.as_ref()).cloned(),
         None => None,
     };
     match (routed, default) {

@@ -317,22 +317,37 @@ impl PostgresSink {
             );
         }
         let mut tables: Vec<(String, Vec<usize>)> = Vec::new();
+        // By the name as records give it: one lookup per record, and the
+        // name made canonical once per name a batch holds.
         let mut place: HashMap<String, usize> = HashMap::new();
         let mut rejected = Vec::new();
         for (index, r) in batch.iter().enumerate() {
-            match self.config.table.of(r).map(|n| self.same_name(n)) {
-                Ok(name) => match place.get(&name) {
-                    Some(&at) => tables[at].1.push(index),
-                    None => {
-                        place.insert(name.clone(), tables.len());
-                        tables.push((name, vec![index]));
-                    }
-                },
-                Err(why) => rejected.push(Rejected {
-                    index,
-                    error: ConnectorError::Fatal(why),
-                }),
-            }
+            let name = match self.config.table.of(r) {
+                Ok(name) => name,
+                Err(why) => {
+                    rejected.push(Rejected {
+                        index,
+                        error: ConnectorError::Fatal(why),
+                    });
+                    continue;
+                }
+            };
+            let at = match place.get(name.as_ref()) {
+                Some(&at) => at,
+                None => {
+                    let table = self.same_name(&name);
+                    let at = match tables.iter().position(|(t, _)| *t == table) {
+                        Some(at) => at,
+                        None => {
+                            tables.push((table, Vec::new()));
+                            tables.len() - 1
+                        }
+                    };
+                    place.insert(name.into_owned(), at);
+                    at
+                }
+            };
+            tables[at].1.push(index);
         }
         (tables, rejected)
     }
@@ -347,14 +362,14 @@ impl PostgresSink {
     /// One table under one name, so that its records are one stream, in
     /// order: the configured table as configured (`public.orders` is
     /// `orders`), any other as `schema.table`.
-    fn same_name(&self, name: std::borrow::Cow<'_, str>) -> String {
+    fn same_name(&self, name: &str) -> String {
         let fixed = self.config.table.fixed();
-        match split_table(&name) {
+        match split_table(name) {
             Some(parts) if fixed.and_then(split_table) == Some(parts.clone()) => {
                 fixed.expect("compared").to_string()
             }
             Some((schema, table)) => format!("{schema}.{table}"),
-            None => name.into_owned(),
+            None => name.to_string(),
         }
     }
 
